@@ -1,0 +1,249 @@
+"""The on-disk bundle: manifest.json + ONNX graphs + golden vectors, written atomically, validated on load.
+
+Layout::
+
+    BUNDLE/manifest.json
+    BUNDLE/graphs/<role>.onnx          (+ external data files, if any, also under graphs/)
+    BUNDLE/golden/<role>.<case>.npz    torch outputs on fixed inputs, recorded at export
+
+Bundles hold no pickles: golden vectors are .npz read with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BundleError, InputError
+from .specs import GraphSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One role's graph inside a loaded bundle."""
+
+    role: str
+    path: Path
+    spec: GraphSpec
+    opset: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """Recorded torch inputs and outputs for one role at one shape."""
+
+    role: str
+    name: str
+    dims: dict[str, int]
+    path: Path
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(inputs, outputs) as arrays."""
+        with np.load(self.path, allow_pickle=False) as data:
+            inputs = {k[3:]: data[k] for k in data.files if k.startswith("in.")}
+            outputs = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
+        return inputs, outputs
+
+
+def save_golden(path: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """Write one golden case as .npz (no pickles)."""
+    arrays = {f"in.{k}": v for k, v in inputs.items()} | {f"out.{k}": v for k, v in outputs.items()}
+    np.savez(path, **arrays)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle: read-only view of the manifest with resolved paths."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def family(self) -> str:
+        """Family name the exporter used."""
+        return str(self.manifest["family"])
+
+    @property
+    def graphs(self) -> dict[str, Graph]:
+        """Role -> graph."""
+        return {
+            role: Graph(role, self.path / g["file"], GraphSpec.from_json(g["spec"]), int(g["opset"]), int(g["bytes"]))
+            for role, g in self.manifest["graphs"].items()
+        }
+
+    @property
+    def golden(self) -> list[GoldenCase]:
+        """Golden cases recorded at export."""
+        return [
+            GoldenCase(c["role"], c["case"], dict(c["dims"]), self.path / c["file"]) for c in self.manifest["golden"]
+        ]
+
+    @property
+    def loop(self) -> dict[str, Any]:
+        """Loop config (what `sample` needs: kind, latent size, value range...)."""
+        return dict(self.manifest["loop"])
+
+    @property
+    def tolerance(self) -> dict[str, float]:
+        """Parity tolerance of this family: atol and rtol."""
+        return dict(self.manifest["tolerance"])
+
+    @property
+    def check_shapes(self) -> list[dict[str, int]]:
+        """Dim bindings that verify checks (batch sizes, spatial sizes)."""
+        return [dict(d) for d in self.manifest["check_shapes"]]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where the torch original came from, so verify can rebuild it."""
+        return dict(self.manifest["source"])
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """Resolve `relative` under root, refusing paths that escape it."""
+    target = (root / relative).resolve()
+    if os.path.isabs(relative) or not target.is_relative_to(root.resolve()):
+        raise BundleError(
+            f"bundle {root}: {what} path '{relative}' points outside the bundle; "
+            "refusing to load it (re-export the bundle)."
+        )
+    return target
+
+
+def _check_file(root: Path, entry: Mapping[str, Any], what: str) -> None:
+    path = _inside(root, entry["file"], what)
+    if not path.is_file():
+        raise BundleError(f"bundle {root}: {what} file '{entry['file']}' is missing; re-export or copy the whole bundle.")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise BundleError(
+            f"bundle {root}: {what} file '{entry['file']}' has sha256 {actual[:12]}..., manifest says "
+            f"{entry['sha256'][:12]}...; the file was changed or truncated, re-export or re-copy the bundle."
+        )
+
+
+def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
+    """Refuse ONNX external-data locations that leave the bundle (checked with onnx when installed)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    except ImportError:  # runtime-only install: checksums plus the manifest's declared list still hold
+        return
+    try:
+        model = onnx.load(str(graph_path), load_external_data=False)
+    except Exception as exc:
+        raise BundleError(f"bundle {root}: graph '{role}' could not be parsed ({exc}); it is corrupt or truncated.") from exc
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            _inside(graph_path.parent, location, f"external data of graph '{role}'")
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and validate a bundle: schema version, files present, checksums, paths inside the bundle."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"bundle '{root}' does not exist or is not a directory; export one with `deploykit export`.")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"'{root}' has no {MANIFEST}, so it is not a deploykit bundle.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({exc}); re-export the bundle.") from exc
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"bundle {root}: schema_version is {version!r}, expected an integer >= 1.")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle {root}: schema version {version} is newer than this deploykit reads ({SCHEMA_VERSION}); "
+            "upgrade deploykit."
+        )
+    for key in ("family", "graphs", "golden", "loop", "tolerance", "check_shapes", "source"):
+        if key not in manifest:
+            raise BundleError(f"bundle {root}: {MANIFEST} lacks '{key}'; re-export the bundle.")
+    for role, entry in manifest["graphs"].items():
+        _check_file(root, entry, f"graph '{role}'")
+        for extra in entry.get("external_data", []):
+            _check_file(root, extra, f"external data of graph '{role}'")
+        _check_external_data(root, root / entry["file"], role)
+    for case in manifest["golden"]:
+        _check_file(root, case, f"golden case '{case['role']}.{case['case']}'")
+    return Bundle(root, manifest)
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse to overwrite: an existing path needs force, and only a bundle (or empty dir) is replaced."""
+    if not out.exists():
+        return
+    if not force:
+        raise InputError(f"output '{out}' already exists; choose another --out or pass --force to replace it.")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise InputError(
+            f"output '{out}' exists and is not a deploykit bundle; refusing to replace it even with --force."
+        )
+
+
+@contextmanager
+def staging(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temp dir beside `out`; on success it atomically becomes `out`, on failure it is removed."""
+    check_destination(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        check_destination(out, force)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "bundle")
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def finish_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Fill in checksums and sizes of every file the manifest names, then write manifest.json."""
+    for entry in manifest["graphs"].values():
+        for item in [entry, *entry.get("external_data", [])]:
+            item["sha256"] = sha256_file(root / item["file"])
+            item["bytes"] = (root / item["file"]).stat().st_size
+    for case in manifest["golden"]:
+        case["sha256"] = sha256_file(root / case["file"])
+    manifest["schema_version"] = SCHEMA_VERSION
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, Any]], force: bool = False) -> Bundle:
+    """Write a bundle atomically: `fill(tmpdir)` writes graphs/golden and returns the manifest."""
+    target = Path(out)
+    with staging(target, force) as tmp:
+        manifest = fill(tmp)
+        finish_manifest(tmp, manifest)
+    return load_bundle(target)

@@ -1,0 +1,91 @@
+"""Exporters: torch model -> bundle (ONNX graphs per role, golden vectors, manifest), parity-checked."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..bundle import Bundle, save_golden, write_bundle
+from ..errors import ParityError
+from ..parity import ParityReport
+from ..runtimes.ort import OrtRunner
+from ..runtimes.torch_runner import TorchRunner
+from . import feedforward, gan  # noqa: F401  (register the families)
+from .onnx_export import OPSET, export_role, prepare
+from .registry import FAMILIES, Family, Role, Tolerance, get_family
+
+__all__ = ["FAMILIES", "Family", "Role", "Tolerance", "export", "get_family", "torch_modules"]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("deploykit", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def torch_modules(family: str, model: nn.Module) -> dict[str, nn.Module]:
+    """Role -> torch module exactly as exported (eval mode, parametrizations folded)."""
+    return {name: role.module for name, role in get_family(family).roles(prepare(model)).items()}
+
+
+def export(
+    model: nn.Module,
+    family: str,
+    out: str | os.PathLike[str],
+    force: bool = False,
+    source: dict[str, Any] | None = None,
+    opset: int = OPSET,
+) -> Bundle:
+    """Export `model` as a bundle at `out`: graphs, golden vectors, manifest; fails if ORT != torch.
+
+    `source` records how to rebuild the torch original (set by the CLI); without it, fresh-input
+    verify needs the model passed in again.
+    """
+    fam = get_family(family)
+    roles = fam.roles(prepare(model))
+    shapes = fam.check_shapes(model)
+    src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        (tmp / "graphs").mkdir()
+        (tmp / "golden").mkdir()
+        graphs: dict[str, Any] = {}
+        golden: list[dict[str, Any]] = []
+        report = ParityReport()
+        for name, role in roles.items():
+            spec, found_opset = export_role(name, role, tmp / "graphs" / f"{name}.onnx", opset)
+            graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
+            with TorchRunner(name, spec, role.module) as ref, OrtRunner(name, spec, tmp / "graphs" / f"{name}.onnx") as ort:
+                for index, dims in enumerate(shapes):
+                    case = ",".join(f"{k}={v}" for k, v in dims.items())
+                    inputs = spec.random_inputs(np.random.default_rng(index), dims)
+                    expected = ref.infer(inputs)
+                    save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
+                    golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
+                    report.add(f"{name} {case}", expected, ort.infer(inputs), fam.tolerance.atol, fam.tolerance.rtol)
+        if not report.passed:
+            raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
+        return {
+            "family": family,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "graphs": graphs,
+            "golden": golden,
+            "check_shapes": shapes,
+            "tolerance": {"atol": fam.tolerance.atol, "rtol": fam.tolerance.rtol},
+            "loop": fam.loop(model),
+            "source": src,
+            "tools": _versions(),
+        }
+
+    return write_bundle(out, fill, force=force)

@@ -1,0 +1,57 @@
+"""GAN generator families: DCGAN, conditional GAN and CycleGAN-style image-to-image generators."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..specs import TensorSpec
+from .feedforward import BATCHES, spatial_input, spatial_rules, spatial_shapes
+from .registry import Family, Role, Tolerance, attribute, register
+
+DCGAN_PROTOCOL = "`latent_dim`; forward(z [batch, latent_dim]) -> image [batch, C, H, W] in [-1, 1]."
+CGAN_PROTOCOL = (
+    "`latent_dim` and `num_classes`; forward(z [batch, latent_dim], label int64 [batch]) -> image in [-1, 1]."
+)
+CYCLEGAN_PROTOCOL = (
+    "`input_shape` = (C, H, W) and `spatial_multiple`; forward(image [batch, C, H, W] in [-1, 1]) -> image "
+    "of the same shape. Batch, H and W are dynamic."
+)
+VALUE_RANGE = [-1.0, 1.0]
+
+
+def _latent(model: nn.Module, family: str, protocol: str) -> TensorSpec:
+    return TensorSpec("z", "float32", ("batch", int(attribute(model, "latent_dim", family, protocol))))
+
+
+def _dcgan_roles(model: nn.Module) -> dict[str, Role]:
+    return {"model": Role(model, (_latent(model, "dcgan", DCGAN_PROTOCOL),), ("image",), {"batch": 2})}
+
+
+def _cgan_roles(model: nn.Module) -> dict[str, Role]:
+    classes = int(attribute(model, "num_classes", "cgan", CGAN_PROTOCOL))
+    inputs = (_latent(model, "cgan", CGAN_PROTOCOL), TensorSpec("label", "int64", ("batch",), high=classes))
+    return {"model": Role(model, inputs, ("image",), {"batch": 2})}
+
+
+def _cyclegan_roles(model: nn.Module) -> dict[str, Role]:
+    (c, h, w), dims = spatial_rules(model, "cyclegan", CYCLEGAN_PROTOCOL)
+    example = {"batch": 2, "height": h, "width": w}
+    return {"model": Role(model, (spatial_input("image", c),), ("translated",), example, dims)}
+
+
+def _generator_loop(model: nn.Module) -> dict[str, object]:
+    loop: dict[str, object] = {"kind": "generator", "latent_dim": int(model.latent_dim), "value_range": VALUE_RANGE}
+    if hasattr(model, "num_classes"):
+        loop["num_classes"] = int(model.num_classes)
+    return loop
+
+
+# Generators end in tanh (|output| <= 1, derivative <= 1), so errors do not grow past those of the
+# transposed-conv stack before it: observed ~1e-6 on the zoo models. InstanceNorm in the CycleGAN
+# generator divides by per-image standard deviations computed in a different order in ORT: ~1e-5.
+register(Family("dcgan", "DCGAN generator: z -> image", DCGAN_PROTOCOL, _dcgan_roles,
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))
+register(Family("cgan", "conditional GAN generator: (z, label) -> image", CGAN_PROTOCOL, _cgan_roles,
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))
+register(Family("cyclegan", "CycleGAN-style image-to-image generator", CYCLEGAN_PROTOCOL, _cyclegan_roles,
+                spatial_shapes, Tolerance(1e-4, 1e-3), lambda m: {"kind": "image2image", "value_range": VALUE_RANGE}))

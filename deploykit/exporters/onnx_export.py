@@ -1,0 +1,85 @@
+"""torch -> ONNX for one role: prepare the module, export with torch.onnx (dynamo), check, infer shapes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ExportError
+from ..specs import GraphSpec, TensorSpec
+from .registry import Role
+
+OPSET = 18
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with parametrizations (weight norm etc.) folded into plain weights."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        for key, hook in list(module._forward_pre_hooks.items()):  # legacy torch.nn.utils.weight_norm
+            if type(hook).__name__ == "WeightNorm":
+                torch.nn.utils.remove_weight_norm(module, hook.name)
+    return model
+
+
+def example_inputs(role: Role) -> tuple[torch.Tensor, ...]:
+    """Deterministic example tensors at the role's example dims."""
+    rng = np.random.default_rng(0)
+    return tuple(torch.from_numpy(s.random(rng, role.example)) for s in role.inputs)
+
+
+def _output_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+    specs = []
+    for out in model.graph.output:
+        t = out.type.tensor_type
+        dims = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim)
+        specs.append(TensorSpec(out.name, _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), dims))
+    return tuple(specs)
+
+
+def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int]:
+    """Export one role to `path`; return its spec (outputs read back from the graph) and opset."""
+    dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                role.module,
+                example_inputs(role),
+                dynamo=True,
+                input_names=[s.name for s in role.inputs],
+                output_names=list(role.outputs),
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                verbose=False,
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"torch.onnx could not export role '{name}' of {type(role.module).__name__}: {first}. "
+            "Check that forward() has no data-dependent Python control flow on tensor values."
+        ) from exc
+    program.save(str(path))
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"exported graph for role '{name}' failed the ONNX checker: {exc}") from exc
+    onnx.save(model, str(path))
+    spec = GraphSpec(role.inputs, _output_specs(model), role.dims)
+    opset_found = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return spec, int(opset_found)

@@ -1,0 +1,69 @@
+"""Family registry: one spec per family declaring graphs (roles), shapes to check, tolerance and loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import ExportError, InputError, choices
+from ..specs import DimRule, TensorSpec
+
+
+@dataclass(frozen=True)
+class Role:
+    """One graph to export: the module, its declared inputs and output names, example dim values."""
+
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    example: dict[str, int]  # dim values used for the export trace (batch 2 avoids size-1 specialization)
+    dims: dict[str, DimRule] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity tolerance: pass when |ort - torch| <= atol + rtol * |torch| elementwise."""
+
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to export one family: roles from a model, shapes verify checks, tolerance, loop config."""
+
+    name: str
+    description: str
+    protocol: str  # what a user's own model must provide, shown in errors and docs
+    roles: Callable[[nn.Module], dict[str, Role]]
+    check_shapes: Callable[[nn.Module], list[dict[str, int]]]
+    tolerance: Tolerance
+    loop: Callable[[nn.Module], dict[str, Any]]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add a family to the registry."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    """Family by name, or InputError listing the registered ones."""
+    if name not in FAMILIES:
+        raise InputError(f"unknown family {name!r}; choose one of {choices(sorted(FAMILIES))}.")
+    return FAMILIES[name]
+
+
+def attribute(model: nn.Module, name: str, family: str, protocol: str) -> Any:
+    """Read a protocol attribute of a user's model, or ExportError saying what the family needs."""
+    if not hasattr(model, name):
+        raise ExportError(
+            f"{type(model).__name__} has no attribute '{name}', which family '{family}' needs: {protocol}"
+        )
+    return getattr(model, name)

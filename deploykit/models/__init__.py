@@ -1,0 +1,160 @@
+"""The zoo: reference models for every family, trained in seconds on data that ships with scikit-learn.
+
+Checkpoints are plain dicts (config, state dict, metrics) saved with torch.save and loaded with
+weights_only=True. Trained zoo models are cached under $DEPLOYKIT_HOME (default ~/.cache/deploykit).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, choices
+from . import feedforward, gan, train
+from .data import load_digits
+
+CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
+OnStep = Callable[[int, int], None] | None
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference model: how to build it, which family exports it, how to train it."""
+
+    name: str
+    family: str
+    description: str
+    build: Callable[..., nn.Module]
+    fit: Callable[[nn.Module, OnStep], dict[str, float]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def create(self) -> nn.Module:
+        """A fresh, untrained instance (deterministic initialisation)."""
+        torch.manual_seed(0)
+        return self.build(**self.config)
+
+
+def _classifier(steps: int, flatten: bool) -> Callable[[nn.Module, OnStep], dict[str, float]]:
+    return lambda m, cb: train.train_classifier(m, load_digits(), steps, flatten, cb)
+
+
+def _gan(steps: int, conditional: bool) -> Callable[[nn.Module, OnStep], dict[str, float]]:
+    return lambda g, cb: train.train_gan(g, gan.Discriminator(num_classes=10 if conditional else 0), load_digits(), steps, cb)
+
+
+def _cyclegan(g_ab: nn.Module, on_step: OnStep) -> dict[str, float]:
+    g_ba = gan.CycleGANGenerator()
+    return train.train_cyclegan(
+        g_ab, g_ba, gan.PatchDiscriminator(), gan.PatchDiscriminator(), load_digits(), 300, on_step
+    )
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("mlp", "mlp", "MLP digit classifier (BatchNorm, Dropout, weight norm)", feedforward.MLP, _classifier(600, True)),
+        ZooEntry("cnn", "cnn", "CNN digit classifier (stride, dilation, pooling, residual, 1x1)", feedforward.CNN, _classifier(600, False)),
+        ZooEntry(
+            "unet",
+            "fcn",
+            "U-Net digit-class segmentation (transposed conv, unpooling, nearest/bilinear, skips)",
+            feedforward.UNet,
+            lambda m, cb: train.train_segmenter(m, load_digits(), 500, cb),
+        ),
+        ZooEntry(
+            "autoencoder",
+            "autoencoder",
+            "deterministic autoencoder of digits, 12-d code",
+            feedforward.AutoEncoder,
+            lambda m, cb: train.train_autoencoder(m, load_digits(), 1500, cb),
+        ),
+        ZooEntry("dcgan", "dcgan", "DCGAN generator of 8x8 digits", gan.DCGANGenerator, _gan(1500, False)),
+        ZooEntry("cgan", "cgan", "conditional GAN generator of 8x8 digits (label input)", gan.ConditionalGenerator, _gan(1500, True)),
+        ZooEntry("cyclegan", "cyclegan", "CycleGAN generator: digits -> inverted digits, unpaired", gan.CycleGANGenerator, _cyclegan),
+    ]
+}
+
+
+def get_entry(name: str) -> ZooEntry:
+    """Zoo entry by name, or InputError listing the names."""
+    if name not in ZOO:
+        raise InputError(f"unknown zoo model {name!r}; choose one of {choices(ZOO)} (see `deploykit zoo list`).")
+    return ZOO[name]
+
+
+def home() -> Path:
+    """deploykit's cache directory ($DEPLOYKIT_HOME or ~/.cache/deploykit)."""
+    return Path(os.environ.get("DEPLOYKIT_HOME") or Path.home() / ".cache" / "deploykit")
+
+
+def cached_checkpoint(name: str) -> Path:
+    """Where the trained zoo model `name` is cached."""
+    return home() / "zoo" / f"{name}.pt"
+
+
+def train_zoo(name: str, out: str | os.PathLike[str], on_step: OnStep = None) -> dict[str, float]:
+    """Train zoo model `name` and write its checkpoint to `out` atomically; return its test metrics."""
+    entry = get_entry(name)
+    torch.manual_seed(0)
+    model = entry.create()
+    metrics = entry.fit(model, on_step)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "zoo": name,
+        "family": entry.family,
+        "config": entry.config,
+        "metrics": metrics,
+        "state_dict": model.state_dict(),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return metrics
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a `zoo train` checkpoint safely (weights_only=True) and check its format."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"checkpoint '{p}' does not exist; train one with `deploykit zoo train NAME --out {p}`.")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"checkpoint '{p}' could not be read ({str(exc).splitlines()[0][:200]}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"'{p}' is not a deploykit checkpoint (expected format {CHECKPOINT_FORMAT}); "
+            "for your own model use a `package.module:factory` source instead."
+        )
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ZooEntry, nn.Module, dict[str, Any]]:
+    """(entry, model with trained weights in eval mode, checkpoint payload)."""
+    payload = read_checkpoint(path)
+    entry = get_entry(payload["zoo"])
+    model = entry.build(**payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return entry, model.eval(), payload
+
+
+def trained(name: str, on_step: OnStep = None) -> Path:
+    """Path of the cached trained checkpoint of `name`, training it first if absent."""
+    path = cached_checkpoint(name)
+    if not path.is_file():
+        train_zoo(name, path, on_step)
+    return path

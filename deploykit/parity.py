@@ -1,0 +1,94 @@
+"""Compare outputs of two runs and report per-output errors (the comparator is separate from runners)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    """Error statistics of one output tensor.
+
+    max_rel is taken over elements whose reference magnitude exceeds atol, so that values
+    near zero (where any rounding is a huge relative error) do not drown the figure.
+    Pass means |actual - expected| <= atol + rtol * |expected| everywhere (numpy.allclose).
+    """
+
+    case: str
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    passed: bool
+    note: str = ""
+
+
+def compare_output(
+    case: str, name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float
+) -> OutputParity:
+    """Compare one output tensor."""
+    if expected.shape != actual.shape:
+        note = f"shape {list(actual.shape)} != expected {list(expected.shape)}"
+        return OutputParity(case, name, tuple(expected.shape), float("inf"), float("inf"), atol, rtol, False, note)
+    e = expected.astype(np.float64)
+    a = actual.astype(np.float64)
+    if not np.all(np.isfinite(a) == np.isfinite(e)):
+        return OutputParity(case, name, e.shape, float("inf"), float("inf"), atol, rtol, False, "NaN/Inf mismatch")
+    finite = np.isfinite(e)
+    diff = np.abs(a - e)[finite]
+    ref = np.abs(e)[finite]
+    max_abs = float(diff.max()) if diff.size else 0.0
+    big = ref > atol
+    max_rel = float((diff[big] / ref[big]).max()) if np.any(big) else 0.0
+    passed = bool(np.all(diff <= atol + rtol * ref)) and bool(np.array_equal(a[~finite], e[~finite]))
+    return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed)
+
+
+@dataclass
+class ParityReport:
+    """Rows of OutputParity for a bundle; passes when every row passes."""
+
+    rows: list[OutputParity] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every compared output is within tolerance (and something was compared)."""
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def add(
+        self,
+        case: str,
+        expected: Mapping[str, np.ndarray],
+        actual: Mapping[str, np.ndarray],
+        atol: float,
+        rtol: float,
+    ) -> None:
+        """Compare every output of one case."""
+        for name, value in expected.items():
+            if name not in actual:
+                self.rows.append(
+                    OutputParity(case, name, value.shape, float("inf"), float("inf"), atol, rtol, False, "missing")
+                )
+                continue
+            self.rows.append(compare_output(case, name, value, actual[name], atol, rtol))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"passed": self.passed, "rows": [asdict(r) | {"shape": list(r.shape)} for r in self.rows]}
+
+    def table(self) -> str:
+        """Plain-text table, one row per output per case."""
+        head = f"{'case':<28} {'output':<16} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'atol':>8} {'rtol':>8}  result"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(
+                f"{r.case:<28} {r.output:<16} {str(list(r.shape)):<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} "
+                f"{r.atol:>8.0e} {r.rtol:>8.0e}  {'ok' if r.passed else 'FAIL'}{' (' + r.note + ')' if r.note else ''}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The runner contract: activate / infer(dict) -> dict / deactivate, usable as a context manager."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeploykitError
+from ..specs import GraphSpec, check_finite
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Settings shared by every backend."""
+
+    threads: int | None = None  # intra-op threads; None lets the backend choose
+    device_id: int = 0  # GPU index for CUDA / TensorRT backends
+    check_finite: bool = False  # reject NaN/Inf in inputs and outputs
+
+
+class Runner(ABC):
+    """Runs one graph role. Inputs are checked against the graph's spec before the backend sees them."""
+
+    backend: str = ""
+
+    def __init__(self, role: str, spec: GraphSpec, options: RunnerOptions | None = None) -> None:
+        self.role = role
+        self.spec = spec
+        self.options = options or RunnerOptions()
+        self.active = False
+
+    def activate(self) -> None:
+        """Build the heavy state (session, module threads); idempotent."""
+        if not self.active:
+            self._activate()
+            self.active = True
+
+    def deactivate(self) -> None:
+        """Release what activate built; idempotent."""
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate feeds, run the graph, return outputs by name."""
+        if not self.active:
+            raise DeploykitError(f"{self.backend} runner for '{self.role}' is not active; use `with runner:` first.")
+        where = f"{self.role} ({self.backend})"
+        arrays = self.spec.check_inputs(feeds, where)
+        if self.options.check_finite:
+            check_finite(arrays, f"{where} input")
+        outputs = self._infer(arrays)
+        if self.options.check_finite:
+            check_finite(outputs, f"{where} output")
+        return outputs
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.deactivate()
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

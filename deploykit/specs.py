@@ -1,0 +1,166 @@
+"""Tensor and graph specs: the declared inputs/outputs of a graph, checked before any backend runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, choices
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class DimRule:
+    """Constraint on a symbolic dimension: a minimum and a divisor."""
+
+    min: int = 1
+    multiple_of: int = 1
+
+    def check(self, name: str, value: int, where: str) -> None:
+        """Raise InputError if `value` breaks the rule."""
+        if value < self.min or value % self.multiple_of:
+            rule = f">= {self.min}" + (f" and a multiple of {self.multiple_of}" if self.multiple_of > 1 else "")
+            raise InputError(f"{where}: dimension '{name}' is {value}, expected {rule}; resize or pad the input.")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: dtype, shape (ints are fixed, strings are symbolic) and value range for ints."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    high: int | None = None  # integer inputs take values in [0, high)
+
+    def bind(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """Concrete shape with symbolic dims replaced by `dims`."""
+        return tuple(d if isinstance(d, int) else int(dims[d]) for d in self.shape)
+
+    def random(self, rng: np.random.Generator, dims: Mapping[str, int]) -> np.ndarray:
+        """A random array for this spec: standard normal floats, uniform integers in [0, high)."""
+        shape = self.bind(dims)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            return rng.integers(0, self.high or 2, size=shape).astype(self.dtype)
+        return rng.standard_normal(shape).astype(self.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        """Manifest form."""
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.high is not None:
+            out["high"] = self.high
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        """Inverse of to_json."""
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Inputs, outputs and dimension rules of one graph (one role of a bundle)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, DimRule] = field(default_factory=dict)
+
+    def input_names(self) -> list[str]:
+        """Names of the inputs, in graph order."""
+        return [s.name for s in self.inputs]
+
+    def output_names(self) -> list[str]:
+        """Names of the outputs, in graph order."""
+        return [s.name for s in self.outputs]
+
+    def random_inputs(self, rng: np.random.Generator, dims: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """Random feeds for every input at the given dim bindings."""
+        return {s.name: s.random(rng, dims) for s in self.inputs}
+
+    def check_inputs(self, feeds: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+        """Validate feeds against the specs; return them as arrays. Raises InputError naming the input."""
+        given, expected = set(feeds), set(self.input_names())
+        if given - expected:
+            raise InputError(
+                f"{where}: unexpected input(s) {choices(sorted(given - expected))}; "
+                f"this graph takes {choices(self.input_names())}."
+            )
+        if expected - given:
+            raise InputError(
+                f"{where}: missing input(s) {choices(sorted(expected - given))}; "
+                f"this graph takes {choices(self.input_names())}."
+            )
+        bound: dict[str, int] = {}
+        out: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            value = feeds[spec.name]
+            if not isinstance(value, np.ndarray):
+                raise InputError(
+                    f"{where}: input '{spec.name}' is a {type(value).__name__}, expected a numpy array; "
+                    "convert it with np.asarray(...)."
+                )
+            if value.dtype != np.dtype(spec.dtype):
+                raise InputError(
+                    f"{where}: input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype}; "
+                    f"convert it with .astype(np.{spec.dtype})."
+                )
+            shape_text = "[" + ", ".join(str(d) for d in spec.shape) + "]"
+            if value.ndim != len(spec.shape):
+                raise InputError(
+                    f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {shape_text} "
+                    f"({len(spec.shape)} dims, got {value.ndim})."
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+                if isinstance(want, int):
+                    if want != got:
+                        raise InputError(
+                            f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {shape_text} "
+                            f"(axis {axis} must be {want})."
+                        )
+                    continue
+                if want in bound and bound[want] != got:
+                    raise InputError(
+                        f"{where}: input '{spec.name}' axis {axis} ('{want}') is {got}, but another input "
+                        f"set '{want}' to {bound[want]}; all inputs must agree."
+                    )
+                bound[want] = got
+                if want in self.dims:
+                    self.dims[want].check(want, got, f"{where}: input '{spec.name}'")
+            if spec.high is not None and value.size and (value.min() < 0 or value.max() >= spec.high):
+                raise InputError(
+                    f"{where}: input '{spec.name}' has values in [{value.min()}, {value.max()}], "
+                    f"expected integers in [0, {spec.high - 1}]."
+                )
+            out[spec.name] = value
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Manifest form."""
+        return {
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "dims": {k: {"min": r.min, "multiple_of": r.multiple_of} for k, r in self.dims.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GraphSpec:
+        """Inverse of to_json."""
+        return cls(
+            tuple(TensorSpec.from_json(s) for s in data["inputs"]),
+            tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+            {k: DimRule(**v) for k, v in data.get("dims", {}).items()},
+        )
+
+
+def check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Raise InputError if any floating array holds NaN or Inf."""
+    for name, value in arrays.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise InputError(
+                f"{where}: '{name}' holds {bad} NaN/Inf value(s); check the inputs "
+                "(or run without --check-finite to let them through)."
+            )
