@@ -1,0 +1,60 @@
+"""deploykit: export PyTorch models to ONNX bundles and run them, with parity proof, without PyTorch.
+
+Runtime side (no torch needed): `load`, `verify`, `profile`. Export side (needs deploykit[export]): `export`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .bundle import Bundle, load_bundle
+from .errors import (
+    BackendUnavailableError,
+    BundleError,
+    DeploykitError,
+    ExportError,
+    InputError,
+    ParityError,
+)
+from .profile import ProfileReport, profile
+from .runtimes import RunnerOptions
+from .runtimes.deployment import Deployment, load
+from .verify import VerifyResult, verify
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__version__ = "0.1.0"
+
+
+def export(
+    model: nn.Module, family: str, out: str | os.PathLike[str], force: bool = False, **kwargs: Any
+) -> Bundle:
+    """Export a torch model as a bundle (see deploykit.exporters.export); needs torch, onnx, onnxscript."""
+    from .runtimes.torch_runner import import_torch
+
+    import_torch()
+    from .exporters import export as _export
+
+    return _export(model, family, out, force=force, **kwargs)
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "Bundle",
+    "BundleError",
+    "Deployment",
+    "DeploykitError",
+    "ExportError",
+    "InputError",
+    "ParityError",
+    "ProfileReport",
+    "RunnerOptions",
+    "VerifyResult",
+    "export",
+    "load",
+    "load_bundle",
+    "profile",
+    "verify",
+]

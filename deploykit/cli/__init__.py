@@ -1,0 +1,37 @@
+"""The `deploykit` command line: commands parse arguments and call the library, nothing more."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import DeploykitError
+
+app = typer.Typer(
+    name="deploykit",
+    help="Export PyTorch models to ONNX bundles, verify parity, sample and profile them without PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+from . import export_cmd, inspect_cmd, profile_cmd, run_cmd, sample_cmd, verify_cmd, zoo_cmd  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: DeploykitError -> short message and exit code 2; parity failure -> 1; usage error -> 2."""
+    try:
+        app(args=argv, prog_name="deploykit")
+        code: int | str | None = 0
+    except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
+        code = exc.code
+    except DeploykitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        code = 2
+    if argv is None:
+        sys.exit(code)
+    return code if isinstance(code, int) else 1

@@ -1,0 +1,31 @@
+"""`deploykit export SOURCE --out DIR` (needs deploykit[export])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app, console
+from .progress import progress_bar
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[str, typer.Argument(help="zoo:NAME[@CHECKPOINT], a checkpoint path, or package.module:factory")],
+    out: Annotated[Path, typer.Option(help="bundle directory to create")],
+    family: Annotated[str | None, typer.Option(help="family (required for package.module:factory)")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
+) -> None:
+    """Export a model to an ONNX bundle; fails, writing nothing, if ORT does not match torch."""
+    from ..bundle import check_destination
+    from ..exporters import export
+    from ..sources import resolve
+
+    check_destination(out, force)
+    with progress_bar(f"training {source} (first use)") as on_step:
+        resolved = resolve(source, family, on_step)
+    bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source)
+    roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
+    console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")

@@ -1,0 +1,50 @@
+"""`deploykit inspect BUNDLE`: graphs, inputs/outputs with dynamic axes, opset, sizes (torch-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..bundle import load_bundle
+from . import app, console
+
+
+@app.command("inspect")
+def inspect_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Show what a bundle holds; validates checksums on the way."""
+    b = load_bundle(bundle)
+    if as_json:
+        console.print_json(json.dumps(b.manifest))
+        return
+    src = b.source
+    console.print(
+        f"[bold]{b.path}[/]  family={b.family}  schema={b.manifest['schema_version']}  "
+        f"source={src.get('zoo') or src.get('ref') or src.get('class')} ({src['kind']})"
+    )
+    tools = b.manifest.get("tools", {})
+    console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()), highlight=False, markup=False)
+    table = Table("role", "io", "name", "dtype", "shape", "file / rules")
+    for role, g in b.graphs.items():
+        rules = ", ".join(
+            f"{d} >= {r.min}" + (f", % {r.multiple_of} == 0" if r.multiple_of > 1 else "") for d, r in g.spec.dims.items()
+        )
+        table.add_row(role, "", "", "", "", f"{g.path.name}  {g.size_bytes / 1024:.1f} KiB  opset {g.opset}  {rules}")
+        for io, specs in (("in", g.spec.inputs), ("out", g.spec.outputs)):
+            for s in specs:
+                extra = f"values in [0, {s.high})" if s.high is not None else ""
+                table.add_row("", io, s.name, s.dtype, escape("[" + ", ".join(map(str, s.shape)) + "]"), extra)
+    console.print(table)
+    console.print(
+        f"tolerance atol={b.tolerance['atol']:g} rtol={b.tolerance['rtol']:g}; loop {b.loop}; "
+        f"golden cases: {', '.join(f'{c.role} {c.name}' for c in b.golden)}",
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,33 @@
+"""`deploykit profile BUNDLE --backend ort-cpu --backend torch --batch 1 --batch 32` (torch-free for ort-*)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..profile import profile
+from . import app, console
+
+
+@app.command("profile")
+def profile_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+    backend: Annotated[list[str] | None, typer.Option(help="repeatable; default: ort-cpu and torch")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="repeatable; default: 1 and 32")] = None,
+    iterations: Annotated[int, typer.Option(help="timed iterations per backend and batch")] = 200,
+    warmup: Annotated[int, typer.Option(help="untimed iterations first")] = 20,
+    threads: Annotated[int, typer.Option(help="intra-op threads, the same for every backend (0: backend default)")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report (with raw latencies) as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of the latency distributions")] = None,
+) -> None:
+    """Latency p50/p90/p99/mean and throughput per backend and batch, with the speedup over torch eager."""
+    report = profile(bundle, backend or ["ort-cpu", "torch"], batch or [1, 32], iterations, warmup, threads or None)
+    console.print(report.table(), highlight=False, markup=False, soft_wrap=True)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+    if plot:
+        console.print(f"plot: {report.plot(plot)}")

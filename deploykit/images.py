@@ -1,0 +1,44 @@
+"""Write samples: a PNG grid (Pillow) or the raw .npy array."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def to_grid(images: np.ndarray, value_range: Sequence[float], nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile [N, C, H, W] images into one uint8 [rows*H, cols*W(, C)] image."""
+    n, c, h, w = images.shape
+    low, high = value_range
+    scaled = np.clip((images - low) / (high - low), 0, 1)
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = (
+            scaled[i].transpose(1, 2, 0)
+        )
+    out = (grid * 255).round().astype(np.uint8)
+    return out[..., 0] if c == 1 else out
+
+
+def save_samples(images: np.ndarray, path: str | Path, value_range: Sequence[float], scale: int = 4) -> Path:
+    """Save to .png (grid, each pixel enlarged `scale` times) or .npy (raw float array)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".npy":
+        np.save(target, images)
+    elif target.suffix == ".png":
+        from PIL import Image
+
+        grid = Image.fromarray(to_grid(images, value_range))
+        grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(target)
+    else:
+        raise InputError(f"--out '{target}' must end in .png (image grid) or .npy (raw array).")
+    return target

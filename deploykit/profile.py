@@ -1,0 +1,141 @@
+"""profile: latency distributions per backend and batch size, with the ratio to the torch baseline."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import BackendUnavailableError, InputError
+from .runtimes import RunnerOptions, make_runners
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """Latency statistics of one (backend, role, batch)."""
+
+    backend: str
+    role: str
+    batch: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    items_per_s: float
+    speedup_vs_torch: float | None  # torch p50 / this p50; > 1 means faster than torch eager
+
+
+@dataclass
+class ProfileReport:
+    """Rows plus the raw per-iteration latencies (ms) for plotting."""
+
+    bundle: str
+    threads: int | None
+    rows: list[ProfileRow] = field(default_factory=list)
+    latencies: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict, raw latencies included."""
+        return {
+            "bundle": self.bundle,
+            "threads": self.threads,
+            "rows": [asdict(r) for r in self.rows],
+            "latencies_ms": [
+                {"backend": k[0], "role": k[1], "batch": k[2], "ms": v} for k, v in self.latencies.items()
+            ],
+        }
+
+    def table(self) -> str:
+        """Plain-text table."""
+        head = (
+            f"{'backend':<9} {'role':<9} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            ratio = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "-"
+            lines.append(
+                f"{r.backend:<9} {r.role:<9} {r.batch:>5} {r.p50_ms:>9.4f} {r.p90_ms:>9.4f} {r.p99_ms:>9.4f} "
+                f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}"
+            )
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Box plots of the latency distributions, one panel per (role, batch), written as PNG."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise BackendUnavailableError("--plot needs matplotlib; `pip install matplotlib`.") from exc
+        panels = sorted({(k[1], k[2]) for k in self.latencies})
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+        for ax, (role, batch) in zip(axes[0], panels):
+            keys = [k for k in self.latencies if (k[1], k[2]) == (role, batch)]
+            ax.boxplot([self.latencies[k] for k in keys], showfliers=False)
+            ax.set_xticks(range(1, len(keys) + 1), [k[0] for k in keys])
+            ax.set_title(f"{role}, batch {batch}")
+            ax.set_ylabel("latency (ms)")
+        fig.suptitle(f"{Path(self.bundle).name}: {self.threads or 'default'} thread(s)")
+        fig.tight_layout()
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        return target
+
+
+def profile(
+    bundle: str | os.PathLike[str] | Bundle,
+    backends: Sequence[str] = ("ort-cpu", "torch"),
+    batches: Sequence[int] = (1, 32),
+    iterations: int = 200,
+    warmup: int = 20,
+    threads: int | None = 1,
+    model: Any = None,
+) -> ProfileReport:
+    """Time every role of a bundle on each backend and batch size with identical inputs and threads."""
+    if iterations < 1 or warmup < 0:
+        raise InputError(f"iterations={iterations}, warmup={warmup}: expected iterations >= 1 and warmup >= 0.")
+    if any(b < 1 for b in batches):
+        raise InputError(f"--batch values {list(batches)} must all be >= 1.")
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    report = ProfileReport(str(b.path), threads)
+    options = RunnerOptions(threads=threads)
+    feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    p50: dict[tuple[str, int], float] = {}
+    for backend in backends:
+        for role, runner in make_runners(b, backend, options, model).items():
+            with runner:
+                for batch in batches:
+                    dims = b.check_shapes[0] | {"batch": batch}
+                    inputs = feeds.setdefault((role, batch), runner.spec.random_inputs(np.random.default_rng(0), dims))
+                    for _ in range(warmup):
+                        runner.infer(inputs)
+                    times = []
+                    for _ in range(iterations):
+                        start = time.perf_counter()
+                        runner.infer(inputs)
+                        times.append((time.perf_counter() - start) * 1e3)
+                    report.latencies[(backend, role, batch)] = times
+                    if backend == "torch":
+                        p50[(role, batch)] = float(np.percentile(times, 50))
+    for (backend, role, batch), times in report.latencies.items():
+        t = np.asarray(times)
+        median = float(np.percentile(t, 50))
+        base = p50.get((role, batch))
+        report.rows.append(
+            ProfileRow(
+                backend, role, batch, len(t), median, float(np.percentile(t, 90)), float(np.percentile(t, 99)),
+                float(t.mean()), batch * 1e3 / float(t.mean()), base / median if base else None,
+            )
+        )
+    return report

@@ -1,0 +1,103 @@
+"""Where a torch model comes from: `zoo:NAME[@CHECKPOINT]`, a checkpoint path, or `package.module:factory`."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import sha256_file
+from .errors import InputError
+from .runtimes.torch_runner import import_torch
+
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model ready to export, its family and the JSON record that rebuilds it."""
+
+    model: Any
+    family: str
+    source: dict[str, Any]
+
+
+def _from_checkpoint(path: Path, family: str | None) -> Resolved:
+    from .models import load_checkpoint
+
+    entry, model, payload = load_checkpoint(path)
+    if family and family != entry.family:
+        raise InputError(
+            f"checkpoint '{path}' holds zoo model '{entry.name}' of family '{entry.family}', not '{family}'; "
+            "drop --family or pass the matching one."
+        )
+    source = {"kind": "checkpoint", "zoo": entry.name, "path": str(path.resolve()), "sha256": sha256_file(path)}
+    return Resolved(model, entry.family, source)
+
+
+def _import_factory(ref: str) -> Callable[[], Any]:
+    module_name, attr = ref.split(":")
+    if str(Path.cwd()) not in sys.path:  # console scripts do not put the working directory on sys.path
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InputError(
+            f"could not import module '{module_name}' for source '{ref}' ({type(exc).__name__}: {exc}); "
+            "check the name and that it is importable from the working directory or PYTHONPATH."
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"module '{module_name}' has no callable '{attr}'; source must be `package.module:factory`.")
+    return factory
+
+
+def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], None] | None = None) -> Resolved:
+    """Turn a CLI source string into a model (training a zoo model first if it is not cached)."""
+    torch = import_torch()
+    if spec.startswith("zoo:"):
+        from .models import get_entry, trained
+
+        name, _, checkpoint = spec[4:].partition("@")
+        entry = get_entry(name)
+        path = Path(checkpoint) if checkpoint else trained(name, on_step)
+        resolved = _from_checkpoint(path, family)
+        if resolved.source["zoo"] != entry.name:
+            raise InputError(f"checkpoint '{path}' holds zoo model '{resolved.source['zoo']}', not '{name}'.")
+        return resolved
+    if FACTORY.match(spec) and not Path(spec).exists():
+        if not family:
+            from .exporters import FAMILIES
+
+            raise InputError(f"source '{spec}' is a factory; say which family it is with --family ({', '.join(sorted(FAMILIES))}).")
+        model = _import_factory(spec)()
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"factory '{spec}' returned {type(model).__name__}, expected a torch.nn.Module.")
+        return Resolved(model, family, {"kind": "factory", "ref": spec})
+    if Path(spec).is_file():
+        return _from_checkpoint(Path(spec), family)
+    raise InputError(
+        f"source '{spec}' is not a zoo name, an existing checkpoint or a `package.module:factory`; "
+        "try `zoo:cnn`, `runs/cnn.pt` or `my_pkg.models:build_model`."
+    )
+
+
+def rebuild(source: dict[str, Any]) -> Any:
+    """The torch original recorded in a bundle's manifest, for fresh-input verify and the torch backend."""
+    if source.get("kind") == "checkpoint":
+        path = Path(source["path"])
+        if not path.is_file():
+            raise InputError(f"the source checkpoint '{path}' is not on this machine; pass the model (or --source).")
+        if sha256_file(path) != source["sha256"]:
+            raise InputError(f"the source checkpoint '{path}' changed since export; re-export the bundle.")
+        return _from_checkpoint(path, None).model
+    if source.get("kind") == "factory":
+        return _import_factory(source["ref"])()
+    raise InputError(
+        f"this bundle was exported from an in-memory {source.get('class', 'model')}, which cannot be rebuilt; "
+        "pass model=... (Python) or --source (CLI)."
+    )

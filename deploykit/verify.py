@@ -1,0 +1,83 @@
+"""verify: replay golden vectors (torch-free) and, where torch and the source are here, compare on fresh inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import BackendUnavailableError, InputError
+from .parity import ParityReport
+from .runtimes import RunnerOptions, make_runners
+
+
+@dataclass
+class VerifyResult:
+    """Parity rows plus notes (seed used, modes skipped and why)."""
+
+    bundle: str
+    backend: str
+    report: ParityReport
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every compared output is within tolerance."""
+        return self.report.passed
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"bundle": self.bundle, "backend": self.backend, "notes": self.notes} | self.report.to_json()
+
+
+def verify(
+    bundle: str | os.PathLike[str] | Bundle,
+    backend: str = "ort-cpu",
+    model: Any = None,
+    fresh: bool | None = None,
+    seed: int | None = None,
+    options: RunnerOptions | None = None,
+) -> VerifyResult:
+    """Check a bundle's graphs on `backend` against the torch original.
+
+    Golden mode always runs. Fresh mode (new random inputs at every check shape, torch vs
+    backend) runs when `fresh` is True, or when it is None and torch plus the source are available.
+    """
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if backend == "torch":
+        raise InputError("verify compares a deployment backend against torch; choose an ort-* backend.")
+    tol = b.tolerance
+    result = VerifyResult(str(b.path), backend, ParityReport())
+    runners = make_runners(b, backend, options)
+    for runner in runners.values():
+        runner.activate()
+    try:
+        for case in b.golden:
+            inputs, expected = case.load()
+            result.report.add(f"golden {case.role} {case.name}", expected, runners[case.role].infer(inputs), **tol)
+        if fresh is False:
+            result.notes.append("fresh inputs: skipped (--golden-only)")
+            return result
+        try:
+            references = make_runners(b, "torch", options, model)
+        except (BackendUnavailableError, InputError) as exc:
+            if fresh:
+                raise
+            result.notes.append(f"fresh inputs: skipped ({exc})")
+            return result
+        seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+        result.notes.append(f"fresh inputs: seed {seed}")
+        rng = np.random.default_rng(seed)
+        for role, ref in references.items():
+            with ref:
+                for dims in b.check_shapes:
+                    case = ",".join(f"{k}={v}" for k, v in dims.items())
+                    inputs = runners[role].spec.random_inputs(rng, dims)
+                    result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), **tol)
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return result
