@@ -46,7 +46,7 @@ def compare_output(
     max_abs = float(diff.max()) if diff.size else 0.0
     big = ref > atol
     max_rel = float((diff[big] / ref[big]).max()) if np.any(big) else 0.0
-    passed = bool(np.all(diff <= atol + rtol * ref)) and bool(np.array_equal(a[~finite], e[~finite]))
+    passed = bool(np.all(diff <= atol + rtol * ref)) and bool(np.array_equal(a[~finite], e[~finite], equal_nan=True))
     return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed)
 
 

@@ -76,18 +76,20 @@ def _autoencoder_roles(model: nn.Module) -> dict[str, Role]:
     }
 
 
-# Tolerances, fp32. Observed ORT-CPU vs torch max abs errors on the trained zoo models are noted
-# beside each; the bounds leave ~10-100x headroom for other CPUs' kernels (AVX2 vs AVX-512 change
-# summation order). Linear stacks: rounding ~ sqrt(fan_in) * 6e-8 * |activation| -> ~1e-6.
-# Conv stacks: ORT fuses Conv+BatchNorm(+ReLU) and picks its own conv algorithm, so rounding
-# differs per layer and accumulates over depth -> ~1e-5 on logits of magnitude ~10.
+# Tolerances, fp32, for |ort - torch| <= atol + rtol * |torch|. Worst max-abs error seen over 10
+# fresh-input seeds on the trained zoo models (ORT-CPU 1.31 vs torch 2.13, x86 here) is noted per
+# family; bounds leave >= 5x headroom for other CPUs' kernels (AVX2 vs AVX-512 reorder sums).
+# Linear stacks round at ~sqrt(fan_in) * 6e-8 * |activation|; conv stacks differ more because ORT
+# fuses Conv+BatchNorm(+ReLU) and picks its own conv algorithm, and rounding accumulates with depth.
 register(Family("mlp", "multi-layer perceptron classifier", MLP_PROTOCOL,
-                _classifier_roles("x", MLP_PROTOCOL, "mlp"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),
+                _classifier_roles("x", MLP_PROTOCOL, "mlp"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 1.1e-5
                 lambda m: {"kind": "classifier"}))
 register(Family("cnn", "convolutional classifier", CNN_PROTOCOL,
-                _classifier_roles("image", CNN_PROTOCOL, "cnn"), lambda m: BATCHES, Tolerance(1e-4, 1e-3),
+                _classifier_roles("image", CNN_PROTOCOL, "cnn"), lambda m: BATCHES, Tolerance(1e-4, 1e-3),  # seen 1.9e-5
                 lambda m: {"kind": "classifier"}))
 register(Family("fcn", "fully convolutional network / U-Net, dynamic batch, height and width", FCN_PROTOCOL,
-                _fcn_roles, spatial_shapes, Tolerance(1e-4, 1e-3), lambda m: {"kind": "segmenter"}))
+                _fcn_roles, spatial_shapes, Tolerance(1e-4, 1e-3),  # seen 1.2e-5
+                lambda m: {"kind": "segmenter"}))
 register(Family("autoencoder", "deterministic autoencoder: encoder and decoder graphs", AE_PROTOCOL,
-                _autoencoder_roles, lambda m: BATCHES, Tolerance(1e-5, 1e-4), lambda m: {"kind": "autoencoder"}))
+                _autoencoder_roles, lambda m: BATCHES, Tolerance(2e-5, 1e-4),  # seen 1.9e-6
+                lambda m: {"kind": "autoencoder"}))

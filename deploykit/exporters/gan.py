@@ -46,12 +46,14 @@ def _generator_loop(model: nn.Module) -> dict[str, object]:
     return loop
 
 
-# Generators end in tanh (|output| <= 1, derivative <= 1), so errors do not grow past those of the
-# transposed-conv stack before it: observed ~1e-6 on the zoo models. InstanceNorm in the CycleGAN
-# generator divides by per-image standard deviations computed in a different order in ORT: ~1e-5.
+# Generators end in tanh (|output| <= 1, slope <= 1), so errors stay those of the transposed-conv
+# stack before it; InstanceNorm in the CycleGAN generator divides by per-image standard deviations
+# summed in another order by ORT. Worst max-abs error over 10 fresh seeds noted beside each
+# (see feedforward.py for how these were measured).
 register(Family("dcgan", "DCGAN generator: z -> image", DCGAN_PROTOCOL, _dcgan_roles,
-                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))  # seen 1.2e-6
 register(Family("cgan", "conditional GAN generator: (z, label) -> image", CGAN_PROTOCOL, _cgan_roles,
-                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))  # seen 1.3e-6
 register(Family("cyclegan", "CycleGAN-style image-to-image generator", CYCLEGAN_PROTOCOL, _cyclegan_roles,
-                spatial_shapes, Tolerance(1e-4, 1e-3), lambda m: {"kind": "image2image", "value_range": VALUE_RANGE}))
+                spatial_shapes, Tolerance(2e-5, 1e-4),  # seen 1.7e-6
+                lambda m: {"kind": "image2image", "value_range": VALUE_RANGE}))

@@ -22,13 +22,20 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int6
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with parametrizations (weight norm etc.) folded into plain weights."""
+    """A copy of `model` in eval mode with parametrizations (weight norm etc.) folded into plain weights.
+
+    Folding is done per instance: torch's remove_parametrizations deletes the property from the
+    Parametrized* class, which a deepcopy shares with the user's model, and would break it.
+    """
     model = copy.deepcopy(model).eval()
-    for module in model.modules():
+    for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-        for key, hook in list(module._forward_pre_hooks.items()):  # legacy torch.nn.utils.weight_norm
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            module.__class__ = module.__class__.__bases__[0]
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value, requires_grad=False))
+        for hook in list(module._forward_pre_hooks.values()):  # legacy torch.nn.utils.weight_norm
             if type(hook).__name__ == "WeightNorm":
                 torch.nn.utils.remove_weight_norm(module, hook.name)
     return model

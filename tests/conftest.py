@@ -1,0 +1,72 @@
+"""Shared fixtures: one trained zoo cache and one exported bundle per zoo model for the whole session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import deploykit
+from deploykit.bundle import Bundle
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DEPLOYKIT_HOME for the session (reuse a warm cache by setting DEPLOYKIT_TEST_HOME)."""
+    home = Path(os.environ.get("DEPLOYKIT_TEST_HOME") or tmp_path_factory.mktemp("deploykit-home"))
+    os.environ["DEPLOYKIT_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def zoo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Bundle]:
+    """Export trained zoo model NAME once per session (through the same path as `deploykit export`)."""
+    from deploykit.sources import resolve
+
+    root = tmp_path_factory.mktemp("bundles")
+    cache: dict[str, Bundle] = {}
+
+    def get(name: str) -> Bundle:
+        if name not in cache:
+            resolved = resolve(f"zoo:{name}")
+            cache[name] = deploykit.export(resolved.model, resolved.family, root / name, source=resolved.source)
+        return cache[name]
+
+    return get
+
+
+class TinyMLP(__import__("torch").nn.Module):
+    """A user-style model following the mlp protocol, small enough to export in a second."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.input_shape = (6,)
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.net(x)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> TinyMLP:
+    return TinyMLP().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_master(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyMLP) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "bundle"
+    deploykit.export(tiny_model, "mlp", out)
+    return out
+
+
+@pytest.fixture
+def tiny_bundle(tiny_bundle_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle, free to tamper with."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle_master, tmp_path / "bundle"))

@@ -1,0 +1,173 @@
+"""Bundle writing is atomic and never overwrites silently; loading refuses anything broken."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import deploykit
+from deploykit.bundle import MANIFEST, load_bundle, sha256_file
+from deploykit.errors import BundleError, ExportError, InputError
+from deploykit.runtimes import OrtRunner
+
+
+def edit_manifest(bundle: Path, change) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    change(manifest)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def refresh_checksum(bundle: Path) -> None:
+    edit_manifest(bundle, lambda m: m["graphs"]["model"].update(sha256=sha256_file(bundle / "graphs/model.onnx")))
+
+
+def test_manifest_records_what_the_issue_asks(tiny_bundle: Path) -> None:
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    g = m["graphs"]["model"]
+    assert m["schema_version"] == 1 and m["family"] == "mlp"
+    assert g["spec"]["inputs"][0] == {"name": "x", "dtype": "float32", "shape": ["batch", 6]}
+    assert g["opset"] == 18 and len(g["sha256"]) == 64
+    assert {"torch", "onnx", "onnxruntime", "deploykit"} <= set(m["tools"])
+    assert m["source"]["kind"] == "python" and m["loop"] == {"kind": "classifier"}
+    assert not list(tiny_bundle.rglob("*.pt")) and not list(tiny_bundle.rglob("*.pkl"))
+    for case in load_bundle(tiny_bundle).golden:  # golden vectors load without pickles
+        inputs, outputs = case.load()
+        assert set(inputs) == {"x"} and set(outputs) == {"logits"}
+
+
+def test_missing_graph(tiny_bundle: Path) -> None:
+    (tiny_bundle / "graphs/model.onnx").unlink()
+    with pytest.raises(BundleError, match="'graphs/model.onnx' is missing"):
+        load_bundle(tiny_bundle)
+
+
+def test_checksum_mismatch(tiny_bundle: Path) -> None:
+    path = tiny_bundle / "graphs/model.onnx"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(BundleError, match="sha256 .* manifest says"):
+        load_bundle(tiny_bundle)
+
+
+def test_truncated_onnx_with_matching_checksum(tiny_bundle: Path) -> None:
+    path = tiny_bundle / "graphs/model.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    refresh_checksum(tiny_bundle)
+    with pytest.raises(BundleError, match="corrupt or truncated"):
+        load_bundle(tiny_bundle)
+    spec = deploykit.load_bundle.__globals__["GraphSpec"].from_json(
+        json.loads((tiny_bundle / MANIFEST).read_text())["graphs"]["model"]["spec"]
+    )
+    with pytest.raises(BundleError, match="corrupt or truncated"):  # and without onnx, ORT's error is ours too
+        OrtRunner("model", spec, path).activate()
+
+
+def test_newer_schema_version(tiny_bundle: Path) -> None:
+    edit_manifest(tiny_bundle, lambda m: m.update(schema_version=99))
+    with pytest.raises(BundleError, match="newer than this deploykit reads .* upgrade deploykit"):
+        load_bundle(tiny_bundle)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(BundleError, match="not a deploykit bundle"):
+        load_bundle(tmp_path)
+
+
+def test_external_data_escaping_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    path = tiny_bundle / "graphs/model.onnx"
+    model = onnx.load(str(path))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../secret.bin"
+    onnx.save(model, str(path))
+    refresh_checksum(tiny_bundle)
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        load_bundle(tiny_bundle)
+
+
+def test_declared_file_outside_the_bundle(tiny_bundle: Path) -> None:
+    edit_manifest(tiny_bundle, lambda m: m["golden"][0].update(file="../../etc/passwd"))
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        load_bundle(tiny_bundle)
+
+
+def test_existing_output_needs_force(tiny_model, tiny_bundle: Path) -> None:
+    before = sha256_file(tiny_bundle / MANIFEST)
+    with pytest.raises(InputError, match="already exists; .* --force"):
+        deploykit.export(tiny_model, "mlp", tiny_bundle)
+    assert sha256_file(tiny_bundle / MANIFEST) == before
+    deploykit.export(tiny_model, "mlp", tiny_bundle, force=True)
+    assert load_bundle(tiny_bundle).family == "mlp"
+    assert [p.name for p in tiny_bundle.parent.iterdir()] == ["bundle"]  # no temp or backup left
+
+
+def test_force_never_replaces_a_non_bundle(tiny_model, tmp_path: Path) -> None:
+    precious = tmp_path / "mydata"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a deploykit bundle; refusing"):
+        deploykit.export(tiny_model, "mlp", precious, force=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+class DataDependent(torch.nn.Module):
+    input_shape = (4,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent Python branch: torch.export cannot trace it
+            return x * 2
+        return x
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="could not export role 'model' of DataDependent"):
+        deploykit.export(DataDependent(), "mlp", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_family_and_protocol_violations(tiny_model, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown family 'rnn'; choose one of .*'mlp'"):
+        deploykit.export(tiny_model, "rnn", tmp_path / "a")
+    with pytest.raises(ExportError, match="no attribute 'latent_dim', which family 'dcgan' needs"):
+        deploykit.export(tiny_model, "dcgan", tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weight_norm_is_folded(tmp_path: Path) -> None:
+    from deploykit.models.feedforward import MLP
+
+    model = MLP().eval()
+    bundle = deploykit.export(model, "mlp", tmp_path / "wn")
+    graph = onnx.load(str(bundle.graphs["model"].path))
+    names = {i.name for i in graph.graph.initializer}
+    assert not any("original0" in n or "original1" in n for n in names)  # folded, not recomputed per call
+    assert deploykit.verify(bundle, model=model, seed=0).passed
+    assert any("parametrizations" in n for n, _ in model.named_parameters())  # the user's model is untouched
+    assert np.isfinite(bundle.tolerance["atol"])
+
+
+def test_legacy_weight_norm_is_folded(tmp_path: Path) -> None:
+    class Legacy(torch.nn.Module):
+        input_shape = (6,)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.utils.weight_norm(torch.nn.Linear(6, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = Legacy().eval()
+    bundle = deploykit.export(model, "mlp", tmp_path / "legacy")
+    names = {i.name for i in onnx.load(str(bundle.graphs["model"].path)).graph.initializer}
+    assert not any(n.endswith(("weight_g", "weight_v")) for n in names)
+    assert hasattr(model.fc, "weight_g")  # the user's model keeps its weight norm
+    assert deploykit.verify(bundle, model=model, seed=0).passed

@@ -1,0 +1,84 @@
+"""Every family: export a trained zoo model, then verify (golden + fresh inputs at every check shape)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.exporters import FAMILIES
+from deploykit.models import ZOO, load_checkpoint, trained
+from deploykit.models.data import load_digits
+
+ZOO_NAMES = list(ZOO)
+
+
+def test_every_family_has_a_zoo_model_under_test() -> None:
+    assert {e.family for e in ZOO.values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_export_verify_on_trained_model(name: str, zoo_bundle) -> None:
+    bundle = zoo_bundle(name)
+    result = deploykit.verify(bundle, fresh=True, seed=1234)
+    assert result.passed, result.report.table()
+    fresh = [r for r in result.report.rows if r.case.startswith("fresh")]
+    golden = [r for r in result.report.rows if r.case.startswith("golden")]
+    assert fresh and golden
+    assert {r.shape[0] for r in fresh} >= {1, 7}  # two batch sizes from one export
+    if bundle.family in ("fcn", "cyclegan"):
+        assert len({r.shape[2:] for r in fresh}) == 2  # two spatial sizes from one export
+    assert all(np.isfinite(row.max_abs) and np.isfinite(row.max_rel) for row in result.report.rows)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_classifier_accuracy_through_ort_equals_torch(name: str, zoo_bundle) -> None:
+    _, model, payload = load_checkpoint(trained(name))
+    digits = load_digits()
+    x = digits.x_test.reshape(len(digits.x_test), -1) if name == "mlp" else digits.x_test
+    with deploykit.load(zoo_bundle(name).path) as dep:
+        logits = dep.infer({dep.runner().spec.inputs[0].name: x})["logits"]
+    accuracy = float((logits.argmax(1) == digits.y_test).mean())
+    assert accuracy == pytest.approx(payload["metrics"]["test_accuracy"])
+    assert accuracy > 0.9
+
+
+def test_unet_segments_through_ort(zoo_bundle) -> None:
+    from deploykit.models.data import segmentation_target
+
+    digits = load_digits()
+    with deploykit.load(zoo_bundle("unet").path) as dep:
+        pred = dep.infer({"image": digits.x_test})["logits"].argmax(1)
+    assert (pred == segmentation_target(digits.x_test, digits.y_test)).mean() > 0.95
+
+
+def test_autoencoder_roles_chain(zoo_bundle) -> None:
+    x = load_digits().x_test.reshape(-1, 64)
+    with deploykit.load(zoo_bundle("autoencoder").path) as dep:
+        code = dep.infer({"x": x}, role="encoder")["code"]
+        recon = dep.infer({"code": code}, role="decoder")["reconstruction"]
+    assert code.shape == (len(x), 12)
+    assert float(((recon - x) ** 2).mean()) < 0.03
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cgan"])
+def test_sampling_loop_ort_equals_torch_same_seed(name: str, zoo_bundle) -> None:
+    bundle = zoo_bundle(name)
+    with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
+        a, b = ort_dep.sample(20, seed=3), torch_dep.sample(20, seed=3)
+    assert a.shape == (20, 1, 8, 8)
+    np.testing.assert_allclose(a, b, atol=bundle.tolerance["atol"], rtol=bundle.tolerance["rtol"])
+    assert np.abs(a).max() <= 1.0
+
+
+def test_conditional_labels_steer_the_generator(zoo_bundle) -> None:
+    with deploykit.load(zoo_bundle("cgan").path) as dep:
+        ones, sevens = dep.sample(8, seed=0, labels=np.asarray(1)), dep.sample(8, seed=0, labels=np.asarray(7))
+    assert not np.allclose(ones, sevens)
+
+
+def test_cyclegan_inverts_digits_through_ort(zoo_bundle) -> None:
+    x = load_digits().x_test * 2 - 1
+    with deploykit.load(zoo_bundle("cyclegan").path) as dep:
+        y = dep.infer({"image": x})["translated"]
+    assert float(np.abs(y + x).mean()) < 0.3  # learned the unpaired map A -> -A

@@ -1,0 +1,36 @@
+"""The comparator: max abs / max rel error and the allclose-style pass rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploykit.parity import ParityReport, compare_output
+
+
+def test_within_and_outside_tolerance() -> None:
+    e = np.array([1.0, -2.0, 1e-9], np.float32)
+    ok = compare_output("c", "y", e, e + np.float32(5e-6), atol=1e-5, rtol=0)
+    bad = compare_output("c", "y", e, e + np.float32(5e-5), atol=1e-5, rtol=0)
+    assert ok.passed and not bad.passed
+    assert np.isclose(bad.max_abs, 5e-5, rtol=1e-2)
+
+
+def test_max_rel_ignores_near_zero_references() -> None:
+    e = np.array([1e-9, 2.0])
+    r = compare_output("c", "y", e, e + np.array([1e-7, 2e-4]), atol=1e-6, rtol=1e-3)
+    assert np.isclose(r.max_rel, 1e-4)  # not 100 from the 1e-9 entry
+    assert r.passed
+
+
+def test_shape_and_nan_mismatch_fail() -> None:
+    assert not compare_output("c", "y", np.zeros(3), np.zeros(4), 1, 1).passed
+    assert not compare_output("c", "y", np.zeros(2), np.array([0, np.nan]), 1, 1).passed
+    assert compare_output("c", "y", np.array([np.nan]), np.array([np.nan]), 1e-6, 0).passed
+
+
+def test_report_fails_on_missing_output_and_when_empty() -> None:
+    report = ParityReport()
+    assert not report.passed
+    report.add("c", {"y": np.zeros(2)}, {}, 1e-6, 0)
+    assert not report.passed
+    assert "missing" in report.table()

@@ -1,0 +1,67 @@
+"""One contract test for every runner: same outputs, validation before the backend, activate/deactivate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from deploykit.bundle import load_bundle
+from deploykit.errors import BackendUnavailableError, DeploykitError, InputError
+from deploykit.runtimes import BACKENDS, RunnerOptions, make_runners
+from deploykit.runtimes.ort import PROVIDERS
+
+AVAILABLE = set(ort.get_available_providers())
+
+
+def skip_reason(backend: str) -> str | None:
+    if backend in PROVIDERS and PROVIDERS[backend][0] not in AVAILABLE:
+        return f"{PROVIDERS[backend][0]} not in this onnxruntime ({sorted(AVAILABLE)}); needs onnxruntime-gpu + GPU"
+    return None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runner_contract(backend: str, tiny_bundle_master: Path, tiny_model) -> None:
+    if reason := skip_reason(backend):
+        pytest.skip(reason)
+    bundle = load_bundle(tiny_bundle_master)
+    runner = make_runners(bundle, backend, RunnerOptions(threads=1, check_finite=True), model=tiny_model)["model"]
+    case = bundle.golden[1]
+    inputs, expected = case.load()
+    with pytest.raises(DeploykitError, match="not active"):
+        runner.infer(inputs)
+    with runner:
+        out = runner.infer(inputs)
+        assert list(out) == ["logits"] and out["logits"].dtype == np.float32
+        np.testing.assert_allclose(out["logits"], expected["logits"], **bundle.tolerance)
+        with pytest.raises(InputError, match=r"input 'x' has dtype float64, expected float32"):
+            runner.infer({"x": inputs["x"].astype(np.float64)})
+        with pytest.raises(InputError, match=r"input 'x' has shape \[7, 5\], expected \[batch, 6\]"):
+            runner.infer({"x": inputs["x"][:, :5]})
+        with pytest.raises(InputError, match="missing input"):
+            runner.infer({})
+        with pytest.raises(InputError, match="'x' holds 1 NaN/Inf"):
+            bad = inputs["x"].copy()
+            bad[0, 0] = np.nan
+            runner.infer({"x": bad})
+    runner.deactivate()  # idempotent
+    assert not runner.active
+
+
+@pytest.mark.parametrize("backend", ["ort-cuda", "ort-trt"])
+def test_unavailable_gpu_backend_is_a_clear_error(backend: str, tiny_bundle_master: Path) -> None:
+    if not skip_reason(backend):
+        pytest.skip(f"{backend} is available here")
+    runner = make_runners(load_bundle(tiny_bundle_master), backend)["model"]
+    with pytest.raises(BackendUnavailableError, match="install deploykit\\[gpu\\]"):
+        runner.activate()
+
+
+def test_unknown_backend_and_unrebuildable_source(tiny_bundle_master: Path) -> None:
+    bundle = load_bundle(tiny_bundle_master)
+    with pytest.raises(InputError, match="unknown backend 'tensorflow'; choose one of 'ort-cpu'"):
+        make_runners(bundle, "tensorflow")
+    with pytest.raises(InputError, match="in-memory .*TinyMLP, which cannot be rebuilt; pass model="):
+        make_runners(bundle, "torch")
