@@ -27,7 +27,12 @@ def prepare(model: nn.Module) -> nn.Module:
     Folding is done per instance: torch's remove_parametrizations deletes the property from the
     Parametrized* class, which a deepcopy shares with the user's model, and would break it.
     """
-    model = copy.deepcopy(model).eval()
+    memo: dict[int, object] = {}
+    for module in model.modules():  # legacy weight_norm keeps a non-leaf `weight`, which deepcopy refuses
+        for hook in module._forward_pre_hooks.values():
+            if type(hook).__name__ == "WeightNorm":
+                memo[id(getattr(module, hook.name))] = getattr(module, hook.name).detach().clone()
+    model = copy.deepcopy(model, memo).eval()
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
             values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
