@@ -16,8 +16,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 from . import export_cmd, inspect_cmd, profile_cmd, run_cmd, sample_cmd, verify_cmd, zoo_cmd  # noqa: E402,F401
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
         code = exc.code
     except DeploykitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         code = 2
     if argv is None:
         sys.exit(code)

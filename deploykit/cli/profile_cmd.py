@@ -25,7 +25,7 @@ def profile_cmd(
 ) -> None:
     """Latency p50/p90/p99/mean and throughput per backend and batch, with the speedup over torch eager."""
     report = profile(bundle, backend or ["ort-cpu", "torch"], batch or [1, 32], iterations, warmup, threads or None)
-    console.print(report.table(), highlight=False, markup=False, soft_wrap=True)
+    console.print(report.table(), highlight=False, markup=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_json(), indent=2))

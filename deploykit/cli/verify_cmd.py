@@ -26,9 +26,9 @@ def verify_cmd(
     """Compare the bundle's graphs with the torch original: golden vectors, then fresh random inputs."""
     mode = False if golden_only else (True if fresh else None)
     result = verify(bundle, backend, fresh=mode, seed=seed, options=RunnerOptions(check_finite=check_finite))
-    console.print(result.report.table(), highlight=False, markup=False, soft_wrap=True)
+    console.print(result.report.table(), highlight=False, markup=False)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"note: {note}", highlight=False, markup=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.to_json(), indent=2))

@@ -1,0 +1,5 @@
+"""`python -m deploykit` == the `deploykit` command."""
+
+from .cli import main
+
+main()

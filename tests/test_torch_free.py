@@ -1,0 +1,72 @@
+"""The runtime side works in a process where `import torch` fails: verify (golden), sample, inspect, profile, run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment whose PYTHONPATH puts a `torch` package that raises ImportError first."""
+    shadow = tmp_path_factory.mktemp("no-torch")
+    (shadow / "torch").mkdir()
+    (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
+    return env
+
+
+def deploykit(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "deploykit", *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torch_really_is_absent(no_torch_env: dict[str, str]) -> None:
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch_env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "torch is not installed" in probe.stderr
+
+
+def test_verify_sample_inspect_profile_run_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    gan = zoo_bundle("cgan").path
+    unet = zoo_bundle("unet").path
+    verified = deploykit(no_torch_env, "verify", unet)
+    assert verified.returncode == 0, verified.stderr
+    assert "PASS" in verified.stdout and "fresh inputs: skipped (this needs torch" in verified.stdout
+    assert "golden model batch=2,height=16,width=12" in verified.stdout
+    sampled = deploykit(no_torch_env, "sample", gan, "--n", "16", "--seed", "1", "--out", tmp_path / "g.npy")
+    assert sampled.returncode == 0, sampled.stderr
+    assert np.load(tmp_path / "g.npy").shape == (16, 1, 8, 8)
+    assert deploykit(no_torch_env, "inspect", gan).returncode == 0
+    prof = deploykit(no_torch_env, "profile", gan, "--backend", "ort-cpu", "--iterations", "3", "--batch", "2")
+    assert prof.returncode == 0 and "ort-cpu" in prof.stdout
+    needs_torch = deploykit(no_torch_env, "verify", gan, "--fresh")
+    assert needs_torch.returncode == 2 and "this needs torch" in needs_torch.stderr
+    assert "Traceback" not in needs_torch.stderr
+
+
+def test_golden_verify_fails_when_outputs_differ_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from deploykit.bundle import save_golden, sha256_file
+
+    bundle = Path(shutil.copytree(zoo_bundle("dcgan").path, tmp_path / "b"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    case = manifest["golden"][0]
+    with np.load(bundle / case["file"]) as data:
+        inputs = {"z": data["in.z"]}
+        outputs = {"image": data["out.image"] + np.float32(1e-3)}  # a deployment off by 1e-3 must fail
+    save_golden(bundle / case["file"], inputs, outputs)
+    case["sha256"] = sha256_file(bundle / case["file"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = deploykit(no_torch_env, "verify", bundle, "--json", tmp_path / "r.json")
+    assert result.returncode == 1 and "FAIL" in result.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["passed"] for r in rows] == [False, True]
+    assert abs(rows[0]["max_abs"] - 1e-3) < 1e-5
