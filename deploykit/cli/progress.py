@@ -1,4 +1,4 @@
-"""A rich progress bar as a training `on_step(done, total)` callback."""
+"""A rich progress bar as a training `on_step(done, total)` callback, shown only once a step happens."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 @contextmanager
 def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """Yield a callback that advances a progress bar labelled `label`."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
-        task = bar.add_task(label, total=None)
+    """Yield a callback that advances a progress bar labelled `label` (started on the first call)."""
+    bar: Progress | None = None
 
-        def on_step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def on_step(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           transient=True)
+            bar.start()
+            bar.add_task(label, total=total)
+        bar.update(bar.task_ids[0], completed=done, total=total)
 
+    try:
         yield on_step
+    finally:
+        if bar is not None:
+            bar.stop()

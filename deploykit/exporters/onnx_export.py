@@ -64,7 +64,8 @@ def _output_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
 def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int]:
     """Export one role to `path`; return its spec (outputs read back from the graph) and opset."""
     dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):  # progress chatter and benign warnings
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,0 +1,37 @@
+"""Slow: parity on many fresh seeds, large batches and larger/odd spatial sizes (`make test-slow`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.models import ZOO
+from deploykit.parity import ParityReport
+from deploykit.runtimes import make_runners
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
+    bundle = zoo_bundle(name)
+    spatial = bundle.family in ("fcn", "cyclegan")
+    shapes = [{"batch": 32}] + ([{"batch": 3, "height": 64, "width": 40}, {"batch": 1, "height": 12, "width": 28}]
+                                if spatial else [])
+    report = ParityReport()
+    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        for role, ort_runner in ort_runners.items():
+            with ort_runner, torch_runners[role] as ref:
+                for dims in [bundle.check_shapes[0] | d for d in shapes]:
+                    inputs = ort_runner.spec.random_inputs(rng, dims)
+                    report.add(f"{role} {dims} seed {seed}", ref.infer(inputs), ort_runner.infer(inputs), **bundle.tolerance)
+    assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cgan"])
+def test_many_samples_match(name: str, zoo_bundle) -> None:
+    with deploykit.load(zoo_bundle(name).path) as a, deploykit.load(zoo_bundle(name).path, "torch") as b:
+        np.testing.assert_allclose(a.sample(1000, seed=9), b.sample(1000, seed=9), atol=1e-5, rtol=1e-4)
