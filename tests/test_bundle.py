@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +17,22 @@ import deploykit
 from deploykit.bundle import MANIFEST, load_bundle, sha256_file
 from deploykit.errors import BundleError, ExportError, InputError
 from deploykit.runtimes import OrtRunner
+from deploykit.specs import GraphSpec
 
 
 def edit_manifest(bundle: Path, change) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     change(manifest)
     (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def refuses(bundle: Path, message: str) -> None:
+    """load_bundle raises BundleError matching `message`, and `deploykit verify` exits 2 saying so, no traceback."""
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+    result = subprocess.run([sys.executable, "-m", "deploykit", "verify", str(bundle)], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(message, " ".join(result.stderr.split()))
 
 
 def refresh_checksum(bundle: Path) -> None:
@@ -42,24 +55,21 @@ def test_manifest_records_what_the_issue_asks(tiny_bundle: Path) -> None:
 
 def test_missing_graph(tiny_bundle: Path) -> None:
     (tiny_bundle / "graphs/model.onnx").unlink()
-    with pytest.raises(BundleError, match="'graphs/model.onnx' is missing"):
-        load_bundle(tiny_bundle)
+    refuses(tiny_bundle, "'graphs/model.onnx' is missing")
 
 
 def test_checksum_mismatch(tiny_bundle: Path) -> None:
     path = tiny_bundle / "graphs/model.onnx"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(BundleError, match="sha256 .* manifest says"):
-        load_bundle(tiny_bundle)
+    refuses(tiny_bundle, "sha256 .* manifest says")
 
 
 def test_truncated_onnx_with_matching_checksum(tiny_bundle: Path) -> None:
     path = tiny_bundle / "graphs/model.onnx"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     refresh_checksum(tiny_bundle)
-    with pytest.raises(BundleError, match="corrupt or truncated"):
-        load_bundle(tiny_bundle)
-    spec = deploykit.load_bundle.__globals__["GraphSpec"].from_json(
+    refuses(tiny_bundle, "corrupt or truncated")
+    spec = GraphSpec.from_json(
         json.loads((tiny_bundle / MANIFEST).read_text())["graphs"]["model"]["spec"]
     )
     with pytest.raises(BundleError, match="corrupt or truncated"):  # and without onnx, ORT's error is ours too
@@ -68,8 +78,7 @@ def test_truncated_onnx_with_matching_checksum(tiny_bundle: Path) -> None:
 
 def test_newer_schema_version(tiny_bundle: Path) -> None:
     edit_manifest(tiny_bundle, lambda m: m.update(schema_version=99))
-    with pytest.raises(BundleError, match="newer than this deploykit reads .* upgrade deploykit"):
-        load_bundle(tiny_bundle)
+    refuses(tiny_bundle, "newer than this deploykit reads .* upgrade deploykit")
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:
@@ -89,14 +98,12 @@ def test_external_data_escaping_the_bundle(tiny_bundle: Path, tmp_path: Path) ->
     entry.key, entry.value = "location", "../../secret.bin"
     onnx.save(model, str(path))
     refresh_checksum(tiny_bundle)
-    with pytest.raises(BundleError, match="points outside the bundle"):
-        load_bundle(tiny_bundle)
+    refuses(tiny_bundle, "points outside the bundle")
 
 
 def test_declared_file_outside_the_bundle(tiny_bundle: Path) -> None:
     edit_manifest(tiny_bundle, lambda m: m["golden"][0].update(file="../../etc/passwd"))
-    with pytest.raises(BundleError, match="points outside the bundle"):
-        load_bundle(tiny_bundle)
+    refuses(tiny_bundle, "points outside the bundle")
 
 
 def test_existing_output_needs_force(tiny_model, tiny_bundle: Path) -> None:

@@ -23,6 +23,13 @@ def _batches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[torch
     return out[:steps]
 
 
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on `loss`."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def _fit(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -38,9 +45,7 @@ def _fit(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for i, idx in enumerate(_batches(n, batch, steps, gen)):
-        opt.zero_grad()
-        loss_fn(idx).backward()
-        opt.step()
+        _update(opt, loss_fn(idx))
         sched.step()
         if on_step:
             on_step(i + 1, steps)
@@ -110,14 +115,8 @@ def train_gan(
         fake = generator(z, label) if conditional else generator(z)
         real_logit = discriminator(x[idx], label)
         fake_logit = discriminator(fake.detach(), label)
-        loss_d = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = F.softplus(-discriminator(fake, label)).mean()
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
+        _update(opt_d, F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean())
+        _update(opt_g, F.softplus(-discriminator(fake, label)).mean())
         if on_step:
             on_step(i + 1, steps)
     generator.eval()
@@ -149,17 +148,12 @@ def train_cyclegan(
         fake_b, fake_a = g_ab(real_a), g_ba(real_b)
         adv = ((d_b(fake_b) - 1) ** 2).mean() + ((d_a(fake_a) - 1) ** 2).mean()
         cycle = (g_ba(fake_b) - real_a).abs().mean() + (g_ab(fake_a) - real_b).abs().mean()
-        loss_g = adv + 10 * cycle
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
+        _update(opt_g, adv + 10 * cycle)
         loss_d = sum(
             ((d(real) - 1) ** 2).mean() + (d(fake.detach()) ** 2).mean()
             for d, real, fake in ((d_a, real_a, fake_a), (d_b, real_b, fake_b))
         )
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
+        _update(opt_d, loss_d)
         if on_step:
             on_step(i + 1, steps)
     g_ab.eval()
