@@ -145,19 +145,30 @@ def _check_file(root: Path, entry: Mapping[str, Any], what: str) -> None:
         )
 
 
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
 def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
     """Refuse ONNX external-data locations that leave the bundle (checked with onnx when installed)."""
     try:
         import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
     except ImportError:  # runtime-only install: checksums plus the manifest's declared list still hold
         return
     try:
         model = onnx.load(str(graph_path), load_external_data=False)
     except Exception as exc:
         raise BundleError(f"bundle {root}: graph '{role}' could not be parsed ({exc}); it is corrupt or truncated.") from exc
-    for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = {e.key: e.value for e in tensor.external_data}.get("location", "")
             _inside(graph_path.parent, location, f"external data of graph '{role}'")
 
