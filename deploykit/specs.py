@@ -155,6 +155,11 @@ class GraphSpec:
         )
 
 
+def dims_label(dims: Mapping[str, int]) -> str:
+    """Readable name of a dim binding, e.g. 'batch=2,height=16,width=12'."""
+    return ",".join(f"{k}={v}" for k, v in dims.items())
+
+
 def check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
     """Raise InputError if any floating array holds NaN or Inf."""
     for name, value in arrays.items():

@@ -12,6 +12,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BackendUnavailableError, InputError
 from .parity import ParityReport
 from .runtimes import RunnerOptions, make_runners
+from .specs import dims_label
 
 
 @dataclass
@@ -74,7 +75,7 @@ def verify(
         for role, ref in references.items():
             with ref:
                 for dims in b.check_shapes:
-                    case = ",".join(f"{k}={v}" for k, v in dims.items())
+                    case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
                     result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), **tol)
     finally:

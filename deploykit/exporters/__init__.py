@@ -17,6 +17,7 @@ from ..errors import ParityError
 from ..parity import ParityReport
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
+from ..specs import dims_label
 from . import feedforward, gan  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
@@ -68,7 +69,7 @@ def export(
             graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
             with TorchRunner(name, spec, role.module) as ref, OrtRunner(name, spec, tmp / "graphs" / f"{name}.onnx") as ort:
                 for index, dims in enumerate(shapes):
-                    case = ",".join(f"{k}={v}" for k, v in dims.items())
+                    case = dims_label(dims)
                     inputs = spec.random_inputs(np.random.default_rng(index), dims)
                     expected = ref.infer(inputs)
                     save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
