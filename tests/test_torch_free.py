@@ -45,6 +45,10 @@ def test_verify_sample_inspect_profile_run_without_torch(no_torch_env, zoo_bundl
     assert deploykit(no_torch_env, "inspect", gan).returncode == 0
     prof = deploykit(no_torch_env, "profile", gan, "--backend", "ort-cpu", "--iterations", "3", "--batch", "2")
     assert prof.returncode == 0 and "ort-cpu" in prof.stdout
+    np.savez(tmp_path / "in.npz", z=np.zeros((2, 16), np.float32), label=np.array([3, 4]))
+    ran = deploykit(no_torch_env, "run", gan, "--inputs", tmp_path / "in.npz", "--out", tmp_path / "out.npz")
+    assert ran.returncode == 0, ran.stderr
+    assert np.load(tmp_path / "out.npz")["image"].shape == (2, 1, 8, 8)
     needs_torch = deploykit(no_torch_env, "verify", gan, "--fresh")
     assert needs_torch.returncode == 2 and "this needs torch" in needs_torch.stderr
     assert "Traceback" not in needs_torch.stderr
