@@ -29,12 +29,23 @@ class DimRule:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor: dtype, shape (ints are fixed, strings are symbolic) and value range for ints."""
+    """One named tensor: dtype, shape (ints are fixed, strings are symbolic) and value range for ints.
+
+    Integer inputs take values in [low, high); `high` may name a symbolic dim, meaning values up to
+    and including that dim (e.g. per-row lengths bounded by 'time').
+    """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
-    high: int | None = None  # integer inputs take values in [0, high)
+    high: int | str | None = None
+    low: int = 0
+
+    def value_range(self, dims: Mapping[str, int]) -> tuple[int, int]:
+        """Allowed integer values [low, high) at the given dim bindings."""
+        if isinstance(self.high, str):
+            return self.low, int(dims[self.high]) + 1
+        return self.low, self.high or 2
 
     def bind(self, dims: Mapping[str, int]) -> tuple[int, ...]:
         """Concrete shape with symbolic dims replaced by `dims`."""
@@ -44,7 +55,10 @@ class TensorSpec:
         """A random array for this spec: standard normal floats, uniform integers in [0, high)."""
         shape = self.bind(dims)
         if np.issubdtype(np.dtype(self.dtype), np.integer):
-            return rng.integers(0, self.high or 2, size=shape).astype(self.dtype)
+            values = rng.integers(*self.value_range(dims), size=shape).astype(self.dtype)
+            if isinstance(self.high, str) and values.size:  # row 0 at the bound: every check covers the full length
+                values.flat[0] = self.value_range(dims)[1] - 1
+            return values
         return rng.standard_normal(shape).astype(self.dtype)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,12 +66,14 @@ class TensorSpec:
         out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.high is not None:
             out["high"] = self.high
+        if self.low:
+            out["low"] = self.low
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         """Inverse of to_json."""
-        return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"))
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"), data.get("low", 0))
 
 
 @dataclass(frozen=True)
@@ -129,12 +145,18 @@ class GraphSpec:
                 bound[want] = got
                 if want in self.dims:
                     self.dims[want].check(want, got, f"{where}: input '{spec.name}'")
-            if spec.high is not None and value.size and (value.min() < 0 or value.max() >= spec.high):
+            out[spec.name] = value
+        for spec in self.inputs:  # after every dim is bound: ranges may refer to dims
+            value = out[spec.name]
+            if spec.high is None or not value.size:
+                continue
+            low, high = spec.value_range(bound)
+            if value.min() < low or value.max() >= high:
+                bound_by = f" (at most '{spec.high}' = {high - 1})" if isinstance(spec.high, str) else ""
                 raise InputError(
                     f"{where}: input '{spec.name}' has values in [{value.min()}, {value.max()}], "
-                    f"expected integers in [0, {spec.high - 1}]."
+                    f"expected integers in [{low}, {high - 1}]{bound_by}."
                 )
-            out[spec.name] = value
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def inspect_cmd(
         table.add_row(role, "", "", "", "", f"{g.path.name}  {g.size_bytes / 1024:.1f} KiB  opset {g.opset}  {rules}")
         for io, specs in (("in", g.spec.inputs), ("out", g.spec.outputs)):
             for s in specs:
-                extra = f"values in [0, {s.high})" if s.high is not None else ""
+                close = "]" if isinstance(s.high, str) else ")"  # a dim name bounds values inclusively
+                extra = "" if s.high is None else f"values in [{s.low}, {s.high}{close}"
                 table.add_row("", io, s.name, s.dtype, escape("[" + ", ".join(map(str, s.shape)) + "]"), extra)
     console.print(table)
     console.print(

@@ -14,13 +14,23 @@ from ..specs import DimRule, TensorSpec
 
 @dataclass(frozen=True)
 class Role:
-    """One graph to export: the module, its declared inputs and output names, example dim values."""
+    """One graph to export: the module, its declared inputs and output names, example dim values.
+
+    `reference` is what parity compares against when the exported module is a rewrite of the
+    user's (e.g. a scan over an nn.LSTM's weights); by default the exported module itself.
+    """
 
     module: nn.Module
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     example: dict[str, int]  # dim values used for the export trace (batch 2 avoids size-1 specialization)
     dims: dict[str, DimRule] = field(default_factory=dict)
+    reference: nn.Module | None = None
+
+    @property
+    def torch_module(self) -> nn.Module:
+        """The torch original this role is checked against."""
+        return self.module if self.reference is None else self.reference
 
 
 @dataclass(frozen=True)
