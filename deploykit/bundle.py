@@ -5,6 +5,7 @@ Layout::
     BUNDLE/manifest.json
     BUNDLE/graphs/<role>.onnx          (+ external data files, if any, also under graphs/)
     BUNDLE/golden/<role>.<case>.npz    torch outputs on fixed inputs, recorded at export
+    BUNDLE/golden/loop.0.npz           a seeded run of the sampling loop over the torch modules
 
 Bundles hold no pickles: golden vectors are .npz read with allow_pickle=False.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BackendUnavailableError, InputError
 from .parity import ParityReport
 from .runtimes import RunnerOptions, make_runners
+from .runtimes.loops import LOOP_CHECKS, LOOP_ROLE
 from .specs import dims_label
 
 
@@ -58,7 +60,11 @@ def verify(
     try:
         for case in b.golden:
             inputs, expected = case.load()
-            result.report.add(f"golden {case.role} {case.name}", expected, runners[case.role].infer(inputs), **tol)
+            if case.role == LOOP_ROLE:
+                actual = LOOP_CHECKS[b.loop["kind"]](runners, b.loop, int(inputs["seed"]))
+            else:
+                actual = runners[case.role].infer(inputs)
+            result.report.add(f"golden {case.role} {case.name}", expected, actual, **tol)
         if fresh is False:
             result.notes.append("fresh inputs: skipped (--golden-only)")
             return result
@@ -72,12 +78,17 @@ def verify(
         seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
         result.notes.append(f"fresh inputs: seed {seed}")
         rng = np.random.default_rng(seed)
-        for role, ref in references.items():
-            with ref:
+        with ExitStack() as stack:
+            for ref in references.values():
+                stack.enter_context(ref)
+            for role, ref in references.items():
                 for dims in b.check_shapes:
                     case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
                     result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), **tol)
+            if b.loop.get("kind") in LOOP_CHECKS:
+                check = LOOP_CHECKS[b.loop["kind"]]
+                result.report.add(f"fresh loop seed={seed}", check(references, b.loop, seed), check(runners, b.loop, seed), **tol)
     finally:
         for runner in runners.values():
             runner.deactivate()

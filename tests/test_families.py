@@ -9,6 +9,7 @@ import deploykit
 from deploykit.exporters import FAMILIES
 from deploykit.models import ZOO, load_checkpoint, trained
 from deploykit.models.data import load_digits
+from deploykit.runtimes.loops import LOOP_CHECKS
 
 ZOO_NAMES = list(ZOO)
 
@@ -25,9 +26,13 @@ def test_export_verify_on_trained_model(name: str, zoo_bundle) -> None:
     fresh = [r for r in result.report.rows if r.case.startswith("fresh")]
     golden = [r for r in result.report.rows if r.case.startswith("golden")]
     assert fresh and golden
-    assert {r.shape[0] for r in fresh} >= {1, 7}  # two batch sizes from one export
+    assert len({dims["batch"] for dims in bundle.check_shapes}) >= 2  # two batch sizes from one export
     if bundle.family in ("fcn", "cyclegan"):
         assert len({r.shape[2:] for r in fresh}) == 2  # two spatial sizes from one export
+    if bundle.family in ("rnn", "rnn-lm"):
+        assert {dims["time"] for dims in bundle.check_shapes} == {1, 7, 500}  # T=1, 7, 500 from one export
+    if bundle.loop["kind"] in LOOP_CHECKS:  # the sampling loop itself, torch vs ORT
+        assert any(r.case.startswith("golden loop") for r in golden) and any(r.case.startswith("fresh loop") for r in fresh)
     assert all(np.isfinite(row.max_abs) and np.isfinite(row.max_rel) for row in result.report.rows)
 
 

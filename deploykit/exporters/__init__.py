@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from torch import nn
 from ..bundle import Bundle, save_golden, write_bundle
 from ..errors import ParityError
 from ..parity import ParityReport
+from ..runtimes.base import Runner
+from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
 from ..specs import dims_label
-from . import feedforward, gan  # noqa: F401  (register the families)
+from . import feedforward, gan, recurrent  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 
@@ -37,7 +40,7 @@ def _versions() -> dict[str, str]:
 
 def torch_modules(family: str, model: nn.Module) -> dict[str, nn.Module]:
     """Role -> torch module exactly as exported (eval mode, parametrizations folded)."""
-    return {name: role.module for name, role in get_family(family).roles(prepare(model)).items()}
+    return {name: role.torch_module for name, role in get_family(family).roles(prepare(model)).items()}
 
 
 def export(
@@ -56,6 +59,7 @@ def export(
     fam = get_family(family)
     roles = fam.roles(prepare(model))
     shapes = fam.check_shapes(model)
+    loop = fam.loop(model)
     src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
     def fill(tmp: Path) -> dict[str, Any]:
@@ -64,17 +68,30 @@ def export(
         graphs: dict[str, Any] = {}
         golden: list[dict[str, Any]] = []
         report = ParityReport()
+        refs: dict[str, Runner] = {}
+        orts: dict[str, Runner] = {}
         for name, role in roles.items():
-            spec, found_opset = export_role(name, role, tmp / "graphs" / f"{name}.onnx", opset)
+            path = tmp / "graphs" / f"{name}.onnx"
+            spec, found_opset = export_role(name, role, path, opset)
             graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
-            with TorchRunner(name, spec, role.module) as ref, OrtRunner(name, spec, tmp / "graphs" / f"{name}.onnx") as ort:
+            refs[name], orts[name] = TorchRunner(name, spec, role.torch_module), OrtRunner(name, spec, path)
+        with ExitStack() as stack:
+            for runner in (*refs.values(), *orts.values()):
+                stack.enter_context(runner)
+            for name in roles:
                 for index, dims in enumerate(shapes):
                     case = dims_label(dims)
-                    inputs = spec.random_inputs(np.random.default_rng(index), dims)
-                    expected = ref.infer(inputs)
+                    inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
+                    expected = refs[name].infer(inputs)
                     save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
                     golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
-                    report.add(f"{name} {case}", expected, ort.infer(inputs), fam.tolerance.atol, fam.tolerance.rtol)
+                    report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance.atol, fam.tolerance.rtol)
+            if loop["kind"] in LOOP_CHECKS:  # a short seeded run of the sampling loop, torch vs ORT
+                check = LOOP_CHECKS[loop["kind"]]
+                expected = check(refs, loop, 0)
+                save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
+                golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
+                report.add("loop seed=0", expected, check(orts, loop, 0), fam.tolerance.atol, fam.tolerance.rtol)
         if not report.passed:
             raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
         return {
@@ -84,7 +101,7 @@ def export(
             "golden": golden,
             "check_shapes": shapes,
             "tolerance": {"atol": fam.tolerance.atol, "rtol": fam.tolerance.rtol},
-            "loop": fam.loop(model),
+            "loop": loop,
             "source": src,
             "tools": _versions(),
         }

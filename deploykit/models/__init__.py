@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, choices
-from . import feedforward, gan, train
+from . import feedforward, gan, recurrent, train, train_recurrent
 from .data import load_digits
 
 CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
@@ -78,6 +78,15 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("dcgan", "dcgan", "DCGAN generator of 8x8 digits", gan.DCGANGenerator, _gan(1500, False)),
         ZooEntry("cgan", "cgan", "conditional GAN generator of 8x8 digits (label input)", gan.ConditionalGenerator, _gan(1500, True)),
         ZooEntry("cyclegan", "cyclegan", "CycleGAN generator: digits -> inverted digits, unpaired", gan.CycleGANGenerator, _cyclegan),
+        ZooEntry("lstm-denoiser", "rnn", "2-layer LSTM cleaning noisy tones sample by sample (streamable)",
+                 recurrent.StreamingDenoiser, lambda m, cb: train_recurrent.train_denoiser(m, 400, cb)),
+        ZooEntry("char-lm", "rnn-lm", "character LSTM language model on the Zen of Python and stdlib docstrings",
+                 recurrent.CharLM, lambda m, cb: train_recurrent.train_char_lm(m, 600, cb),
+                 {"vocab": train_recurrent.lm_vocab()}),
+        ZooEntry("seq2seq", "seq2seq", "bi-GRU encoder, GRU decoder with attention: reverses digit strings",
+                 recurrent.Seq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
+        ZooEntry("vrnn", "vrnn", "variational RNN generating noisy 2-D orbits",
+                 recurrent.VRNN, lambda m, cb: train_recurrent.train_vrnn(m, 600, cb)),
     ]
 }
 

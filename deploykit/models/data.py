@@ -34,3 +34,46 @@ def segmentation_target(images: np.ndarray, labels: np.ndarray, threshold: float
     """Per-pixel classes for the U-Net task: 0 = background, 1 + digit where ink exceeds `threshold`."""
     ink = images[:, 0] > threshold
     return np.where(ink, labels[:, None, None] + 1, 0).astype(np.int64)
+
+
+def python_text() -> str:
+    """English text that ships with every Python: the Zen of Python and a few stdlib module docstrings."""
+    import argparse
+    import codecs
+    import collections
+    import contextlib
+    import io
+    import json
+    import string
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
+    docs = [codecs.decode(this.s, "rot13")] + [m.__doc__ or "" for m in (json, argparse, string, collections)]
+    return "\n\n".join(d.strip() for d in docs) + "\n"
+
+
+def noisy_tones(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) [n, length, 1]: sums of two sines of random frequency and phase, plus N(0, 0.3^2) noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None, :]
+    freq = rng.uniform(0.02, 0.12, size=(n, 2, 1))
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 2, 1))
+    clean = (np.sin(2 * np.pi * freq * t[:, None] + phase).sum(1) / 2).astype(np.float32)
+    noisy = clean + rng.normal(0, 0.3, size=clean.shape).astype(np.float32)
+    return noisy[..., None], clean[..., None]
+
+
+def digit_strings(n: int, seed: int, min_len: int = 1, max_len: int = 12) -> list[np.ndarray]:
+    """`n` random digit sequences (token ids 0-9) with lengths uniform in [min_len, max_len]."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 10, size=int(rng.integers(min_len, max_len + 1))) for _ in range(n)]
+
+
+def trajectories(n: int, length: int, seed: int) -> np.ndarray:
+    """[n, length, 2] noisy 2-D orbits: random radius, start angle, turning speed and direction."""
+    rng = np.random.default_rng(seed)
+    radius = rng.uniform(0.5, 1.5, size=(n, 1))
+    speed = rng.uniform(0.15, 0.35, size=(n, 1)) * rng.choice([-1.0, 1.0], size=(n, 1))
+    angle = rng.uniform(0, 2 * np.pi, size=(n, 1)) + speed * np.arange(length)[None, :]
+    points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1)
+    return (points + rng.normal(0, 0.05, size=points.shape)).astype(np.float32)

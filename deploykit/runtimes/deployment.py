@@ -13,6 +13,8 @@ from ..errors import InputError, choices
 from . import make_runners
 from .base import Runner, RunnerOptions
 from .generator import sample_generator
+from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
+from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
 
 class Deployment:
@@ -34,15 +36,51 @@ class Deployment:
         """Run one graph on named numpy inputs."""
         return self.runner(role).infer(feeds)
 
-    def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
-        """Draw `n` samples with the bundle's sampling loop (generators: seeded latent noise)."""
-        kind = self.bundle.loop.get("kind")
-        if kind != "generator":
+    def _loop(self, *kinds: str) -> dict[str, Any]:
+        """The bundle's loop config, or InputError when its kind is not one of `kinds`."""
+        loop = self.bundle.loop
+        if loop.get("kind") not in kinds:
+            hint = " A bidirectional rnn needs the whole sequence: run its `sequence` graph." if loop.get("kind") == "sequence" else ""
             raise InputError(
-                f"bundle family '{self.bundle.family}' ({kind}) has no sampling loop; "
-                "`sample` works for generator bundles (dcgan, cgan)."
+                f"bundle family '{self.bundle.family}' has loop '{loop.get('kind')}'; this needs a bundle "
+                f"whose loop is {' or '.join(kinds)} (see `deploykit inspect`).{hint}"
             )
-        return sample_generator(self.runner(), self.bundle.loop, n, seed, labels)
+        return loop
+
+    def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:
+        """`n` samples with injected seeded noise: generator images, or VRNN trajectories [n, steps, x_dim]."""
+        loop = self._loop("generator", "vrnn")
+        if loop["kind"] == "vrnn":
+            if labels is not None:
+                raise InputError("a VRNN is unconditional; drop --label.")
+            return sample_vrnn(self.runner(loop["role"]), loop, n, steps, seed)
+        if steps is not None:
+            raise InputError("a generator draws each sample in one call; drop --steps.")
+        return sample_generator(self.runner(), loop, n, seed, labels)
+
+    def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
+        """Continue each text prompt with the token LM (greedy, temperature, top-k, top-p)."""
+        loop = self._loop("token_lm")
+        ids = [encode_text(p, loop["vocab"]) for p in prompts]
+        out = generate(RecurrentLM(self.runner(loop["role"]), loop), ids, config, seed)
+        return [decode_tokens(t, loop["vocab"]) for t in out]
+
+    def translate(self, sources: list[str], beams: int = 1) -> list[str]:
+        """Decode each source string with a seq2seq bundle: greedy (beams=1, batched) or beam search."""
+        loop = self._loop("seq2seq")
+        model = Seq2SeqModel(self.runner("encoder"), self.runner("decoder_step"), loop)
+        ids = [encode_text(s, loop["src_vocab"], "source") for s in sources]
+        limit, eos = int(loop["max_target_length"]), int(loop["eos"])
+        if beams == 1:
+            out = generate(model, ids, SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=(eos,)))
+        else:
+            out = [beam_search(model, i, beams, limit, eos)[0] for i in ids]
+        return [decode_tokens(t, loop["tgt_vocab"]) for t in out]
+
+    def stream(self, streams: int = 1) -> Stream:
+        """A Stream over the `chunk` graph keeping state for `streams` independent streams."""
+        loop = self._loop("stream")
+        return Stream(self.runner(loop["role"]), loop, streams)
 
     def __enter__(self) -> Deployment:
         for runner in self.runners.values():

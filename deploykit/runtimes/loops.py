@@ -1,0 +1,87 @@
+"""Loop checks: a short, seeded run of a bundle's sampling loop, stored at export and replayed by verify.
+
+Each check runs the same numpy loop over whatever runners it is given (torch at export, any
+backend at verify), so comparing its outputs compares whole loops, not just single graph calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .base import Runner
+from .generator import sample_generator
+from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
+from .tokens import MODES, beam_search, generate, mode_config
+
+LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
+LoopCheck = Callable[[Mapping[str, Runner], Mapping[str, Any], int], dict[str, np.ndarray]]
+CHUNKS = (1, 7, 3, 12, 0, 9, 5)  # uneven chunk sizes, one of them empty; 37 steps in all
+GENERATED = 200  # tokens per sampling mode
+
+
+def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """Rows of different lengths as one int64 array, -1 after each row's end."""
+    out = np.full((len(rows), width), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def stream_input(seed: int, features: int) -> np.ndarray:
+    """The [3, 37, features] sequence check_stream feeds."""
+    return np.random.default_rng(seed).standard_normal((3, sum(CHUNKS), features)).astype(np.float32)
+
+
+def check_stream(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Three streams fed in uneven chunks (stream i takes CHUNKS rotated by i): outputs and final states."""
+    stream = Stream(runners[loop["role"]], loop, streams=3)
+    x = stream_input(seed, stream.features)
+    schedules = [CHUNKS[i:] + CHUNKS[:i] for i in range(3)]
+    starts = [np.concatenate([[0], np.cumsum(s)]) for s in schedules]
+    pieces: list[list[np.ndarray]] = [[], [], []]
+    for k in range(len(CHUNKS)):
+        chunks = [x[i, starts[i][k] : starts[i][k + 1]] for i in range(3)]
+        for i, y in enumerate(stream.push(chunks)):
+            pieces[i].append(y)
+    return {"y": np.stack([np.concatenate(p) for p in pieces])} | {f"final.{k}": v for k, v in stream.state.items()}
+
+
+def check_token_lm(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """GENERATED tokens for two prompts of different lengths in every sampling mode."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, len(loop["vocab"]), size=n) for n in (3, 11)]
+    lm = RecurrentLM(runners[loop["role"]], loop)
+    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, GENERATED), seed), GENERATED) for mode in MODES}
+
+
+def check_seq2seq(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Greedy (batched) and beam-4 decoding of four random sources."""
+    rng = np.random.default_rng(seed)
+    sources = [rng.integers(0, len(loop["src_vocab"]), size=n) for n in (1, 4, 9, 12)]
+    model = Seq2SeqModel(runners["encoder"], runners["decoder_step"], loop)
+    width = int(loop["max_target_length"])
+    greedy = generate(model, sources, mode_config("greedy", width, (int(loop["eos"]),)))
+    beams = [beam_search(model, s, 4, width, int(loop["eos"]))[0] for s in sources]
+    return {"greedy": _padded(greedy, width), "beam4": _padded(beams, width)}
+
+
+def check_vrnn(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Four trajectories of the model's default length."""
+    return {"x": sample_vrnn(runners[loop["role"]], loop, 4, None, seed)}
+
+
+def check_generator(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Eight samples (labels cycling for conditional generators)."""
+    return {"images": sample_generator(runners["model"], loop, 8, seed)}
+
+
+LOOP_CHECKS: dict[str, LoopCheck] = {
+    "stream": check_stream,
+    "token_lm": check_token_lm,
+    "seq2seq": check_seq2seq,
+    "vrnn": check_vrnn,
+    "generator": check_generator,
+}

@@ -1,0 +1,162 @@
+"""Host-side loops over recurrent graphs: streaming with carried state, token LMs, seq2seq, VRNN sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Runner
+from .tokens import check_token_ids
+
+
+def zero_states(runner: Runner, states: Mapping[str, str], batch: int) -> dict[str, np.ndarray]:
+    """All-zero state inputs of `runner` for `batch` rows (shapes from the graph spec)."""
+    specs = {s.name: s for s in runner.spec.inputs}
+    return {name: np.zeros(specs[name].bind({"batch": batch}), np.float32) for name in states}
+
+
+class Stream:
+    """Several independent streams through a `chunk` graph; state is kept between push() calls.
+
+    Each push takes one chunk per stream, [t_i, features] with any t_i (0 means no new data for
+    that stream); chunks are padded into one batch and `lengths` keeps padded steps from
+    touching the state.
+    """
+
+    def __init__(self, runner: Runner, loop: Mapping[str, Any], streams: int = 1) -> None:
+        if streams < 1:
+            raise InputError(f"streams is {streams}, expected at least 1.")
+        self.runner, self.loop, self.streams = runner, loop, streams
+        self.features = int(next(s for s in runner.spec.inputs if s.name == loop["input"]).shape[-1])
+        self.state = zero_states(runner, loop["states"], streams)
+
+    def reset(self, stream: int | None = None) -> None:
+        """Zero the state of one stream (or of all)."""
+        rows = slice(None) if stream is None else stream
+        if stream is not None and not 0 <= stream < self.streams:
+            raise InputError(f"stream {stream} does not exist; streams are 0..{self.streams - 1}.")
+        for value in self.state.values():
+            value[:, rows] = 0.0
+
+    def push(self, chunks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Feed one chunk per stream; return each stream's outputs for its chunk [t_i, outputs]."""
+        if len(chunks) != self.streams:
+            raise InputError(f"push got {len(chunks)} chunk(s), expected one per stream ({self.streams}).")
+        for i, c in enumerate(chunks):
+            if not isinstance(c, np.ndarray) or c.ndim != 2 or c.shape[1] != self.features:
+                shape = list(c.shape) if isinstance(c, np.ndarray) else type(c).__name__
+                raise InputError(
+                    f"chunk for stream {i} has shape {shape}, expected [time, {self.features}] "
+                    "(time steps by features; time may be any size, 0 included)."
+                )
+        lengths = np.asarray([len(c) for c in chunks], np.int64)
+        width = max(1, int(lengths.max()))
+        x = np.zeros((self.streams, width, self.features), np.float32)
+        for i, c in enumerate(chunks):
+            x[i, : len(c)] = c
+        if not self.loop["batch_first"]:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        out = self.runner.infer({self.loop["input"]: x, "lengths": lengths, **self.state})
+        self.state = {name: out[out_name] for name, out_name in self.loop["states"].items()}
+        y = out[self.loop["output"]]
+        if not self.loop["batch_first"]:
+            y = y.transpose(1, 0, 2)
+        return [y[i, : lengths[i]] for i in range(self.streams)]
+
+
+class RecurrentLM:
+    """TokenModel over an rnn-lm `chunk` graph: prompts run as one padded chunk, then one token per step."""
+
+    def __init__(self, runner: Runner, loop: Mapping[str, Any]) -> None:
+        self.runner, self.loop = runner, loop
+        self.vocab_size = len(loop["vocab"])
+        self.state: dict[str, np.ndarray] = {}
+
+    def _run(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        out = self.runner.infer({"tokens": tokens, "lengths": lengths, **self.state})
+        self.state = {name: out[out_name] for name, out_name in self.loop["states"].items()}
+        return out["logits"]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Run the prompts; logits after each prompt's last token."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise InputError(f"prompt {i} is empty; give at least one token (e.g. a newline).")
+            check_token_ids(np.asarray(p), self.vocab_size, f"prompt {i}")
+        lengths = np.asarray([len(p) for p in prompts], np.int64)
+        tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = p
+        self.state = zero_states(self.runner, self.loop["states"], len(prompts))
+        logits = self._run(tokens, lengths)
+        return logits[np.arange(len(prompts)), lengths - 1]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """One token per row."""
+        return self._run(tokens[:, None], np.ones(len(tokens), np.int64))[:, 0]
+
+    def select(self, rows: np.ndarray) -> None:
+        """Reorder the state's batch axis."""
+        self.state = {k: np.ascontiguousarray(v[:, rows]) for k, v in self.state.items()}
+
+
+class Seq2SeqModel:
+    """TokenModel over seq2seq `encoder` + `decoder_step` graphs: start() encodes sources and feeds bos."""
+
+    def __init__(self, encoder: Runner, decoder: Runner, loop: Mapping[str, Any]) -> None:
+        self.encoder, self.decoder, self.loop = encoder, decoder, loop
+        self.vocab_size = len(loop["tgt_vocab"])
+        self.context: dict[str, np.ndarray] = {}
+        self.attention: list[np.ndarray] = []
+
+    def _run(self, tokens: np.ndarray) -> np.ndarray:
+        out = self.decoder.infer({"token": tokens, **self.context})
+        for name, out_name in self.loop["states"].items():
+            self.context[name] = out[out_name]
+        self.attention.append(out["attention"])
+        return out["logits"]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Encode the source sequences, then run the bos step."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise InputError(f"source {i} is empty; give at least one token.")
+            check_token_ids(np.asarray(p), len(self.loop["src_vocab"]), f"source {i}")
+        lengths = np.asarray([len(p) for p in prompts], np.int64)
+        src = np.zeros((len(prompts), int(lengths.max())), np.int64)
+        for i, p in enumerate(prompts):
+            src[i, : len(p)] = p
+        enc = self.encoder.infer({"src": src, "src_lengths": lengths})
+        self.context = {"memory": enc["memory"], "src_lengths": lengths, **{k: enc[k] for k in self.loop["states"]}}
+        self.attention = []
+        return self._run(np.full(len(prompts), self.loop["bos"], np.int64))
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Next decoder step."""
+        return self._run(tokens)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Reorder rows of memory, lengths and state (states have batch on axis 1)."""
+        self.context = {
+            k: np.ascontiguousarray(v[:, rows] if k in self.loop["states"] else v[rows]) for k, v in self.context.items()
+        }
+
+
+def sample_vrnn(runner: Runner, loop: Mapping[str, Any], n: int, steps: int | None, seed: int) -> np.ndarray:
+    """`n` trajectories [n, steps, x_dim] from a VRNN step graph; noise from numpy's PCG64 with `seed`."""
+    steps = int(loop["steps"]) if steps is None else steps
+    if n < 1 or steps < 1:
+        raise InputError(f"n={n} and steps={steps}; both must be at least 1.")
+    rng = np.random.default_rng(seed)
+    h = np.zeros((n, int(loop["hidden_size"])), np.float32)
+    xs = []
+    for _ in range(steps):
+        eps_z = rng.standard_normal((n, int(loop["z_dim"])), dtype=np.float32)
+        eps_x = rng.standard_normal((n, int(loop["x_dim"])), dtype=np.float32)
+        out = runner.infer({"h": h, "eps_z": eps_z, "eps_x": eps_x})
+        h = out["h_next"]
+        xs.append(out["x"])
+    return np.stack(xs, 1)

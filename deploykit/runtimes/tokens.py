@@ -1,0 +1,195 @@
+"""Token generation shared by every token model (recurrent LMs, seq2seq decoders, transformers).
+
+The model side is a small protocol (start / step / select); sampling is numpy with uniforms drawn
+from a seeded PCG64 stream, one per row and step, so the same loop over torch and over
+onnxruntime picks the same tokens from the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import InputError, choices
+
+
+class TokenModel(Protocol):
+    """What the generation loops need from a model."""
+
+    vocab_size: int
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Consume one prompt (or source) per row; return next-token logits [rows, vocab]."""
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed one token per row [rows] int64; return next-token logits [rows, vocab]."""
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep (and reorder or repeat) the given rows of the model's state, for beam search."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each next token is picked. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 200
+    stop: tuple[int, ...] = ()
+
+    def check(self, vocab_size: int) -> None:
+        """Raise InputError for values outside their ranges."""
+        if self.temperature < 0:
+            raise InputError(f"temperature is {self.temperature}, expected >= 0 (0 = greedy).")
+        if self.top_k is not None and not 1 <= self.top_k <= vocab_size:
+            raise InputError(f"top_k is {self.top_k}, expected 1..{vocab_size} (the vocabulary size).")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p is {self.top_p}, expected 0 < top_p <= 1.")
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens is {self.max_new_tokens}, expected at least 1.")
+        bad = [t for t in self.stop if not 0 <= t < vocab_size]
+        if bad:
+            raise InputError(f"stop token id(s) {bad} are outside the vocabulary [0, {vocab_size - 1}].")
+
+
+# The sampling modes that parity checks and benchmarks cover.
+MODES: dict[str, SamplingConfig] = {
+    "greedy": SamplingConfig(temperature=0.0),
+    "temperature": SamplingConfig(temperature=0.8),
+    "top-k": SamplingConfig(temperature=1.0, top_k=8),
+    "top-p": SamplingConfig(temperature=1.0, top_p=0.9),
+}
+
+
+def pick_tokens(logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig) -> np.ndarray:
+    """Next token per row from logits [rows, vocab] and one uniform in [0, 1) per row."""
+    if config.temperature == 0:
+        return logits.argmax(-1).astype(np.int64)
+    x = logits.astype(np.float64) / config.temperature
+    if config.top_k is not None:
+        kth = np.sort(x, axis=-1)[:, -config.top_k][:, None]
+        x = np.where(x < kth, -np.inf, x)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if config.top_p is not None:  # smallest set of most likely tokens whose mass reaches top_p (Holtzman et al. 2020)
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, -1)
+        drop_sorted = (np.cumsum(sorted_p, -1) - sorted_p) >= config.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, -1)
+        p = np.where(drop, 0.0, p)
+    cdf = np.cumsum(p, -1)
+    index = (cdf < (uniforms * cdf[:, -1])[:, None]).sum(-1)
+    return np.minimum(index, logits.shape[-1] - 1).astype(np.int64)
+
+
+def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingConfig, seed: int = 0) -> list[np.ndarray]:
+    """New tokens for each prompt (stop token excluded), up to config.max_new_tokens each."""
+    config.check(model.vocab_size)
+    rng = np.random.default_rng(seed)
+    rows = len(prompts)
+    out = np.zeros((rows, config.max_new_tokens), np.int64)
+    length = np.full(rows, config.max_new_tokens)
+    done = np.zeros(rows, bool)
+    stop = np.asarray(config.stop, np.int64)
+    logits = model.start(prompts)
+    for t in range(config.max_new_tokens):
+        tokens = pick_tokens(logits, rng.random(rows), config)
+        out[:, t] = tokens
+        stopped = ~done & np.isin(tokens, stop)
+        length[stopped] = t
+        done |= stopped
+        if done.all() or t == config.max_new_tokens - 1:
+            break
+        logits = model.step(tokens)
+    return [out[i, : length[i]] for i in range(rows)]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def beam_search(model: TokenModel, prompt: np.ndarray, beams: int, max_new_tokens: int, eos: int) -> tuple[np.ndarray, float]:
+    """Most likely continuation of one prompt (eos excluded) and its log-probability; no length penalty.
+
+    Hypotheses ending in eos are set aside; search stops when the best finished score beats every
+    live beam (scores only fall as beams grow), or at max_new_tokens.
+    """
+    if beams < 1:
+        raise InputError(f"beam size is {beams}, expected at least 1.")
+    SamplingConfig(max_new_tokens=max_new_tokens, stop=(eos,)).check(model.vocab_size)
+    logits = model.start([prompt])
+    model.select(np.zeros(beams, np.int64))
+    logits = np.repeat(logits, beams, axis=0)
+    scores = np.full(beams, -np.inf)
+    scores[0] = 0.0  # all beams start identical: expand only the first
+    seqs = np.zeros((beams, 0), np.int64)
+    finished: list[tuple[float, np.ndarray]] = []
+    for _ in range(max_new_tokens):
+        cand = (scores[:, None] + _log_softmax(logits)).ravel()
+        order = np.argsort(-cand, kind="stable")[: 2 * beams]
+        keep: list[int] = []
+        for flat in order:
+            beam, token = divmod(int(flat), model.vocab_size)
+            if not np.isfinite(cand[flat]):
+                break
+            if token == eos:
+                finished.append((float(cand[flat]), seqs[beam]))
+            elif len(keep) < beams:
+                keep.append(int(flat))
+            if len(keep) == beams:
+                break
+        best_done = max((s for s, _ in finished), default=-np.inf)
+        if not keep or best_done >= cand[keep[0]]:
+            break
+        index = np.asarray(keep)
+        parents, tokens = index // model.vocab_size, index % model.vocab_size
+        pad = beams - len(keep)  # fewer live candidates than beams: repeat the last one at -inf
+        parents = np.concatenate([parents, np.repeat(parents[-1:], pad)])
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad)])
+        scores = np.concatenate([cand[index], np.full(pad, -np.inf)])
+        seqs = np.concatenate([seqs[parents], tokens[:, None]], axis=1)
+        model.select(parents)
+        logits = model.step(tokens)
+    else:  # out of steps: live beams compete unterminated
+        finished.extend((float(s), q) for s, q in zip(scores, seqs) if np.isfinite(s))
+    score, seq = max(finished, key=lambda f: f[0])
+    return seq, score
+
+
+def encode_text(text: str, vocab: Sequence[str], what: str = "prompt") -> np.ndarray:
+    """Token ids of a string over a character vocabulary; InputError naming the first unknown character."""
+    index = {t: i for i, t in enumerate(vocab)}
+    for pos, ch in enumerate(text):
+        if ch not in index:
+            shown = "".join(t for t in vocab if len(t) == 1)
+            raise InputError(
+                f"{what} {text!r} has character {ch!r} at position {pos}, which is not in the model's vocabulary "
+                f"({len(vocab)} tokens: {shown!r}); remove or replace it."
+            )
+    return np.asarray([index[ch] for ch in text], np.int64)
+
+
+def decode_tokens(ids: np.ndarray, vocab: Sequence[str]) -> str:
+    """Text of token ids (multi-character special tokens such as '<eos>' are left out)."""
+    return "".join(vocab[int(i)] for i in ids if len(vocab[int(i)]) == 1)
+
+
+def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:
+    """InputError if any id is outside [0, vocab_size)."""
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise InputError(f"{what} has token ids in [{tokens.min()}, {tokens.max()}], expected [0, {vocab_size - 1}].")
+
+
+def mode_config(mode: str, max_new_tokens: int, stop: tuple[int, ...] = ()) -> SamplingConfig:
+    """The named sampling mode with a length and stop tokens."""
+    if mode not in MODES:
+        raise InputError(f"unknown sampling mode {mode!r}; choose one of {choices(MODES)}.")
+    base = MODES[mode]
+    return SamplingConfig(base.temperature, base.top_k, base.top_p, max_new_tokens, stop)
