@@ -74,3 +74,21 @@ def test_golden_verify_fails_when_outputs_differ_without_torch(no_torch_env, zoo
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["passed"] for r in rows] == [False, True, True]  # tampered case, other golden case, loop run
     assert abs(rows[0]["max_abs"] - 1e-3) < 1e-5
+
+
+def test_recurrent_sample_and_golden_verify_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    lm, s2s, vrnn = (zoo_bundle(n).path for n in ("char-lm", "seq2seq", "vrnn"))
+    verified = deploykit(no_torch_env, "verify", lm)
+    assert verified.returncode == 0, verified.stderr
+    assert "golden loop seed=0" in verified.stdout and "golden chunk batch=5,time=500" in verified.stdout
+    text = deploykit(no_torch_env, "sample", lm, "--prompt", "Beautiful", "--mode", "greedy", "--max-new-tokens", "30",
+                     "--out", tmp_path / "lm.txt")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("Beautiful") and (tmp_path / "lm.txt").read_text().startswith("Beautiful")
+    decoded = deploykit(no_torch_env, "sample", s2s, "--prompt", "12345", "--beam", "3")
+    assert decoded.returncode == 0 and "12345 -> 54321" in decoded.stdout, decoded.stdout + decoded.stderr
+    traj = deploykit(no_torch_env, "sample", vrnn, "--n", "5", "--steps", "30", "--out", tmp_path / "t.npy")
+    assert traj.returncode == 0, traj.stderr
+    assert np.load(tmp_path / "t.npy").shape == (5, 30, 2)
+    bad = deploykit(no_torch_env, "sample", lm, "--prompt", "naïve")
+    assert bad.returncode == 2 and "character 'ï' at position 2" in bad.stderr and "Traceback" not in bad.stderr
