@@ -9,7 +9,7 @@ from torch import nn
 
 import deploykit
 from deploykit.errors import InputError
-from deploykit.exporters.recurrence import PackedRecurrence, ScanRecurrence
+from deploykit.exporters.recurrence import OnnxRecurrence, PackedRecurrence
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import digit_strings
 from deploykit.runtimes.loops import CHUNKS, stream_input
@@ -26,18 +26,18 @@ LAYERS = [
 
 
 @pytest.mark.parametrize(("kind", "options"), LAYERS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
-def test_scan_recurrence_equals_torch_packed(kind: str, options: dict) -> None:
-    """The rewrite that gets exported computes what the user's nn.RNN/LSTM/GRU computes, lengths and states included."""
+def test_onnx_recurrence_equals_torch_packed(kind: str, options: dict) -> None:
+    """The rewrite that gets exported (eager: ONNX op semantics spelled out in torch) equals the user's layer."""
     torch.manual_seed(0)
     rnn = getattr(nn, kind)(5, 8, **options).eval()
-    scan, packed = ScanRecurrence(rnn), PackedRecurrence(rnn)
+    onnx_like, packed = OnnxRecurrence(rnn), PackedRecurrence(rnn)
     for batch, time in [(1, 1), (4, 9)]:
         x = torch.randn(batch, time, 5)
         lengths = torch.randint(0, time + 1, (batch,))
         lengths[0] = time
         state = tuple(torch.randn_like(s) for s in packed.zero_state(batch, x))
         with torch.no_grad():
-            (ys, ss), (yp, sp) = scan(x, lengths, state), packed(x, lengths, state)
+            (ys, ss), (yp, sp) = onnx_like(x, lengths, state), packed(x, lengths, state)
         torch.testing.assert_close(ys, yp, atol=1e-6, rtol=1e-5)
         for a, b in zip(ss, sp):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ExportError
 from ..specs import GraphSpec, TensorSpec
+from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
 
 OPSET = 18
@@ -76,6 +77,7 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
                 input_names=[s.name for s in role.inputs],
                 output_names=list(role.outputs),
                 dynamic_shapes=dynamic,
+                custom_translation_table=ONNX_TRANSLATIONS,
                 opset_version=opset,
                 verbose=False,
             )

@@ -1,10 +1,11 @@
 """Recurrent layers with explicit state and per-row lengths, in two interchangeable implementations.
 
 `PackedRecurrence` runs the user's own nn.RNN / nn.LSTM / nn.GRU through pack_padded_sequence: it
-is the torch reference. `ScanRecurrence` recomputes the same layer from its weights with torch's
-scan, which torch.onnx lowers to ONNX Scan, so one graph serves any batch and any sequence length
-(a Python loop would be unrolled to the example length, and torch's own RNN export has no lengths
-and fails for Elman RNNs). Both take batch-first x [batch, time, features], lengths [batch] and a
+is the torch reference. `OnnxRecurrence` rewrites the layer as one custom op per layer whose ONNX
+translation is the native RNN / GRU / LSTM operator with `sequence_lens`, weights reordered to
+ONNX gate order at export. One graph then serves any batch and sequence length with ORT's fused
+kernels. (torch's own export of nn.LSTM has no lengths and fails for Elman RNNs; torch scan
+lowers to ONNX Scan, which pays ~15 us per step per layer.) Both take batch-first x [batch, time, features], lengths [batch] and a
 state tuple ((h,) or (h, c), each [layers * directions, batch, hidden]) and return
 (y [batch, time, directions * hidden], state). Padded steps leave the state alone and output 0.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch._higher_order_ops.scan import scan
-from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ExportError
@@ -77,90 +76,127 @@ class PackedRecurrence(Recurrence):
         return y, tuple(torch.where(empty[None, :, None], s, o) for s, o in zip(state, out))
 
 
-def _reverse_index(lengths: torch.Tensor, time: int) -> torch.Tensor:
-    """[time, batch] index reversing each row's first lengths[b] steps and leaving padding in place."""
-    t = torch.arange(time, device=lengths.device).unsqueeze(1)
-    return torch.where(t < lengths, lengths - 1 - t, t)
+# Gate order: torch stacks LSTM gates as (i, f, g, o) and GRU gates as (r, z, n); ONNX wants
+# (i, o, f, c) and (z, r, h). Index of each ONNX gate block in torch's stacking:
+ONNX_GATES = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN_TANH": (0,), "RNN_RELU": (0,)}
 
 
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x [time, batch, f] reordered along time by index [time, batch]."""
-    return torch.gather(x, 0, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def _onnx_layout(weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reorder a torch gate-stacked weight or bias into ONNX gate order."""
+    blocks = weight.chunk(len(ONNX_GATES[mode]), 0)
+    return torch.cat([blocks[i] for i in ONNX_GATES[mode]], 0)
 
 
-class ScanRecurrence(Recurrence):
-    """The same layer recomputed with torch scan from the user's weights (what gets exported)."""
+@torch.library.custom_op("deploykit::rnn_layer", mutates_args=())
+def rnn_layer(
+    x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+    w: torch.Tensor, r: torch.Tensor, b: torch.Tensor, mode: str, hidden: int, directions: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer with ONNX RNN/GRU/LSTM semantics (time-major x, weights in ONNX layout, sequence_lens).
+
+    Eager torch version of what the ONNX op computes: the reverse direction walks each row back
+    from its own last valid step; steps past a row's length output 0 and keep its state.
+    """
+    time = x.shape[0]
+    ys, hs, cs = [], [], []
+    for d in range(directions):
+        h, c = h0[d], c0[d]
+        y = x.new_zeros(time, x.shape[1], hidden)
+        for t in range(time) if d == 0 else range(time - 1, -1, -1):
+            keep = (t < lengths).unsqueeze(1)
+            xw, hr = x[t] @ w[d].T + b[d, : w.shape[1]], h @ r[d].T + b[d, w.shape[1] :]
+            if mode == "LSTM":
+                i, o, f, g = (xw + hr).chunk(4, -1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                c = torch.where(keep, c_new, c)
+            elif mode == "GRU":
+                (xz, xr, xh), (hz, hr_, hh) = xw.chunk(3, -1), hr.chunk(3, -1)
+                z, rr = torch.sigmoid(xz + hz), torch.sigmoid(xr + hr_)
+                h_new = (1 - z) * torch.tanh(xh + rr * hh) + z * h
+            else:
+                h_new = (torch.tanh if mode == "RNN_TANH" else torch.relu)(xw + hr)
+            h = torch.where(keep, h_new, h)
+            y[t] = torch.where(keep, h, torch.zeros_like(h))
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    return torch.cat(ys, -1), torch.stack(hs), torch.stack(cs)
+
+
+@rnn_layer.register_fake
+def _rnn_layer_shapes(x, lengths, h0, c0, w, r, b, mode, hidden, directions):  # noqa: ANN001, ANN202
+    return x.new_empty(x.shape[0], x.shape[1], directions * hidden), torch.empty_like(h0), torch.empty_like(c0)
+
+
+def rnn_layer_onnx(x, lengths, h0, c0, w, r, b, mode: str, hidden: int, directions: int):  # noqa: ANN001, ANN201
+    """ONNX translation of deploykit::rnn_layer: the native RNN / GRU / LSTM operator with sequence_lens."""
+    from onnxscript import opset18 as op
+
+    seq = op.Cast(lengths, to=6)  # int32, as sequence_lens requires
+    direction = "bidirectional" if directions == 2 else "forward"
+    if mode == "LSTM":
+        y, hn, cn = op.LSTM(x, w, r, b, seq, h0, c0, hidden_size=hidden, direction=direction)
+    elif mode == "GRU":
+        y, hn = op.GRU(x, w, r, b, seq, h0, hidden_size=hidden, direction=direction, linear_before_reset=1)
+        cn = op.Identity(c0)
+    else:
+        activation = "Tanh" if mode == "RNN_TANH" else "Relu"
+        y, hn = op.RNN(
+            x, w, r, b, seq, h0, hidden_size=hidden, direction=direction, activations=[activation] * directions
+        )
+        cn = op.Identity(c0)
+    y = op.Transpose(y, perm=[0, 2, 1, 3])  # [time, directions, batch, hidden] -> [time, batch, directions, hidden]
+    return op.Reshape(y, op.Constant(value_ints=[0, 0, -1])), hn, cn
+
+
+class OnnxRecurrence(Recurrence):
+    """The user's layer rewritten as one deploykit::rnn_layer call per layer: exports to the native ONNX op."""
 
     def __init__(self, rnn: nn.Module, what: str = "rnn") -> None:
         super().__init__(rnn, what)
         self.mode = rnn.mode
-        self.layers = rnn.num_layers
-        self.directions = 2 if rnn.bidirectional else 1
-        self.hidden = rnn.hidden_size
-        self.params = nn.ParameterDict()
-        for layer in range(self.layers):
-            for suffix in ("", "_reverse")[: self.directions]:
-                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    name = f"{kind}_l{layer}{suffix}"
-                    value = getattr(rnn, name, None)
+        directions = ("", "_reverse")[: 2 if rnn.bidirectional else 1]
+        for layer in range(rnn.num_layers):
+            def stacked(kind: str, layer: int = layer) -> torch.Tensor:
+                parts = []
+                for suffix in directions:
+                    value = getattr(rnn, f"{kind}_l{layer}{suffix}", None)
                     if value is None:  # bias=False
-                        rows = getattr(rnn, f"weight_{kind[5:]}_l{layer}{suffix}").shape[0]
-                        value = torch.zeros(rows)
-                    self.params[name] = nn.Parameter(value.detach().clone(), requires_grad=False)
+                        value = torch.zeros(getattr(rnn, f"weight_{kind[5:]}_l{layer}{suffix}").shape[0])
+                    parts.append(_onnx_layout(value.detach(), self.mode))
+                return torch.stack(parts)
 
-    def _cell(self, xw: torch.Tensor, state: State, prefix: str) -> State:
-        """One step: xw is the precomputed input projection W_ih x + b_ih."""
-        h = state[0]
-        hw = F.linear(h, self.params[f"weight_hh_{prefix}"], self.params[f"bias_hh_{prefix}"])
-        if self.mode == "LSTM":
-            i, f, g, o = (xw + hw).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-            return torch.sigmoid(o) * torch.tanh(c), c
-        if self.mode == "GRU":
-            xr, xz, xn = xw.chunk(3, dim=-1)
-            hr, hz, hn = hw.chunk(3, dim=-1)
-            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            return ((1 - z) * n + z * h,)
-        act = torch.tanh if self.mode == "RNN_TANH" else torch.relu
-        return (act(xw + hw),)
-
-    def _direction(self, x: torch.Tensor, lengths: torch.Tensor, state: State, prefix: str) -> tuple[torch.Tensor, State]:
-        """Scan one direction of one layer over time-major x [time, batch, f]."""
-        xw = F.linear(x, self.params[f"weight_ih_{prefix}"], self.params[f"bias_ih_{prefix}"])
-        steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-
-        def body(carry: State, inp: tuple[torch.Tensor, torch.Tensor]) -> tuple[State, torch.Tensor]:
-            xw_t, t = inp
-            keep = (t < lengths).unsqueeze(1)
-            new = tuple(torch.where(keep, n, o) for n, o in zip(self._cell(xw_t, carry, prefix), carry))
-            return new, torch.where(keep, new[0], torch.zeros_like(new[0]))
-
-        final, ys = scan(body, state, (xw, steps))
-        return ys, final
+            bias = torch.cat([stacked("bias_ih"), stacked("bias_hh")], -1)
+            for name, value in (("w", stacked("weight_ih")), ("r", stacked("weight_hh")), ("b", bias)):
+                self.register_buffer(f"{name}{layer}", value.clone())
+        self.layers, self.directions = rnn.num_layers, len(directions)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Run all layers and directions."""
+        """Run all layers; rows of length 0 keep their initial state."""
         seq = x.transpose(0, 1)
-        finals: list[State] = []
+        h0 = state[0]
+        c0 = state[1] if len(state) == 2 else torch.zeros_like(h0)
+        hs, cs = [], []
         for layer in range(self.layers):
-            outs = []
-            for d in range(self.directions):
-                row = layer * self.directions + d
-                s = tuple(part[row] for part in state)
-                if d == 0:
-                    y, f = self._direction(seq, lengths, s, f"l{layer}")
-                else:
-                    index = _reverse_index(lengths, seq.shape[0])
-                    y, f = self._direction(_gather_time(seq, index), lengths, s, f"l{layer}_reverse")
-                    y = _gather_time(y, index)
-                outs.append(y)
-                finals.append(f)
-            seq = torch.cat(outs, dim=-1) if self.directions == 2 else outs[0]
-        state_out = tuple(torch.stack([f[k] for f in finals]) for k in range(len(state)))
-        return seq.transpose(0, 1), state_out
+            rows = slice(layer * self.directions, (layer + 1) * self.directions)
+            w, r, b = (getattr(self, f"{n}{layer}") for n in "wrb")
+            seq, h, c = torch.ops.deploykit.rnn_layer(
+                seq, lengths, h0[rows], c0[rows], w, r, b, self.mode, self.hidden, self.directions
+            )
+            hs.append(h)
+            cs.append(c)
+        empty = (lengths == 0)[None, :, None]
+        out = (torch.where(empty, h0, torch.cat(hs)),)
+        if len(state) == 2:
+            out += (torch.where(empty, c0, torch.cat(cs)),)
+        return seq.transpose(0, 1), out
+
+
+# What torch.onnx.export needs to lower the custom op.
+ONNX_TRANSLATIONS = {torch.ops.deploykit.rnn_layer.default: rnn_layer_onnx}
 
 
 def recurrence(rnn: nn.Module, reference: bool, what: str = "rnn") -> Recurrence:
-    """PackedRecurrence (torch reference) or ScanRecurrence (exported) over `rnn`."""
-    return PackedRecurrence(rnn, what) if reference else ScanRecurrence(rnn, what)
+    """PackedRecurrence (torch reference) or OnnxRecurrence (exported) over `rnn`."""
+    return PackedRecurrence(rnn, what) if reference else OnnxRecurrence(rnn, what)
