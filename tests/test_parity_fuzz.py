@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,10 @@ def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
     spatial = bundle.family in ("fcn", "cyclegan")
     shapes = [{"batch": 32}] + ([{"batch": 3, "height": 64, "width": 40}, {"batch": 1, "height": 12, "width": 28}]
                                 if spatial else [])
+    if "time" in bundle.check_shapes[0]:  # long sequences: rounding must not grow along time
+        shapes += [{"batch": 4, "time": 2000}]
+    if "src_time" in bundle.check_shapes[0]:
+        shapes += [{"batch": 8, "src_time": 120}]
     report = ParityReport()
     ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
     for seed in range(10):
@@ -35,3 +41,21 @@ def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
 def test_many_samples_match(name: str, zoo_bundle) -> None:
     with deploykit.load(zoo_bundle(name).path) as a, deploykit.load(zoo_bundle(name).path, "torch") as b:
         np.testing.assert_allclose(a.sample(1000, seed=9), b.sample(1000, seed=9), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lstm-denoiser", "char-lm", "seq2seq", "vrnn", "dcgan"])
+def test_sampling_loops_over_seeds(name: str, zoo_bundle) -> None:
+    """The stored loop check (streams, 200 tokens per sampling mode, greedy + beam, trajectories) on 5 more seeds."""
+    from deploykit.runtimes.loops import LOOP_CHECKS
+
+    bundle = zoo_bundle(name)
+    check = LOOP_CHECKS[bundle.loop["kind"]]
+    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
+    report = ParityReport()
+    with ExitStack() as stack:
+        for runner in (*ort_runners.values(), *torch_runners.values()):
+            stack.enter_context(runner)
+        for seed in range(1, 6):
+            expected, actual = check(torch_runners, bundle.loop, seed), check(ort_runners, bundle.loop, seed)
+            report.add(f"loop seed {seed}", expected, actual, **bundle.tolerance)
+    assert report.passed, report.table()

@@ -242,17 +242,20 @@ def _vrnn_loop(model: nn.Module) -> dict[str, Any]:
             "x_dim": int(model.x_dim), "z_dim": int(model.z_dim), "hidden_size": int(model.hidden_size)}
 
 
-# Tolerances, fp32. The scan recomputes the user's layer gate by gate, in the same order as torch's
-# CPU kernels, so per-step rounding is ~1e-7; over 500 steps the contracting recurrence keeps it
-# near 1e-6 (worst seen on the trained zoo models noted beside each). Logits are larger than
-# hidden states, hence the LM's wider atol. Token loops compare ids exactly.
+# Tolerances, fp32, for |ort - torch| <= atol + rtol * |torch|. ORT's fused RNN kernels and torch's
+# sum the gate matmuls in different orders (~1e-7 per step); the recurrences are contracting, so
+# over 500-2000 steps the error stays ~1e-6 rather than growing with time. Worst max-abs error over
+# 10 fresh seeds on the trained zoo models, ORT-CPU 1.31 vs torch 2.13, is noted beside each; bounds
+# keep >= 5x headroom. Logits (LM, seq2seq) are larger than hidden states, hence wider atols; a VRNN
+# trajectory feeds each sample back through exp(log sigma), so 24 chained steps grow the error.
+# Token loops (generation, beam search) compare ids exactly: a difference of 1 fails any atol here.
 register(Family("rnn", "RNN / LSTM / GRU sequence model: sequence and streaming chunk graphs", RNN_PROTOCOL,
-                _rnn_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-5, 1e-4), _rnn_loop))
+                _rnn_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-5, 1e-4), _rnn_loop))  # seen 6.0e-7
 register(Family("rnn-lm", "recurrent token language model with a generation loop", LM_PROTOCOL,
-                _lm_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-4, 1e-4), _lm_loop))
+                _lm_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-4, 1e-4), _lm_loop))  # seen 1.9e-5
 register(Family("seq2seq", "encoder-decoder with attention: encoder + decoder step, greedy and beam search",
                 SEQ2SEQ_PROTOCOL, _seq2seq_roles,
                 lambda m: [{"batch": 1, "src_time": 1}, {"batch": 5, "src_time": 7}, {"batch": 3, "src_time": 40}],
-                Tolerance(1e-5, 1e-4), _seq2seq_loop))
+                Tolerance(5e-5, 1e-4), _seq2seq_loop))  # seen 6.4e-6
 register(Family("vrnn", "variational RNN: one sampling step with injected noise", VRNN_PROTOCOL,
-                _vrnn_roles, lambda m: [{"batch": 1}, {"batch": 7}], Tolerance(1e-5, 1e-4), _vrnn_loop))
+                _vrnn_roles, lambda m: [{"batch": 1}, {"batch": 7}], Tolerance(5e-5, 1e-4), _vrnn_loop))  # seen 6.1e-6
