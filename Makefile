@@ -31,6 +31,7 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/profile_zoo.py
+	$(PY) benchmarks/recurrent_loops.py
 
 clean:
 	rm -rf $(VENV) bundles out runs
