@@ -141,8 +141,8 @@ def test_failed_export_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_unknown_family_and_protocol_violations(tiny_model, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unknown family 'rnn'; choose one of .*'mlp'"):
-        deploykit.export(tiny_model, "rnn", tmp_path / "a")
+    with pytest.raises(InputError, match="unknown family 'no-such-family'; choose one of .*'mlp'"):
+        deploykit.export(tiny_model, "no-such-family", tmp_path / "a")
     with pytest.raises(ExportError, match="no attribute 'latent_dim', which family 'dcgan' needs"):
         deploykit.export(tiny_model, "dcgan", tmp_path / "b")
     assert list(tmp_path.iterdir()) == []

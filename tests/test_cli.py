@@ -74,7 +74,7 @@ def test_user_model_from_factory(capsys, tmp_path: Path, monkeypatch) -> None:
     ("args", "message"),
     [
         (["export", "zoo:resnet", "--out", "{tmp}/x"], "unknown zoo model 'resnet'; choose one of 'mlp'"),
-        (["export", "examples.my_model:build_model", "--family", "rnn", "--out", "{tmp}/x"], "unknown family 'rnn'"),
+        (["export", "examples.my_model:build_model", "--family", "no-such-family", "--out", "{tmp}/x"], "unknown family 'no-such-family'"),
         (["export", "examples.my_model:build_model", "--out", "{tmp}/x"], "is a factory; say which family"),
         (["export", "no_such_pkg.mod:build", "--family", "cnn", "--out", "{tmp}/x"], "could not import module 'no_such_pkg.mod'"),
         (["export", "examples.my_model:nothing", "--family", "cnn", "--out", "{tmp}/x"], "has no callable 'nothing'"),
@@ -83,9 +83,11 @@ def test_user_model_from_factory(capsys, tmp_path: Path, monkeypatch) -> None:
         (["verify", "{tmp}/missing"], "does not exist or is not a directory"),
         (["sample", "{tmp}", "--out", "{tmp}/g.png"], "has no manifest.json"),
         (["verify", "{tiny}", "--fresh"], "cannot be rebuilt"),
-        (["sample", "{tiny}", "--out", "{tmp}/g.png"], "has no sampling loop"),
+        (["sample", "{tiny}", "--out", "{tmp}/g.png"], "has loop 'classifier'; this needs a bundle whose loop is generator or vrnn"),
         (["profile", "{tiny}", "--backend", "ort-cuda"], "needs CUDAExecutionProvider"),
         (["profile", "{tiny}", "--backend", "jax"], "unknown backend 'jax'"),
+        (["export", "examples.my_model:build_model", "--family", "rnn", "--out", "{tmp}/x"],
+         "Input x is [batch, time, rnn.input_size]"),  # [shapes] in messages are printed, not read as markup
     ],
 )
 def test_cli_errors_are_short_and_actionable(args, message, capsys, tmp_path, tiny_bundle_master, monkeypatch) -> None:

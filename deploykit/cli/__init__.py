@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import DeploykitError
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
         code = exc.code
     except DeploykitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # messages hold [shapes]
         code = 2
     if argv is None:
         sys.exit(code)
