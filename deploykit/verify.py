@@ -13,7 +13,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BackendUnavailableError, InputError
 from .parity import ParityReport
 from .runtimes import RunnerOptions, make_runners
-from .runtimes.loops import LOOP_CHECKS, LOOP_ROLE
+from .runtimes.loops import LOOP_CHECKS, LOOP_ROLE, loop_check
 from .specs import dims_label
 
 
@@ -61,7 +61,7 @@ def verify(
         for case in b.golden:
             inputs, expected = case.load()
             if case.role == LOOP_ROLE:
-                actual = LOOP_CHECKS[b.loop["kind"]](runners, b.loop, int(inputs["seed"]))
+                actual = loop_check(b.loop)(runners, b.loop, int(inputs["seed"]))
             else:
                 actual = runners[case.role].infer(inputs)
             result.report.add(f"golden {case.role} {case.name}", expected, actual, **tol)
@@ -87,7 +87,7 @@ def verify(
                     inputs = runners[role].spec.random_inputs(rng, dims)
                     result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), **tol)
             if b.loop.get("kind") in LOOP_CHECKS:
-                check = LOOP_CHECKS[b.loop["kind"]]
+                check = loop_check(b.loop)
                 result.report.add(f"fresh loop seed={seed}", check(references, b.loop, seed), check(runners, b.loop, seed), **tol)
     finally:
         for runner in runners.values():

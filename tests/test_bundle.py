@@ -178,3 +178,14 @@ def test_legacy_weight_norm_is_folded(tmp_path: Path) -> None:
     assert not any(n.endswith(("weight_g", "weight_v")) for n in names)
     assert hasattr(model.fc, "weight_g")  # the user's model keeps its weight norm
     assert deploykit.verify(bundle, model=model, seed=0).passed
+
+
+def test_unknown_loop_kind_is_a_bundle_error(zoo_bundle, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = Path(shutil.copytree(zoo_bundle("dcgan").path, tmp_path / "b"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["loop"]["kind"] = "loop-from-the-future"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'loop-from-the-future' loop run, which this deploykit cannot replay"):
+        deploykit.verify(bundle, fresh=False)

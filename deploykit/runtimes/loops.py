@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError
 from .base import Runner
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
@@ -85,3 +86,11 @@ LOOP_CHECKS: dict[str, LoopCheck] = {
     "vrnn": check_vrnn,
     "generator": check_generator,
 }
+
+
+def loop_check(loop: Mapping[str, Any]) -> LoopCheck:
+    """The check for a bundle's loop kind; BundleError for a kind this deploykit does not know."""
+    kind = loop.get("kind")
+    if kind not in LOOP_CHECKS:
+        raise BundleError(f"this bundle records a '{kind}' loop run, which this deploykit cannot replay; upgrade deploykit.")
+    return LOOP_CHECKS[kind]
