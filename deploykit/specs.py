@@ -15,10 +15,11 @@ Dim = int | str
 
 @dataclass(frozen=True)
 class DimRule:
-    """Constraint on a symbolic dimension: a minimum and a divisor."""
+    """Constraint on a symbolic dimension: a minimum, a divisor, and optionally the sum of other dims."""
 
     min: int = 1
     multiple_of: int = 1
+    sum_of: tuple[str, ...] = ()  # e.g. total = past + seq for an attention mask over cache and new tokens
 
     def check(self, name: str, value: int, where: str) -> None:
         """Raise InputError if `value` breaks the rule."""
@@ -40,6 +41,10 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     high: int | str | None = None
     low: int = 0
+
+    def shape_text(self) -> str:
+        """The shape as users read it, e.g. '[batch, 3, height, width]'."""
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
 
     def value_range(self, dims: Mapping[str, int]) -> tuple[int, int]:
         """Allowed integer values [low, high) at the given dim bindings."""
@@ -123,17 +128,16 @@ class GraphSpec:
                     f"{where}: input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype}; "
                     f"convert it with .astype(np.{spec.dtype})."
                 )
-            shape_text = "[" + ", ".join(str(d) for d in spec.shape) + "]"
             if value.ndim != len(spec.shape):
                 raise InputError(
-                    f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {shape_text} "
+                    f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {spec.shape_text()} "
                     f"({len(spec.shape)} dims, got {value.ndim})."
                 )
             for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
                 if isinstance(want, int):
                     if want != got:
                         raise InputError(
-                            f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {shape_text} "
+                            f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {spec.shape_text()} "
                             f"(axis {axis} must be {want})."
                         )
                     continue
@@ -146,7 +150,13 @@ class GraphSpec:
                 if want in self.dims:
                     self.dims[want].check(want, got, f"{where}: input '{spec.name}'")
             out[spec.name] = value
-        for spec in self.inputs:  # after every dim is bound: ranges may refer to dims
+        for name, rule in self.dims.items():  # after every dim is bound: sums and ranges refer to other dims
+            if rule.sum_of and name in bound and all(d in bound for d in rule.sum_of):
+                want = sum(bound[d] for d in rule.sum_of)
+                if bound[name] != want:
+                    parts = " + ".join(f"{d} ({bound[d]})" for d in rule.sum_of)
+                    raise InputError(f"{where}: dimension '{name}' is {bound[name]}, expected {parts} = {want}.")
+        for spec in self.inputs:
             value = out[spec.name]
             if spec.high is None or not value.size:
                 continue
@@ -164,7 +174,10 @@ class GraphSpec:
         return {
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
-            "dims": {k: {"min": r.min, "multiple_of": r.multiple_of} for k, r in self.dims.items()},
+            "dims": {
+                k: {"min": r.min, "multiple_of": r.multiple_of} | ({"sum_of": list(r.sum_of)} if r.sum_of else {})
+                for k, r in self.dims.items()
+            },
         }
 
     @classmethod
@@ -173,7 +186,7 @@ class GraphSpec:
         return cls(
             tuple(TensorSpec.from_json(s) for s in data["inputs"]),
             tuple(TensorSpec.from_json(s) for s in data["outputs"]),
-            {k: DimRule(**v) for k, v in data.get("dims", {}).items()},
+            {k: DimRule(v["min"], v["multiple_of"], tuple(v.get("sum_of", ()))) for k, v in data.get("dims", {}).items()},
         )
 
 

@@ -41,7 +41,7 @@ def inspect_cmd(
             for s in specs:
                 close = "]" if isinstance(s.high, str) else ")"  # a dim name bounds values inclusively
                 extra = "" if s.high is None else f"values in [{s.low}, {s.high}{close}"
-                table.add_row("", io, s.name, s.dtype, escape("[" + ", ".join(map(str, s.shape)) + "]"), extra)
+                table.add_row("", io, s.name, s.dtype, escape(s.shape_text()), extra)
     console.print(table)
     console.print(
         f"tolerance atol={b.tolerance['atol']:g} rtol={b.tolerance['rtol']:g}; loop {b.loop}; "

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..images import save_samples
 from ..runtimes import RunnerOptions
 from ..runtimes.deployment import Deployment, load
+from ..runtimes.loops import LANGUAGE_MODELS
 from ..runtimes.tokens import MODES, encode_text, mode_config
 from . import app, console
 
@@ -65,7 +66,7 @@ def sample_cmd(
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         kind = dep.bundle.loop.get("kind")
-        if kind not in ("token_lm", "seq2seq"):
+        if kind not in (*LANGUAGE_MODELS, "seq2seq"):
             _arrays(dep, out, n, seed, label, steps)
             return
         if not prompt:

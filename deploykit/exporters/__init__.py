@@ -21,7 +21,7 @@ from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
 from ..specs import dims_label
-from . import feedforward, gan, recurrent  # noqa: F401  (register the families)
+from . import feedforward, gan, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 

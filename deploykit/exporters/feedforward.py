@@ -51,7 +51,7 @@ FCN_PROTOCOL = (
 AE_PROTOCOL = "`input_shape` and submodules `encoder` (x -> code [batch, d]) and `decoder` (code -> reconstruction)."
 
 
-def _classifier_roles(input_name: str, protocol: str, family: str) -> Any:
+def classifier_roles(input_name: str, protocol: str, family: str) -> Any:
     def roles(model: nn.Module) -> dict[str, Role]:
         shape = tuple(attribute(model, "input_shape", family, protocol))
         return {"model": Role(model, (batch_input(input_name, shape),), ("logits",), {"batch": 2})}
@@ -82,10 +82,10 @@ def _autoencoder_roles(model: nn.Module) -> dict[str, Role]:
 # Linear stacks round at ~sqrt(fan_in) * 6e-8 * |activation|; conv stacks differ more because ORT
 # fuses Conv+BatchNorm(+ReLU) and picks its own conv algorithm, and rounding accumulates with depth.
 register(Family("mlp", "multi-layer perceptron classifier", MLP_PROTOCOL,
-                _classifier_roles("x", MLP_PROTOCOL, "mlp"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 1.1e-5
+                classifier_roles("x", MLP_PROTOCOL, "mlp"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 1.1e-5
                 lambda m: {"kind": "classifier"}))
 register(Family("cnn", "convolutional classifier", CNN_PROTOCOL,
-                _classifier_roles("image", CNN_PROTOCOL, "cnn"), lambda m: BATCHES, Tolerance(1e-4, 1e-3),  # seen 1.9e-5
+                classifier_roles("image", CNN_PROTOCOL, "cnn"), lambda m: BATCHES, Tolerance(1e-4, 1e-3),  # seen 1.9e-5
                 lambda m: {"kind": "classifier"}))
 register(Family("fcn", "fully convolutional network / U-Net, dynamic batch, height and width", FCN_PROTOCOL,
                 _fcn_roles, spatial_shapes, Tolerance(1e-4, 1e-3),  # seen 1.2e-5

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, choices
-from . import feedforward, gan, recurrent, train, train_recurrent
+from . import feedforward, gan, recurrent, train, train_recurrent, transformer
 from .data import load_digits
 
 CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
@@ -56,6 +56,14 @@ def _cyclegan(g_ab: nn.Module, on_step: OnStep) -> dict[str, float]:
     )
 
 
+def _weights_of(name: str, model: nn.Module, on_step: OnStep) -> dict[str, float]:
+    """Load the trained weights (and metrics) of zoo model `name` into `model`, training it first if needed."""
+    payload = read_checkpoint(trained(name, on_step))
+    model.load_state_dict(payload["state_dict"])
+    return dict(payload["metrics"])
+
+
+GPT_CONFIG = {"vocab": train_recurrent.lm_vocab(), "dim": 64, "positions": "sinusoidal", "dropout": 0.3}
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -87,6 +95,12 @@ ZOO: dict[str, ZooEntry] = {
                  recurrent.Seq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
         ZooEntry("vrnn", "vrnn", "variational RNN generating noisy 2-D orbits",
                  recurrent.VRNN, lambda m, cb: train_recurrent.train_vrnn(m, 600, cb)),
+        ZooEntry("gpt", "gpt", "2-layer causal transformer (sinusoidal positions) on the char-LM text, KV cache",
+                 transformer.GPT, lambda m, cb: train_recurrent.train_gpt(m, 400, cb), GPT_CONFIG),
+        ZooEntry("gpt-nocache", "gpt-nocache", "the zoo GPT's weights exported without its cache (full recompute)",
+                 transformer.GPT, lambda m, cb: _weights_of("gpt", m, cb), GPT_CONFIG),
+        ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
+                 transformer.ViT, _classifier(500, False)),
     ]
 }
 

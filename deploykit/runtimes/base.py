@@ -46,12 +46,16 @@ class Runner(ABC):
             self._deactivate()
             self.active = False
 
-    def infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Validate feeds, run the graph, return outputs by name."""
+    def infer(self, feeds: Mapping[str, Any], checked: bool = False) -> dict[str, np.ndarray]:
+        """Validate feeds, run the graph, return outputs by name.
+
+        `checked=True` skips the spec check: for loops' inner steps, whose feeds are built from a
+        validated first call and the graph's own outputs (it saves ~50 us per token).
+        """
         if not self.active:
             raise DeploykitError(f"{self.backend} runner for '{self.role}' is not active; use `with runner:` first.")
         where = f"{self.role} ({self.backend})"
-        arrays = self.spec.check_inputs(feeds, where)
+        arrays = dict(feeds) if checked else self.spec.check_inputs(feeds, where)
         if self.options.check_finite:
             check_finite(arrays, f"{where} input")
         outputs = self._infer(arrays)

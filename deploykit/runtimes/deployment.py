@@ -13,7 +13,8 @@ from ..errors import InputError, choices
 from . import make_runners
 from .base import Runner, RunnerOptions
 from .generator import sample_generator
-from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
+from .loops import LANGUAGE_MODELS, language_model
+from .recurrent import Seq2SeqModel, Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
 
@@ -59,10 +60,10 @@ class Deployment:
         return sample_generator(self.runner(), loop, n, seed, labels)
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
-        """Continue each text prompt with the token LM (greedy, temperature, top-k, top-p)."""
-        loop = self._loop("token_lm")
+        """Continue each text prompt with a language model (recurrent, KV-cached or full recompute)."""
+        loop = self._loop(*LANGUAGE_MODELS)
         ids = [encode_text(p, loop["vocab"]) for p in prompts]
-        out = generate(RecurrentLM(self.runner(loop["role"]), loop), ids, config, seed)
+        out = generate(language_model(self.runners, loop), ids, config, seed)
         return [decode_tokens(t, loop["vocab"]) for t in out]
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:

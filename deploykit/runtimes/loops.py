@@ -15,8 +15,15 @@ from ..errors import BundleError
 from .base import Runner
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
-from .tokens import MODES, beam_search, generate, mode_config
+from .tokens import MODES, TokenModel, beam_search, generate, mode_config
+from .transformer import CachedLM, FullRecomputeLM
 
+# Token models by loop kind: recurrent state, KV cache, full recompute.
+LANGUAGE_MODELS: dict[str, Callable[[Runner, Mapping[str, Any]], TokenModel]] = {
+    "token_lm": RecurrentLM,
+    "kv_cache": CachedLM,
+    "full_recompute": FullRecomputeLM,
+}
 LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 LoopCheck = Callable[[Mapping[str, Runner], Mapping[str, Any], int], dict[str, np.ndarray]]
 CHUNKS = (1, 7, 3, 12, 0, 9, 5)  # uneven chunk sizes, one of them empty; 37 steps in all
@@ -50,12 +57,18 @@ def check_stream(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: i
     return {"y": np.stack([np.concatenate(p) for p in pieces])} | {f"final.{k}": v for k, v in stream.state.items()}
 
 
+def language_model(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> TokenModel:
+    """The TokenModel for a language-model bundle's loop."""
+    return LANGUAGE_MODELS[loop["kind"]](runners[loop["role"]], loop)
+
+
 def check_token_lm(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """GENERATED tokens for two prompts of different lengths in every sampling mode."""
+    """GENERATED tokens (fewer if the context is shorter) for two prompts of different lengths, every mode."""
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, len(loop["vocab"]), size=n) for n in (3, 11)]
-    lm = RecurrentLM(runners[loop["role"]], loop)
-    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, GENERATED), seed), GENERATED) for mode in MODES}
+    count = min(GENERATED, int(loop.get("context", GENERATED + 11)) - 11)
+    lm = language_model(runners, loop)
+    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count) for mode in MODES}
 
 
 def check_seq2seq(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -82,6 +95,8 @@ def check_generator(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed
 LOOP_CHECKS: dict[str, LoopCheck] = {
     "stream": check_stream,
     "token_lm": check_token_lm,
+    "kv_cache": check_token_lm,
+    "full_recompute": check_token_lm,
     "seq2seq": check_seq2seq,
     "vrnn": check_vrnn,
     "generator": check_generator,

@@ -75,8 +75,8 @@ class RecurrentLM:
         self.vocab_size = len(loop["vocab"])
         self.state: dict[str, np.ndarray] = {}
 
-    def _run(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        out = self.runner.infer({"tokens": tokens, "lengths": lengths, **self.state})
+    def _run(self, tokens: np.ndarray, lengths: np.ndarray, checked: bool) -> np.ndarray:
+        out = self.runner.infer({"tokens": tokens, "lengths": lengths, **self.state}, checked)
         self.state = {name: out[out_name] for name, out_name in self.loop["states"].items()}
         return out["logits"]
 
@@ -91,12 +91,12 @@ class RecurrentLM:
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
         self.state = zero_states(self.runner, self.loop["states"], len(prompts))
-        logits = self._run(tokens, lengths)
+        logits = self._run(tokens, lengths, checked=False)
         return logits[np.arange(len(prompts)), lengths - 1]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """One token per row."""
-        return self._run(tokens[:, None], np.ones(len(tokens), np.int64))[:, 0]
+        return self._run(tokens[:, None], np.ones(len(tokens), np.int64), checked=True)[:, 0]
 
     def select(self, rows: np.ndarray) -> None:
         """Reorder the state's batch axis."""
@@ -112,8 +112,8 @@ class Seq2SeqModel:
         self.context: dict[str, np.ndarray] = {}
         self.attention: list[np.ndarray] = []
 
-    def _run(self, tokens: np.ndarray) -> np.ndarray:
-        out = self.decoder.infer({"token": tokens, **self.context})
+    def _run(self, tokens: np.ndarray, checked: bool) -> np.ndarray:
+        out = self.decoder.infer({"token": tokens, **self.context}, checked)
         for name, out_name in self.loop["states"].items():
             self.context[name] = out[out_name]
         self.attention.append(out["attention"])
@@ -132,11 +132,11 @@ class Seq2SeqModel:
         enc = self.encoder.infer({"src": src, "src_lengths": lengths})
         self.context = {"memory": enc["memory"], "src_lengths": lengths, **{k: enc[k] for k in self.loop["states"]}}
         self.attention = []
-        return self._run(np.full(len(prompts), self.loop["bos"], np.int64))
+        return self._run(np.full(len(prompts), self.loop["bos"], np.int64), checked=False)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Next decoder step."""
-        return self._run(tokens)
+        return self._run(tokens, checked=True)
 
     def select(self, rows: np.ndarray) -> None:
         """Reorder rows of memory, lengths and state (states have batch on axis 1)."""

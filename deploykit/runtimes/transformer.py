@@ -1,0 +1,120 @@
+"""Token models over transformer graphs: KV-cached decoding and full recompute (both TokenModels)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Runner
+from .tokens import check_token_ids
+
+
+def _check_prompts(prompts: Sequence[np.ndarray], vocab_size: int, context: int) -> np.ndarray:
+    """Prompt lengths, after checking each prompt is non-empty, in the vocabulary and within the context."""
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise InputError(f"prompt {i} is empty; give at least one token.")
+        if len(p) > context:
+            raise InputError(f"prompt {i} has {len(p)} tokens, more than the model's context of {context}; shorten it.")
+        check_token_ids(np.asarray(p), vocab_size, f"prompt {i}")
+    return np.asarray([len(p) for p in prompts], np.int64)
+
+
+def _context_full(context: int) -> InputError:
+    return InputError(
+        f"generation reached the model's context of {context} positions (prompt + new tokens); "
+        "lower max_new_tokens or shorten the prompt."
+    )
+
+
+class CachedLM:
+    """TokenModel over a `decoder_with_past` graph: left-padded prefill, then one token per step.
+
+    Left padding keeps every row's newest token in the last column; attention_mask hides the pads
+    and position_ids count only real tokens, so each row decodes as if it were alone.
+    """
+
+    def __init__(self, runner: Runner, loop: Mapping[str, Any]) -> None:
+        self.runner, self.loop = runner, loop
+        self.vocab_size, self.context = len(loop["vocab"]), int(loop["context"])
+        self.names = [f"past_key_values.{i}.{p}" for i in range(int(loop["layers"])) for p in ("key", "value")]
+        self.feeds: dict[str, np.ndarray] = {}
+        self.next_position = np.zeros(0, np.int64)
+
+    def _run(self, tokens: np.ndarray, positions: np.ndarray, checked: bool) -> np.ndarray:
+        out = self.runner.infer({"input_ids": tokens, "position_ids": positions, **self.feeds}, checked)
+        for name in self.names:
+            self.feeds[name] = out[name.replace("past_key_values", "present")]
+        return out["logits"][:, -1]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Prefill all prompts (left-padded) against an empty cache."""
+        lengths = _check_prompts(prompts, self.vocab_size, self.context)
+        rows, width = len(prompts), int(lengths.max())
+        tokens = np.zeros((rows, width), np.int64)
+        mask = np.zeros((rows, width), np.int64)
+        for i, p in enumerate(prompts):
+            tokens[i, width - len(p) :] = p
+            mask[i, width - len(p) :] = 1
+        positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+        empty = np.zeros((rows, int(self.loop["heads"]), 0, int(self.loop["head_dim"])), np.float32)
+        self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
+        self.next_position = lengths.copy()
+        return self._run(tokens, positions, checked=False)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Decode one token per row against the cache."""
+        if self.next_position.max() >= self.context:
+            raise _context_full(self.context)
+        mask = self.feeds["attention_mask"]
+        self.feeds["attention_mask"] = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], 1)
+        logits = self._run(tokens[:, None], self.next_position[:, None], checked=True)
+        self.next_position = self.next_position + 1
+        return logits
+
+    def select(self, rows: np.ndarray) -> None:
+        """Reorder cache, mask and positions along the batch."""
+        self.feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self.feeds.items()}
+        self.next_position = self.next_position[rows]
+
+
+class FullRecomputeLM:
+    """TokenModel over a plain causal `model` graph: every step reruns the whole (right-padded) sequence.
+
+    Right padding is safe without a mask because the model is causal: a row's logits at its last
+    real token never see the pads after it.
+    """
+
+    def __init__(self, runner: Runner, loop: Mapping[str, Any]) -> None:
+        self.runner, self.loop = runner, loop
+        self.vocab_size, self.context = len(loop["vocab"]), int(loop["context"])
+        self.buffer = np.zeros((0, self.context), np.int64)  # preallocated: rows x context
+        self.lengths = np.zeros(0, np.int64)
+
+    def _run(self, checked: bool) -> np.ndarray:
+        width = int(self.lengths.max())
+        logits = self.runner.infer({"tokens": np.ascontiguousarray(self.buffer[:, :width])}, checked)["logits"]
+        return logits[np.arange(len(self.lengths)), self.lengths - 1]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Run the prompts."""
+        self.lengths = _check_prompts(prompts, self.vocab_size, self.context)
+        self.buffer = np.zeros((len(prompts), self.context), np.int64)
+        for i, p in enumerate(prompts):
+            self.buffer[i, : len(p)] = p
+        return self._run(checked=False)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Append one token per row and rerun."""
+        if self.lengths.max() >= self.context:
+            raise _context_full(self.context)
+        self.buffer[np.arange(len(tokens)), self.lengths] = tokens
+        self.lengths = self.lengths + 1
+        return self._run(checked=True)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Reorder rows."""
+        self.buffer, self.lengths = self.buffer[rows], self.lengths[rows]

@@ -1,0 +1,114 @@
+"""Transformers: KV-cache logit parity (left-padded batches), token parity, cache == recompute, ViT, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deploykit
+from deploykit.errors import InputError
+from deploykit.models import load_checkpoint, trained
+from deploykit.models.data import load_digits
+from deploykit.models.transformer import GPT
+from deploykit.runtimes.tokens import MODES, mode_config
+from deploykit.runtimes.transformer import CachedLM
+
+VOCAB = "abcdefghijklmnop"
+
+
+@pytest.fixture(scope="module")
+def learned_gpt() -> GPT:
+    torch.manual_seed(3)
+    return GPT(VOCAB, context=48, dim=32, heads=4, layers=3, positions="learned").eval()
+
+
+@pytest.fixture(scope="module")
+def learned_bundle(learned_gpt: GPT, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return deploykit.export(learned_gpt, "gpt", tmp_path_factory.mktemp("gpt") / "b").path
+
+
+def cached_logits_vs_full(model: GPT, bundle: Path, prompts: list[np.ndarray], continuation: np.ndarray) -> float:
+    """Max |ORT prefill + decode logits - torch full forward of each unpadded row|, over every real position."""
+    worst = 0.0
+    with deploykit.load(bundle) as dep:
+        lm = CachedLM(dep.runner(), dep.bundle.loop)
+        lm.start(prompts)
+        prefill = lm.runner.infer  # re-run the prefill to read logits at every prompt position
+        width = max(len(p) for p in prompts)
+        mask = lm.feeds["attention_mask"]
+        tokens = np.zeros((len(prompts), width), np.int64)
+        for i, p in enumerate(prompts):
+            tokens[i, width - len(p) :] = p
+        empty = {k: v[:, :, :0] for k, v in lm.feeds.items() if k.startswith("past")}
+        all_prefill = prefill({"input_ids": tokens, "position_ids": np.maximum(np.cumsum(mask, 1) - 1, 0),
+                               "attention_mask": mask, **empty})["logits"]
+        decoded = [lm.step(continuation[:, t]) for t in range(continuation.shape[1] - 1)]
+    for i, p in enumerate(prompts):
+        row = np.concatenate([p, continuation[i]])
+        with torch.no_grad():
+            full = model(torch.from_numpy(row)[None])[0].numpy()
+        worst = max(worst, float(np.abs(all_prefill[i, width - len(p) :] - full[: len(p)]).max()))
+        for t, logits in enumerate(decoded):
+            worst = max(worst, float(np.abs(logits[i] - full[len(p) + t]).max()))
+    return worst
+
+
+def test_prefill_plus_decode_equals_full_forward_left_padded(learned_gpt: GPT, learned_bundle: Path) -> None:
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, len(VOCAB), size=n) for n in (5, 9, 1)]
+    continuation = rng.integers(0, len(VOCAB), size=(3, 12))
+    assert cached_logits_vs_full(learned_gpt, learned_bundle, prompts, continuation) < 1e-4
+
+
+def test_zoo_gpt_cache_parity_and_cache_equals_recompute(zoo_bundle) -> None:
+    _, model, _ = load_checkpoint(trained("gpt"))
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, len(model.vocab), size=n) for n in (7, 30)]
+    assert cached_logits_vs_full(model, zoo_bundle("gpt").path, prompts, rng.integers(0, len(model.vocab), (2, 40))) < 1e-4
+    config = mode_config("top-p", 150)
+    with deploykit.load(zoo_bundle("gpt").path) as cached, deploykit.load(zoo_bundle("gpt-nocache").path) as full:
+        assert cached.generate(["Beautiful is", "Now"], config, seed=4) == full.generate(["Beautiful is", "Now"], config, seed=4)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_generation_ort_equals_torch_200_tokens(zoo_bundle, mode: str) -> None:
+    bundle = zoo_bundle("gpt")
+    prompts = ["Beautiful is", "Errors should never", "\n"]
+    with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
+        a = ort_dep.generate(prompts, mode_config(mode, 200), seed=5)
+        b = torch_dep.generate(prompts, mode_config(mode, 200), seed=5)
+    assert a == b and all(len(t) == 200 for t in a)
+
+
+def test_vit_accuracy_through_ort(zoo_bundle) -> None:
+    _, _, payload = load_checkpoint(trained("vit"))
+    digits = load_digits()
+    with deploykit.load(zoo_bundle("vit").path) as dep:
+        pred = dep.infer({"image": digits.x_test})["logits"].argmax(1)
+    accuracy = float((pred == digits.y_test).mean())
+    assert accuracy == pytest.approx(payload["metrics"]["test_accuracy"]) and accuracy > 0.9
+
+
+def test_transformer_bad_inputs_are_named(learned_bundle: Path) -> None:
+    with deploykit.load(learned_bundle) as dep:
+        with pytest.raises(InputError, match="prompt 0 has 49 tokens, more than the model's context of 48"):
+            dep.generate(["a" * 49], mode_config("greedy", 1))
+        with pytest.raises(InputError, match="reached the model's context of 48 positions"):
+            dep.generate(["abc"], mode_config("greedy", 60))
+        lm = CachedLM(dep.runner(), dep.bundle.loop)
+        with pytest.raises(InputError, match=r"prompt 1 has token ids in \[0, 16\], expected \[0, 15\]"):
+            lm.start([np.array([1, 2]), np.array([0, 16])])
+        lm.start([np.array([1, 2, 3])])
+        feeds = {"input_ids": np.array([[4]]), "position_ids": np.array([[3]]), **lm.feeds}
+        feeds["attention_mask"] = np.ones((1, 4), np.int64)
+        short = dict(feeds, **{"past_key_values.1.key": feeds["past_key_values.1.key"][:, :, :2]})
+        with pytest.raises(InputError, match=r"'past_key_values.1.key' axis 2 \('past'\) is 2, but another input set 'past' to 3"):
+            dep.infer(short)
+        missing = {k: v for k, v in feeds.items() if not k.startswith("past_key_values.2")}
+        with pytest.raises(InputError, match=r"missing input\(s\) 'past_key_values.2.key', 'past_key_values.2.value'"):
+            dep.infer(missing)
+        with pytest.raises(InputError, match=r"dimension 'total' is 5, expected past \(3\) \+ seq \(1\) = 4"):
+            dep.infer(dict(feeds, attention_mask=np.ones((1, 5), np.int64)))
