@@ -32,6 +32,7 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/profile_zoo.py
 	$(PY) benchmarks/recurrent_loops.py
+	$(PY) benchmarks/transformer_generation.py
 
 clean:
 	rm -rf $(VENV) bundles out runs

@@ -25,6 +25,8 @@ def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
         shapes += [{"batch": 4, "time": 2000}]
     if "src_time" in bundle.check_shapes[0]:
         shapes += [{"batch": 8, "src_time": 120}]
+    if "past" in bundle.check_shapes[0]:  # decode after a long cache
+        shapes += [{"batch": 4, "seq": 1, "past": 600, "total": 601}]
     report = ParityReport()
     ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
     for seed in range(10):
@@ -43,7 +45,7 @@ def test_many_samples_match(name: str, zoo_bundle) -> None:
         np.testing.assert_allclose(a.sample(1000, seed=9), b.sample(1000, seed=9), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["lstm-denoiser", "char-lm", "seq2seq", "vrnn", "dcgan"])
+@pytest.mark.parametrize("name", ["lstm-denoiser", "char-lm", "seq2seq", "vrnn", "dcgan", "gpt", "transformer-seq2seq"])
 def test_sampling_loops_over_seeds(name: str, zoo_bundle) -> None:
     """The stored loop check (streams, 200 tokens per sampling mode, greedy + beam, trajectories) on 5 more seeds."""
     from deploykit.runtimes.loops import LOOP_CHECKS

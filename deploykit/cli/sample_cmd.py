@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..images import save_samples
 from ..runtimes import RunnerOptions
 from ..runtimes.deployment import Deployment, load
-from ..runtimes.loops import LANGUAGE_MODELS
+from ..runtimes.loops import LANGUAGE_MODELS, TRANSLATION_MODELS
 from ..runtimes.tokens import MODES, encode_text, mode_config
 from . import app, console
 
@@ -66,12 +66,12 @@ def sample_cmd(
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         kind = dep.bundle.loop.get("kind")
-        if kind not in (*LANGUAGE_MODELS, "seq2seq"):
+        if kind not in (*LANGUAGE_MODELS, *TRANSLATION_MODELS):
             _arrays(dep, out, n, seed, label, steps)
             return
         if not prompt:
             raise InputError("--prompt is needed for text models: the text to continue (LM) or to decode (seq2seq).")
-        if kind == "seq2seq":
+        if kind in TRANSLATION_MODELS:
             texts = dep.translate(prompt, beam)
         else:
             vocab = dep.bundle.loop["vocab"]
@@ -80,6 +80,6 @@ def sample_cmd(
             config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
             texts = [p + t for p, t in zip(prompt, dep.generate(prompt, config, seed))]
     for source, text in zip(prompt, texts):
-        console.print(f"{source} -> {text}" if kind == "seq2seq" else text, highlight=False, markup=False)
+        console.print(f"{source} -> {text}" if kind in TRANSLATION_MODELS else text, highlight=False, markup=False)
     if out is not None:
         _write_text(out, texts)

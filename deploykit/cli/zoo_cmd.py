@@ -20,11 +20,12 @@ def zoo_list() -> None:
     """List the zoo with families and, for models already trained here, their test metrics."""
     from ..models import ZOO, cached_checkpoint, read_checkpoint
 
-    table = Table("name", "family", "description", "test metrics (cached model)")
+    table = Table("name", "family", "description")
+    table.add_column("test metrics (cached model)", no_wrap=True, min_width=24)  # one metric per line, never cut
     for entry in ZOO.values():
         path = cached_checkpoint(entry.name)
         metrics = read_checkpoint(path)["metrics"] if path.is_file() else None
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) if metrics else "not trained yet"
+        shown = "\n".join(f"{k}={v:.4g}" for k, v in metrics.items()) if metrics else "not trained yet"
         table.add_row(entry.name, entry.family, entry.description, shown)
     console.print(table)
 

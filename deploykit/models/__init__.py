@@ -99,6 +99,8 @@ ZOO: dict[str, ZooEntry] = {
                  transformer.GPT, lambda m, cb: train_recurrent.train_gpt(m, 400, cb), GPT_CONFIG),
         ZooEntry("gpt-nocache", "gpt-nocache", "the zoo GPT's weights exported without its cache (full recompute)",
                  transformer.GPT, lambda m, cb: _weights_of("gpt", m, cb), GPT_CONFIG),
+        ZooEntry("transformer-seq2seq", "transformer-seq2seq", "encoder-decoder transformer reversing digit strings",
+                 transformer.TransformerSeq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
                  transformer.ViT, _classifier(500, False)),
     ]

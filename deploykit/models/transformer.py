@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from .recurrent import DIGITS
+
 KV = tuple[torch.Tensor, torch.Tensor]
 NEG = -1e9  # masked logits; finite so a fully masked (padding) row softmaxes to uniform, not NaN
 
@@ -139,6 +141,63 @@ class GPT(nn.Module):
         positions = torch.arange(time, device=tokens.device).expand(batch, time)
         mask = torch.ones(batch, time, dtype=torch.int64, device=tokens.device)
         return self.forward_cached(tokens, positions, mask, self.empty_past(batch))[0]
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Encoder-decoder transformer (Vaswani et al. 2017), pre-LN, sinusoidal positions; reverses digit strings.
+
+    Cross-attention keys/values depend only on the encoder output, so they are computed once per
+    source (cross_kv) and passed to every decoding step.
+    """
+
+    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 2, max_target_length: int = 16) -> None:
+        super().__init__()
+        self.src_vocab = DIGITS
+        self.tgt_vocab = [*DIGITS, "<bos>", "<eos>"]
+        self.bos, self.eos, self.max_target_length = 10, 11, max_target_length
+        self.layers, self.heads, self.head_dim = layers, heads, dim // heads
+        self.src_embed = nn.Embedding(len(self.src_vocab), dim)
+        self.tgt_embed = nn.Embedding(len(self.tgt_vocab), dim)
+        self.encoder = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.decoder = nn.ModuleList(Block(dim, heads, cross=True) for _ in range(layers))
+        self.ln_enc, self.ln_dec = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(self.tgt_vocab))
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """Memory [B, S, dim] of source tokens [B, S] (src_mask 1 = real token)."""
+        positions = torch.arange(src.shape[1], device=src.device).expand_as(src)
+        x = self.src_embed(src) + sinusoidal(positions, self.src_embed.embedding_dim)
+        bias = padding_bias(src_mask)
+        empty = x.new_zeros(x.shape[0], self.heads, 0, self.head_dim)
+        for block in self.encoder:
+            x = block(x, bias, (empty, empty))[0]
+        return self.ln_enc(x)
+
+    def cross_kv(self, memory: torch.Tensor) -> list[KV]:
+        """Cross-attention keys and values of every decoder layer."""
+        return [block.cross.keys_values(memory) for block in self.decoder]
+
+    def decode_cached(
+        self, tokens: torch.Tensor, position_ids: torch.Tensor, src_mask: torch.Tensor, past: list[KV], cross: list[KV]
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """Logits [B, T, V] for target tokens [B, T] after `past`; returns the present self-attention keys/values."""
+        x = self.tgt_embed(tokens) + sinusoidal(position_ids, self.tgt_embed.embedding_dim)
+        total = past[0][0].shape[2] + tokens.shape[1]
+        bias = causal_bias(torch.ones(tokens.shape[0], total, dtype=torch.int64, device=tokens.device), tokens.shape[1])
+        cross_bias = padding_bias(src_mask)
+        presents = []
+        for block, kv, ckv in zip(self.decoder, past, cross):
+            x, present = block(x, bias, kv, ckv, cross_bias)
+            presents.append(present)
+        return self.head(self.ln_dec(x)), presents
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V] for target inputs tgt_in (bos + target)."""
+        src_mask = (torch.arange(src.shape[1])[None, :] < src_lengths[:, None]).long()
+        cross = self.cross_kv(self.encode(src, src_mask))
+        empty = src.new_zeros(src.shape[0], self.heads, 0, self.head_dim, dtype=torch.float32)
+        positions = torch.arange(tgt_in.shape[1]).expand_as(tgt_in)
+        return self.decode_cached(tgt_in, positions, src_mask, [(empty, empty)] * self.layers, cross)[0]
 
 
 class ViT(nn.Module):

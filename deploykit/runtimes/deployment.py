@@ -13,8 +13,8 @@ from ..errors import InputError, choices
 from . import make_runners
 from .base import Runner, RunnerOptions
 from .generator import sample_generator
-from .loops import LANGUAGE_MODELS, language_model
-from .recurrent import Seq2SeqModel, Stream, sample_vrnn
+from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model
+from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
 
@@ -67,9 +67,9 @@ class Deployment:
         return [decode_tokens(t, loop["vocab"]) for t in out]
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
-        """Decode each source string with a seq2seq bundle: greedy (beams=1, batched) or beam search."""
-        loop = self._loop("seq2seq")
-        model = Seq2SeqModel(self.runner("encoder"), self.runner("decoder_step"), loop)
+        """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""
+        loop = self._loop(*TRANSLATION_MODELS)
+        model = TRANSLATION_MODELS[loop["kind"]](self.runners, loop)
         ids = [encode_text(s, loop["src_vocab"], "source") for s in sources]
         limit, eos = int(loop["max_target_length"]), int(loop["eos"])
         if beams == 1:

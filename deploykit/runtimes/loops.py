@@ -16,13 +16,18 @@ from .base import Runner
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
 from .tokens import MODES, TokenModel, beam_search, generate, mode_config
-from .transformer import CachedLM, FullRecomputeLM
+from .transformer import CachedLM, EncoderDecoderLM, FullRecomputeLM
 
 # Token models by loop kind: recurrent state, KV cache, full recompute.
 LANGUAGE_MODELS: dict[str, Callable[[Runner, Mapping[str, Any]], TokenModel]] = {
     "token_lm": RecurrentLM,
     "kv_cache": CachedLM,
     "full_recompute": FullRecomputeLM,
+}
+# Encoder-decoder token models by loop kind: recurrent with attention, transformer with caches.
+TRANSLATION_MODELS: dict[str, Callable[[Mapping[str, Runner], Mapping[str, Any]], TokenModel]] = {
+    "seq2seq": Seq2SeqModel,
+    "encoder_decoder": EncoderDecoderLM,
 }
 LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 LoopCheck = Callable[[Mapping[str, Runner], Mapping[str, Any], int], dict[str, np.ndarray]]
@@ -75,7 +80,7 @@ def check_seq2seq(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: 
     """Greedy (batched) and beam-4 decoding of four random sources."""
     rng = np.random.default_rng(seed)
     sources = [rng.integers(0, len(loop["src_vocab"]), size=n) for n in (1, 4, 9, 12)]
-    model = Seq2SeqModel(runners["encoder"], runners["decoder_step"], loop)
+    model = TRANSLATION_MODELS[loop["kind"]](runners, loop)
     width = int(loop["max_target_length"])
     greedy = generate(model, sources, mode_config("greedy", width, (int(loop["eos"]),)))
     beams = [beam_search(model, s, 4, width, int(loop["eos"]))[0] for s in sources]
@@ -98,6 +103,7 @@ LOOP_CHECKS: dict[str, LoopCheck] = {
     "kv_cache": check_token_lm,
     "full_recompute": check_token_lm,
     "seq2seq": check_seq2seq,
+    "encoder_decoder": check_seq2seq,
     "vrnn": check_vrnn,
     "generator": check_generator,
 }

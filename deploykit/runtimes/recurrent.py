@@ -106,8 +106,8 @@ class RecurrentLM:
 class Seq2SeqModel:
     """TokenModel over seq2seq `encoder` + `decoder_step` graphs: start() encodes sources and feeds bos."""
 
-    def __init__(self, encoder: Runner, decoder: Runner, loop: Mapping[str, Any]) -> None:
-        self.encoder, self.decoder, self.loop = encoder, decoder, loop
+    def __init__(self, runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> None:
+        self.encoder, self.decoder, self.loop = runners["encoder"], runners["decoder_step"], loop
         self.vocab_size = len(loop["tgt_vocab"])
         self.context: dict[str, np.ndarray] = {}
         self.attention: list[np.ndarray] = []

@@ -118,3 +118,53 @@ class FullRecomputeLM:
     def select(self, rows: np.ndarray) -> None:
         """Reorder rows."""
         self.buffer, self.lengths = self.buffer[rows], self.lengths[rows]
+
+
+class EncoderDecoderLM:
+    """TokenModel over `encoder` + `decoder_with_past` graphs: start() encodes the sources once (cross
+    keys/values) and runs bos; each step then decodes one token per row against the self-attention cache."""
+
+    def __init__(self, runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> None:
+        self.encoder, self.decoder, self.loop = runners["encoder"], runners["decoder_with_past"], loop
+        self.vocab_size = len(loop["tgt_vocab"])
+        layers = int(loop["layers"])
+        self.past = [f"past_key_values.{i}.{p}" for i in range(layers) for p in ("key", "value")]
+        self.cross = [f"cross.{i}.{p}" for i in range(layers) for p in ("key", "value")]
+        self.feeds: dict[str, np.ndarray] = {}
+        self.position = 0
+
+    def _run(self, tokens: np.ndarray, checked: bool) -> np.ndarray:
+        positions = np.full((len(tokens), 1), self.position, np.int64)
+        out = self.decoder.infer({"input_ids": tokens[:, None], "position_ids": positions, **self.feeds}, checked)
+        for name in self.past:
+            self.feeds[name] = out[name.replace("past_key_values", "present")]
+        self.position += 1
+        return out["logits"][:, -1]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
+        """Encode the (right-padded) sources, then run bos."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise InputError(f"source {i} is empty; give at least one token.")
+            check_token_ids(np.asarray(p), len(self.loop["src_vocab"]), f"source {i}")
+        width = max(len(p) for p in prompts)
+        src = np.zeros((len(prompts), width), np.int64)
+        mask = np.zeros((len(prompts), width), np.int64)
+        for i, p in enumerate(prompts):
+            src[i, : len(p)], mask[i, : len(p)] = p, 1
+        cross = self.encoder.infer({"src": src, "src_mask": mask})
+        heads, head_dim = int(self.loop["heads"]), int(self.loop["head_dim"])
+        empty = np.zeros((len(prompts), heads, 0, head_dim), np.float32)
+        self.feeds = {"src_mask": mask} | {n: cross[n] for n in self.cross} | {n: empty for n in self.past}
+        self.position = 0
+        return self._run(np.full(len(prompts), int(self.loop["bos"]), np.int64), checked=False)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Decode one token per row."""
+        if self.position > int(self.loop["max_target_length"]):
+            raise InputError(f"decoding went past max_target_length {self.loop['max_target_length']}.")
+        return self._run(tokens, checked=True)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Reorder caches, cross keys/values and the source mask along the batch."""
+        self.feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self.feeds.items()}
