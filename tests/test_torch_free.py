@@ -92,3 +92,15 @@ def test_recurrent_sample_and_golden_verify_without_torch(no_torch_env, zoo_bund
     assert np.load(tmp_path / "t.npy").shape == (5, 30, 2)
     bad = deploykit(no_torch_env, "sample", lm, "--prompt", "naïve")
     assert bad.returncode == 2 and "character 'ï' at position 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_transformer_sample_and_golden_verify_without_torch(no_torch_env, zoo_bundle) -> None:
+    gpt, t2t = zoo_bundle("gpt").path, zoo_bundle("transformer-seq2seq").path
+    verified = deploykit(no_torch_env, "verify", gpt)
+    assert verified.returncode == 0 and "golden loop seed=0" in verified.stdout, verified.stdout + verified.stderr
+    text = deploykit(no_torch_env, "sample", gpt, "--prompt", "Now is", "--prompt", "Beautiful", "--max-new-tokens", "20")
+    assert text.returncode == 0 and text.stdout.startswith("Now is"), text.stderr
+    decoded = deploykit(no_torch_env, "sample", t2t, "--prompt", "2718281", "--beam", "4")
+    assert decoded.returncode == 0 and "2718281 -> 1828172" in decoded.stdout, decoded.stdout + decoded.stderr
+    too_long = deploykit(no_torch_env, "sample", gpt, "--prompt", "a" * 700)
+    assert too_long.returncode == 2 and "more than the model's context of 640" in too_long.stderr
