@@ -12,6 +12,8 @@ state tuple ((h,) or (h, c), each [layers * directions, batch, hidden]) and retu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -125,11 +127,13 @@ def rnn_layer(
 
 
 @rnn_layer.register_fake
-def _rnn_layer_shapes(x, lengths, h0, c0, w, r, b, mode, hidden, directions):  # noqa: ANN001, ANN202
+def _rnn_layer_shapes(x, lengths, h0, c0, w, r, b, mode, hidden, directions):
     return x.new_empty(x.shape[0], x.shape[1], directions * hidden), torch.empty_like(h0), torch.empty_like(c0)
 
 
-def rnn_layer_onnx(x, lengths, h0, c0, w, r, b, mode: str, hidden: int, directions: int):  # noqa: ANN001, ANN201
+def rnn_layer_onnx(
+    x: Any, lengths: Any, h0: Any, c0: Any, w: Any, r: Any, b: Any, mode: str, hidden: int, directions: int
+) -> tuple[Any, Any, Any]:
     """ONNX translation of deploykit::rnn_layer: the native RNN / GRU / LSTM operator with sequence_lens."""
     from onnxscript import opset18 as op
 

@@ -36,6 +36,16 @@ ENCDEC_PROTOCOL = (
 VIT_PROTOCOL = "`input_shape` = (C, H, W); forward(image) -> logits [batch, classes]. Batch is dynamic."
 
 
+def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(k0, v0, k1, v1, ...) -> [(k0, v0), (k1, v1), ...]."""
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _flat(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """Inverse of _pairs."""
+    return tuple(t for pair in pairs for t in pair)
+
+
 class DecoderWithPast(nn.Module):
     """forward_cached with the past flattened into named tensors (key, value per layer)."""
 
@@ -47,9 +57,8 @@ class DecoderWithPast(nn.Module):
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """(logits, present.0.key, present.0.value, ...)."""
-        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        logits, presents = self.model.forward_cached(input_ids, position_ids, attention_mask, pairs)
-        return (logits, *(t for kv in presents for t in kv))
+        logits, presents = self.model.forward_cached(input_ids, position_ids, attention_mask, _pairs(past))
+        return (logits, *_flat(presents))
 
 
 def past_names(layers: int, prefix: str = "past_key_values") -> list[str]:
@@ -112,7 +121,7 @@ class EncoderWithCross(nn.Module):
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(cross.0.key, cross.0.value, ...)."""
-        return tuple(t for kv in self.model.cross_kv(self.model.encode(src, src_mask)) for t in kv)
+        return _flat(self.model.cross_kv(self.model.encode(src, src_mask)))
 
 
 class CrossDecoderWithPast(nn.Module):
@@ -126,10 +135,10 @@ class CrossDecoderWithPast(nn.Module):
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, src_mask: torch.Tensor, *kv: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """(logits, present.0.key, present.0.value, ...); kv holds the past pairs, then the cross pairs."""
-        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+        pairs = _pairs(kv)
         past, cross = pairs[: self.model.layers], pairs[self.model.layers :]
         logits, presents = self.model.decode_cached(input_ids, position_ids, src_mask, past, cross)
-        return (logits, *(t for p in presents for t in p))
+        return (logits, *_flat(presents))
 
 
 def _encdec_config(model: nn.Module) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Runner
-from .tokens import check_token_ids
+from .tokens import check_prompts, pad_prompts
 
 
 def zero_states(runner: Runner, states: Mapping[str, str], batch: int) -> dict[str, np.ndarray]:
@@ -82,14 +82,8 @@ class RecurrentLM:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Run the prompts; logits after each prompt's last token."""
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise InputError(f"prompt {i} is empty; give at least one token (e.g. a newline).")
-            check_token_ids(np.asarray(p), self.vocab_size, f"prompt {i}")
-        lengths = np.asarray([len(p) for p in prompts], np.int64)
-        tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = p
+        lengths = check_prompts(prompts, self.vocab_size)
+        tokens, _ = pad_prompts(prompts)
         self.state = zero_states(self.runner, self.loop["states"], len(prompts))
         logits = self._run(tokens, lengths, checked=False)
         return logits[np.arange(len(prompts)), lengths - 1]
@@ -121,14 +115,8 @@ class Seq2SeqModel:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Encode the source sequences, then run the bos step."""
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise InputError(f"source {i} is empty; give at least one token.")
-            check_token_ids(np.asarray(p), len(self.loop["src_vocab"]), f"source {i}")
-        lengths = np.asarray([len(p) for p in prompts], np.int64)
-        src = np.zeros((len(prompts), int(lengths.max())), np.int64)
-        for i, p in enumerate(prompts):
-            src[i, : len(p)] = p
+        lengths = check_prompts(prompts, len(self.loop["src_vocab"]), "source")
+        src, _ = pad_prompts(prompts)
         enc = self.encoder.infer({"src": src, "src_lengths": lengths})
         self.context = {"memory": enc["memory"], "src_lengths": lengths, **{k: enc[k] for k in self.loop["states"]}}
         self.attention = []

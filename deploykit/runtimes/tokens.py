@@ -181,10 +181,35 @@ def decode_tokens(ids: np.ndarray, vocab: Sequence[str]) -> str:
     return "".join(vocab[int(i)] for i in ids if len(vocab[int(i)]) == 1)
 
 
-def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:
-    """InputError if any id is outside [0, vocab_size)."""
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        raise InputError(f"{what} has token ids in [{tokens.min()}, {tokens.max()}], expected [0, {vocab_size - 1}].")
+def check_prompts(
+    prompts: Sequence[np.ndarray], vocab_size: int, what: str = "prompt", context: int | None = None
+) -> np.ndarray:
+    """Lengths of the prompts, after checking each is non-empty, within the vocabulary and within `context`."""
+    for i, p in enumerate(prompts):
+        tokens = np.asarray(p)
+        if len(tokens) == 0:
+            raise InputError(f"{what} {i} is empty; give at least one token (e.g. a newline).")
+        if context is not None and len(tokens) > context:
+            raise InputError(f"{what} {i} has {len(tokens)} tokens, more than the model's context of {context}; shorten it.")
+        if tokens.min() < 0 or tokens.max() >= vocab_size:
+            raise InputError(
+                f"{what} {i} has token ids in [{tokens.min()}, {tokens.max()}], expected [0, {vocab_size - 1}]."
+            )
+    return np.asarray([len(p) for p in prompts], np.int64)
+
+
+def pad_prompts(prompts: Sequence[np.ndarray], left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as one int64 array [rows, longest] with 0 at padding, and the 0/1 mask of real tokens.
+
+    left=True right-aligns the rows, so every row's newest token is in the last column.
+    """
+    width = max(len(p) for p in prompts)
+    tokens = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for i, p in enumerate(prompts):
+        cols = slice(width - len(p), width) if left else slice(0, len(p))
+        tokens[i, cols], mask[i, cols] = p, 1
+    return tokens, mask
 
 
 def mode_config(mode: str, max_new_tokens: int, stop: tuple[int, ...] = ()) -> SamplingConfig:

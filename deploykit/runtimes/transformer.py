@@ -9,18 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Runner
-from .tokens import check_token_ids
-
-
-def _check_prompts(prompts: Sequence[np.ndarray], vocab_size: int, context: int) -> np.ndarray:
-    """Prompt lengths, after checking each prompt is non-empty, in the vocabulary and within the context."""
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise InputError(f"prompt {i} is empty; give at least one token.")
-        if len(p) > context:
-            raise InputError(f"prompt {i} has {len(p)} tokens, more than the model's context of {context}; shorten it.")
-        check_token_ids(np.asarray(p), vocab_size, f"prompt {i}")
-    return np.asarray([len(p) for p in prompts], np.int64)
+from .tokens import check_prompts, pad_prompts
 
 
 def _context_full(context: int) -> InputError:
@@ -52,15 +41,10 @@ class CachedLM:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Prefill all prompts (left-padded) against an empty cache."""
-        lengths = _check_prompts(prompts, self.vocab_size, self.context)
-        rows, width = len(prompts), int(lengths.max())
-        tokens = np.zeros((rows, width), np.int64)
-        mask = np.zeros((rows, width), np.int64)
-        for i, p in enumerate(prompts):
-            tokens[i, width - len(p) :] = p
-            mask[i, width - len(p) :] = 1
+        lengths = check_prompts(prompts, self.vocab_size, context=self.context)
+        tokens, mask = pad_prompts(prompts, left=True)
         positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
-        empty = np.zeros((rows, int(self.loop["heads"]), 0, int(self.loop["head_dim"])), np.float32)
+        empty = np.zeros((len(prompts), int(self.loop["heads"]), 0, int(self.loop["head_dim"])), np.float32)
         self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
         self.next_position = lengths.copy()
         return self._run(tokens, positions, checked=False)
@@ -101,10 +85,10 @@ class FullRecomputeLM:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Run the prompts."""
-        self.lengths = _check_prompts(prompts, self.vocab_size, self.context)
+        self.lengths = check_prompts(prompts, self.vocab_size, context=self.context)
+        tokens, _ = pad_prompts(prompts)
         self.buffer = np.zeros((len(prompts), self.context), np.int64)
-        for i, p in enumerate(prompts):
-            self.buffer[i, : len(p)] = p
+        self.buffer[:, : tokens.shape[1]] = tokens
         return self._run(checked=False)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -143,15 +127,8 @@ class EncoderDecoderLM:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Encode the (right-padded) sources, then run bos."""
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise InputError(f"source {i} is empty; give at least one token.")
-            check_token_ids(np.asarray(p), len(self.loop["src_vocab"]), f"source {i}")
-        width = max(len(p) for p in prompts)
-        src = np.zeros((len(prompts), width), np.int64)
-        mask = np.zeros((len(prompts), width), np.int64)
-        for i, p in enumerate(prompts):
-            src[i, : len(p)], mask[i, : len(p)] = p, 1
+        check_prompts(prompts, len(self.loop["src_vocab"]), "source")
+        src, mask = pad_prompts(prompts)
         cross = self.encoder.infer({"src": src, "src_mask": mask})
         heads, head_dim = int(self.loop["heads"]), int(self.loop["head_dim"])
         empty = np.zeros((len(prompts), heads, 0, head_dim), np.float32)
