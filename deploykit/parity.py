@@ -47,7 +47,10 @@ def compare_output(
     big = ref > atol
     max_rel = float((diff[big] / ref[big]).max()) if np.any(big) else 0.0
     passed = bool(np.all(diff <= atol + rtol * ref)) and bool(np.array_equal(a[~finite], e[~finite], equal_nan=True))
-    return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed)
+    note = ""
+    if name == "logits" and e.ndim >= 2 and e.size:  # what users of a classifier or LM care about
+        note = f"top-1 agrees {np.mean(a.argmax(-1) == e.argmax(-1)):.1%}"
+    return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed, note)
 
 
 @dataclass

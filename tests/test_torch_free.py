@@ -104,3 +104,10 @@ def test_transformer_sample_and_golden_verify_without_torch(no_torch_env, zoo_bu
     assert decoded.returncode == 0 and "2718281 -> 1828172" in decoded.stdout, decoded.stdout + decoded.stderr
     too_long = deploykit(no_torch_env, "sample", gpt, "--prompt", "a" * 700)
     assert too_long.returncode == 2 and "more than the model's context of 640" in too_long.stderr
+
+
+def test_quantize_and_verify_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    made = deploykit(no_torch_env, "quantize", zoo_bundle("vit").path, "--mode", "int8-dynamic", "--out", tmp_path / "q")
+    assert made.returncode == 0 and "wrote int8-dynamic bundle" in made.stdout, made.stderr
+    verified = deploykit(no_torch_env, "verify", tmp_path / "q")
+    assert verified.returncode == 0 and "top-1 agrees" in verified.stdout, verified.stdout + verified.stderr

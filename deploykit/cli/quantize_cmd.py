@@ -1,0 +1,30 @@
+"""`deploykit quantize BUNDLE --mode fp16|int8-dynamic|int8-static --out NEW` (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..precision import QUANT_MODES, quantize
+from . import app, console
+
+
+@app.command("quantize")
+def quantize_cmd(
+    bundle: Annotated[Path, typer.Argument(help="fp32 bundle to convert (left untouched)")],
+    mode: Annotated[str, typer.Option(help=f"precision: {', '.join(QUANT_MODES)}")],
+    out: Annotated[Path, typer.Option(help="directory of the new bundle")],
+    calibration: Annotated[int, typer.Option(help="int8-static: calibration batches (seeded, at the check shapes)")] = 32,
+    force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
+) -> None:
+    """Write a new bundle with fp16 or int8 graphs; its tolerance is widened from the error measured here."""
+    result = quantize(bundle, mode, out, calibration, force)
+    precision = result.manifest["precision"]
+    sizes = ", ".join(f"{role} {g.size_bytes / 1024:.1f} KiB" for role, g in result.graphs.items())
+    console.print(
+        f"wrote {mode} bundle {out}: {sizes}; max abs error vs torch on the golden inputs "
+        f"{precision['measured_max_abs']:.2e}, tolerance now atol={result.tolerance['atol']:.2e}",
+        highlight=False,
+    )

@@ -1,0 +1,118 @@
+"""quantize: write a new bundle whose graphs run in fp16 or int8, with tolerances from the measured error.
+
+Uses onnxruntime's own tools (float16 conversion, dynamic and static QDQ quantization); needs onnx
+and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
+outputs) are kept, so `verify` compares the quantized graphs with torch; the tolerance becomes
+max(family atol, 2 x the worst error measured on the golden cases at quantization), recorded in
+the manifest with the mode, so a deployment drifting beyond what was accepted still fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle, write_bundle
+from .errors import BackendUnavailableError, InputError, choices
+from .parity import ParityReport
+from .runtimes.loops import LOOP_ROLE
+from .runtimes.ort import OrtRunner
+from .specs import GraphSpec
+
+QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailableError("quantize needs the onnx package; `pip install onnx`.") from exc
+    return onnx
+
+
+def _calibration(spec: GraphSpec, shapes: list[dict[str, int]], count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """`count` seeded random feeds cycling through the bundle's check shapes."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        yield spec.random_inputs(rng, shapes[i % len(shapes)])
+
+
+def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: list[dict[str, int]], count: int) -> None:
+    """Write `source` converted to `mode` at `target` (inputs and outputs stay float32)."""
+    onnx = _onnx()
+    model = onnx.load(str(source))
+    del model.graph.value_info[:]  # stale intermediate shapes trip the quantizer's own shape inference
+    if mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(model, keep_io_types=True), str(target))
+        return
+    clean = target.with_suffix(".fp32.onnx")
+    onnx.save(model, str(clean))
+    from onnxruntime import quantization as q
+
+    try:
+        if mode == "int8-dynamic":
+            q.quantize_dynamic(str(clean), str(target), weight_type=q.QuantType.QInt8)
+        else:
+            feeds = iter(_calibration(spec, shapes, count, seed=0))
+
+            class Reader(q.CalibrationDataReader):
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(feeds, None)
+
+            q.quantize_static(str(clean), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+    finally:
+        clean.unlink()
+
+
+def quantize(
+    bundle: str | os.PathLike[str] | Bundle, mode: str, out: str | os.PathLike[str], calibration: int = 32,
+    force: bool = False,
+) -> Bundle:
+    """A new bundle at `out` with every graph converted to `mode` (fp16, int8-dynamic or int8-static)."""
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if mode not in QUANT_MODES:
+        raise InputError(f"unknown precision mode {mode!r}; choose one of {choices(QUANT_MODES)}.")
+    if "precision" in b.manifest:
+        raise InputError(f"bundle {b.path} is already {b.manifest['precision']['mode']}; quantize the fp32 bundle it came from.")
+    if calibration < 1:
+        raise InputError(f"--calibration is {calibration}, expected at least 1 batch of calibration inputs.")
+    if Path(out).resolve() == b.path.resolve():
+        raise InputError("--out is the source bundle; quantize writes a new bundle and never overwrites its source.")
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        (tmp / "graphs").mkdir()
+        manifest = json.loads(json.dumps(b.manifest))
+        for role, graph in b.graphs.items():
+            _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode, graph.spec, b.check_shapes, calibration)
+            manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
+        manifest["golden"] = [c for c in manifest["golden"] if c["role"] != LOOP_ROLE]  # exact-token replays
+        shutil.copytree(b.path / "golden", tmp / "golden", ignore=shutil.ignore_patterns(f"{LOOP_ROLE}.*"))
+        report = ParityReport()
+        for case in b.golden:
+            if case.role == LOOP_ROLE:
+                continue
+            inputs, expected = case.load()
+            with OrtRunner(case.role, b.graphs[case.role].spec, tmp / "graphs" / f"{case.role}.onnx") as runner:
+                report.add(case.name, expected, runner.infer(inputs), **b.tolerance)
+        worst = max(r.max_abs for r in report.rows)
+        if not np.isfinite(worst):
+            raise InputError(f"{mode} graphs produce NaN/Inf or wrong shapes on the golden inputs; this model does not survive {mode}.")
+        manifest["tolerance"] = {"atol": max(b.tolerance["atol"], 2 * worst), "rtol": b.tolerance["rtol"]}
+        manifest["precision"] = {
+            "mode": mode,
+            "source_bundle": str(b.path.resolve()),
+            "measured_max_abs": worst,
+            "source_tolerance": b.tolerance,
+        } | ({"calibration_batches": calibration} if mode == "int8-static" else {})
+        return manifest
+
+    return write_bundle(out, fill, force=force)
