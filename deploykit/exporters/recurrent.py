@@ -42,9 +42,9 @@ SEQUENCE_SHAPES = [{"batch": 1, "time": 1}, {"batch": 5, "time": 7}, {"batch": 1
 LENGTHS = TensorSpec("lengths", "int64", ("batch",), high="time")
 
 
-def _state_specs(rnn: nn.RNNBase, suffix: str, batch: str = "batch") -> tuple[TensorSpec, ...]:
+def _state_specs(rnn: nn.RNNBase, suffix: str) -> tuple[TensorSpec, ...]:
     rows, hidden = state_shape(rnn)
-    return tuple(TensorSpec(f"{n}_{suffix}", "float32", (rows, batch, hidden)) for n in state_names(rnn))
+    return tuple(TensorSpec(f"{n}_{suffix}", "float32", (rows, "batch", hidden)) for n in state_names(rnn))
 
 
 def _state_map(rnn: nn.RNNBase) -> dict[str, str]:

@@ -13,7 +13,7 @@ from ..errors import InputError, choices
 from . import make_runners
 from .base import Runner, RunnerOptions
 from .generator import sample_generator
-from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model
+from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
@@ -69,7 +69,7 @@ class Deployment:
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
         """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""
         loop = self._loop(*TRANSLATION_MODELS)
-        model = TRANSLATION_MODELS[loop["kind"]](self.runners, loop)
+        model = translation_model(self.runners, loop)
         ids = [encode_text(s, loop["src_vocab"], "source") for s in sources]
         limit, eos = int(loop["max_target_length"]), int(loop["eos"])
         if beams == 1:

@@ -33,6 +33,7 @@ LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 LoopCheck = Callable[[Mapping[str, Runner], Mapping[str, Any], int], dict[str, np.ndarray]]
 CHUNKS = (1, 7, 3, 12, 0, 9, 5)  # uneven chunk sizes, one of them empty; 37 steps in all
 GENERATED = 200  # tokens per sampling mode
+PROMPT_LENGTHS = (3, 11)  # two prompts of different lengths for the language-model check
 
 
 def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
@@ -67,11 +68,17 @@ def language_model(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> To
     return LANGUAGE_MODELS[loop["kind"]](runners[loop["role"]], loop)
 
 
+def translation_model(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> TokenModel:
+    """The TokenModel for an encoder-decoder bundle's loop."""
+    return TRANSLATION_MODELS[loop["kind"]](runners, loop)
+
+
 def check_token_lm(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
     """GENERATED tokens (fewer if the context is shorter) for two prompts of different lengths, every mode."""
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(0, len(loop["vocab"]), size=n) for n in (3, 11)]
-    count = min(GENERATED, int(loop.get("context", GENERATED + 11)) - 11)
+    prompts = [rng.integers(0, len(loop["vocab"]), size=n) for n in PROMPT_LENGTHS]
+    longest = max(PROMPT_LENGTHS)
+    count = min(GENERATED, int(loop.get("context", GENERATED + longest)) - longest)
     lm = language_model(runners, loop)
     return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count) for mode in MODES}
 
@@ -80,7 +87,7 @@ def check_seq2seq(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: 
     """Greedy (batched) and beam-4 decoding of four random sources."""
     rng = np.random.default_rng(seed)
     sources = [rng.integers(0, len(loop["src_vocab"]), size=n) for n in (1, 4, 9, 12)]
-    model = TRANSLATION_MODELS[loop["kind"]](runners, loop)
+    model = translation_model(runners, loop)
     width = int(loop["max_target_length"])
     greedy = generate(model, sources, mode_config("greedy", width, (int(loop["eos"]),)))
     beams = [beam_search(model, s, 4, width, int(loop["eos"]))[0] for s in sources]

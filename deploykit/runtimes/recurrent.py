@@ -104,13 +104,11 @@ class Seq2SeqModel:
         self.encoder, self.decoder, self.loop = runners["encoder"], runners["decoder_step"], loop
         self.vocab_size = len(loop["tgt_vocab"])
         self.context: dict[str, np.ndarray] = {}
-        self.attention: list[np.ndarray] = []
 
     def _run(self, tokens: np.ndarray, checked: bool) -> np.ndarray:
         out = self.decoder.infer({"token": tokens, **self.context}, checked)
         for name, out_name in self.loop["states"].items():
             self.context[name] = out[out_name]
-        self.attention.append(out["attention"])
         return out["logits"]
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
@@ -119,7 +117,6 @@ class Seq2SeqModel:
         src, _ = pad_prompts(prompts)
         enc = self.encoder.infer({"src": src, "src_lengths": lengths})
         self.context = {"memory": enc["memory"], "src_lengths": lengths, **{k: enc[k] for k in self.loop["states"]}}
-        self.attention = []
         return self._run(np.full(len(prompts), self.loop["bos"], np.int64), checked=False)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
