@@ -14,14 +14,14 @@ import numpy as np
 from torch import nn
 
 from ..bundle import Bundle, save_golden, write_bundle
-from ..errors import ParityError
+from ..errors import ExportError, ParityError
 from ..parity import ParityReport
 from ..runtimes.base import Runner
-from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE
+from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE, structure_problems
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
 from ..specs import dims_label
-from . import feedforward, gan, recurrent, transformer  # noqa: F401  (register the families)
+from . import autoregressive, feedforward, gan, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 
@@ -92,6 +92,9 @@ def export(
                 save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
                 golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
                 report.add("loop seed=0", expected, check(orts, loop, 0), fam.tolerance.atol, fam.tolerance.rtol)
+            problems = structure_problems(orts, loop)
+        if problems:
+            raise ExportError(f"{type(model).__name__} exported as '{family}' is not autoregressive: " + "; ".join(problems))
         if not report.passed:
             raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
         return {

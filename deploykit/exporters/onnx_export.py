@@ -67,8 +67,8 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
     """Export one role to `path`; return its spec (outputs read back from the graph) and opset."""
     dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
-    if any(p.kind == p.VAR_POSITIONAL for p in params):  # forward(a, b, *rest): torch.export wants rest as one tuple
-        fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if any(p.kind == p.VAR_POSITIONAL for p in params) and len(dynamic) > fixed:  # forward(a, *rest): rest as one tuple
         dynamic = (*dynamic[:fixed], dynamic[fixed:])
     for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):  # progress chatter and benign warnings
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -16,6 +16,15 @@ def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
 
 
+def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:
+    """int64 labels [n] for a conditional model: `labels` broadcast, or 0..classes-1 cycling; None if unconditional."""
+    if not classes:
+        if labels is not None:
+            raise InputError("this model is unconditional; drop --label.")
+        return None
+    return (np.arange(n) % classes if labels is None else np.broadcast_to(np.asarray(labels), (n,))).astype(np.int64)
+
+
 def sample_generator(
     runner: Runner,
     loop: Mapping[str, Any],
@@ -27,13 +36,8 @@ def sample_generator(
     """`n` images from a generator graph; conditional generators cycle labels 0..K-1 unless given."""
     if n < 1:
         raise InputError(f"--n is {n}, expected at least 1 sample.")
-    classes = loop.get("num_classes")
-    if classes is None and labels is not None:
-        raise InputError("this generator is unconditional; drop --label.")
+    labels = cycle_labels(n, loop.get("num_classes"), labels)
     z = draw_latents(n, int(loop["latent_dim"]), seed)
-    if classes is not None:
-        labels = np.arange(n) % classes if labels is None else np.broadcast_to(np.asarray(labels), (n,))
-        labels = labels.astype(np.int64)
     images = []
     for start in range(0, n, batch_size):
         feeds = {"z": z[start : start + batch_size]}

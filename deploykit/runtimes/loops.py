@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from .autoregressive import autoregressive_violations, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
 from .base import Runner
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
@@ -104,6 +105,39 @@ def check_generator(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed
     return {"images": sample_generator(runners["model"], loop, 8, seed)}
 
 
+def check_dimensionwise(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Four samples per ordering (FVSBN, MADE), one conditionals pass per dimension."""
+    return {f"x.{k}": sample_dimensionwise(runners, loop, 4, seed, k) for k in range(len(loop["roles"]))}
+
+
+def check_nade(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Four samples by NADE's step recursion."""
+    return {"x": sample_nade(runners, loop, 4, seed)}
+
+
+def check_raster(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Four images in raster order (labels cycling for class-conditional models)."""
+    return {"images": sample_raster(runners, loop, 4, seed)}
+
+
+def check_wavenet(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Fast generation of two clips past one receptive field, and a short naive run."""
+    length = int(loop["receptive_field"]) + 44
+    return {"fast": sample_wavenet(runners, loop, 2, length, seed), "naive": sample_wavenet(runners, loop, 1, 40, seed, fast=False)}
+
+
+def structure_problems(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> list[str]:
+    """Breaks of the autoregressive property in a masked model's graphs (empty for other loops)."""
+    if loop.get("kind") not in ("dimensionwise", "nade", "raster", "wavenet"):
+        return []
+    problems = []
+    for k, role in enumerate(loop["roles"][:1] if loop["kind"] == "wavenet" else loop["roles"]):
+        bad = autoregressive_violations(runners[role], loop, k)
+        if bad:
+            problems.append(f"'{role}': output(s) change when a later input does, e.g. (input, output) {bad[:3]}")
+    return problems
+
+
 LOOP_CHECKS: dict[str, LoopCheck] = {
     "stream": check_stream,
     "token_lm": check_token_lm,
@@ -113,6 +147,10 @@ LOOP_CHECKS: dict[str, LoopCheck] = {
     "encoder_decoder": check_seq2seq,
     "vrnn": check_vrnn,
     "generator": check_generator,
+    "dimensionwise": check_dimensionwise,
+    "nade": check_nade,
+    "raster": check_raster,
+    "wavenet": check_wavenet,
 }
 
 
