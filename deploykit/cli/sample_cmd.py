@@ -1,6 +1,6 @@
 """`deploykit sample BUNDLE ...`: run the bundle's sampling loop (torch-free).
 
-Generators write an image grid; VRNNs write trajectories; token LMs print text continuing
+Generators, PixelCNN and FVSBN/NADE/MADE write an image grid; WaveNet a WAV file; VRNNs write trajectories; token LMs print text continuing
 --prompt; seq2seq bundles print the decoding of each --prompt (greedy or --beam K).
 """
 
@@ -16,6 +16,7 @@ import typer
 from ..errors import InputError
 from ..images import save_samples
 from ..runtimes import RunnerOptions
+from ..runtimes.autoregressive import mu_law_decode, write_wav
 from ..runtimes.deployment import Deployment, load
 from ..runtimes.loops import LANGUAGE_MODELS, TRANSLATION_MODELS
 from ..runtimes.tokens import MODES, encode_text, mode_config
@@ -29,29 +30,39 @@ def _write_text(out: Path, texts: list[str]) -> None:
     out.write_text("\n".join(texts) + "\n")
 
 
-def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, label: int | None, steps: int | None) -> None:
+def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, label: int | None, steps: int | None,
+            ordering: int, naive: bool) -> None:
+    loop = dep.bundle.loop
     if out is None:
-        raise InputError("--out is needed for this bundle: a .png grid or .npy array (.npy for VRNN trajectories).")
-    samples = dep.sample(n, seed, None if label is None else np.asarray(label), steps)
-    if dep.bundle.loop["kind"] == "vrnn":
-        if out.suffix != ".npy":
-            raise InputError(f"--out {out}: VRNN trajectories are written as .npy [n, steps, x_dim].")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        raise InputError("--out is needed for this bundle: a .png grid or .npy array (.wav for WaveNet audio).")
+    if loop["kind"] == "wavenet" and out.suffix not in (".wav", ".npy"):
+        raise InputError(f"--out {out}: WaveNet writes audio as .wav (or its mu-law codes as .npy).")
+    if loop["kind"] == "vrnn" and out.suffix != ".npy":
+        raise InputError(f"--out {out}: VRNN trajectories are written as .npy [n, steps, x_dim].")
+    samples = dep.sample(n, seed, None if label is None else np.asarray(label), steps, ordering, not naive)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".wav":
+        write_wav(out, mu_law_decode(samples, int(loop["levels"])), int(loop["sample_rate"]))
+    elif loop["kind"] in ("vrnn", "wavenet"):
         np.save(out, samples)
-        path = out
     else:
-        path = save_samples(samples, out, dep.bundle.loop.get("value_range", (0.0, 1.0)))
-    console.print(f"wrote {n} samples {list(samples.shape[1:])} to {path}")
+        images = samples.reshape(n, *loop["image_shape"]) if "image_shape" in loop else samples
+        if images.ndim != 4:
+            raise InputError(f"--out {out}: these samples are vectors {list(samples.shape[1:])}; write them as .npy.")
+        save_samples(images, out, loop.get("value_range", (0.0, 1.0)))
+    console.print(f"wrote {n} samples {list(samples.shape[1:])} to {out}")
 
 
 @app.command("sample")
 def sample_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-    out: Annotated[Path | None, typer.Option(help="output: .png grid or .npy (images, trajectories); .txt (text)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output: .png grid or .npy (images, trajectories); .wav (audio); .txt (text)")] = None,
     n: Annotated[int, typer.Option(help="number of samples (generators, VRNN)")] = 64,
     seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)")] = 0,
     label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)")] = None,
-    steps: Annotated[int | None, typer.Option(help="trajectory length for VRNN (default: the model's)")] = None,
+    steps: Annotated[int | None, typer.Option(help="VRNN trajectory length / WaveNet audio samples (default: the model's / 1 s)")] = None,
+    ordering: Annotated[int, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = 0,
+    naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="override the mode's temperature (0 = greedy)")] = None,
@@ -67,7 +78,7 @@ def sample_cmd(
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         kind = dep.bundle.loop.get("kind")
         if kind not in (*LANGUAGE_MODELS, *TRANSLATION_MODELS):
-            _arrays(dep, out, n, seed, label, steps)
+            _arrays(dep, out, n, seed, label, steps, ordering, naive)
             return
         if not prompt:
             raise InputError("--prompt is needed for text models: the text to continue (LM) or to decode (seq2seq).")

@@ -72,7 +72,7 @@ def log_likelihood(distribution: str, x: torch.Tensor, out: tuple[torch.Tensor, 
     """log p(x) per example [batch] from the conditionals' parameters."""
     if distribution == "bernoulli":
         (logits,) = out
-        return (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
+        return (x * logits - F.softplus(logits)).sum(1)  # = x log s(l) + (1-x) log s(-l); ONNX's LogSigmoid is Log(Sigmoid)
     if distribution == "gaussian":
         mu, log_std = out
         z = (x - mu) * torch.exp(-log_std)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, choices
-from . import feedforward, gan, recurrent, train, train_recurrent, transformer
+from . import autoregressive, feedforward, gan, recurrent, train, train_autoregressive, train_recurrent, transformer
 from .data import load_digits
 
 CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
@@ -101,6 +101,18 @@ ZOO: dict[str, ZooEntry] = {
                  transformer.GPT, lambda m, cb: _weights_of("gpt", m, cb), GPT_CONFIG),
         ZooEntry("transformer-seq2seq", "transformer-seq2seq", "encoder-decoder transformer reversing digit strings",
                  transformer.TransformerSeq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
+        ZooEntry("fvsbn", "fvsbn", "fully visible sigmoid belief net on binarized digits",
+                 autoregressive.FVSBN, lambda m, cb: train_autoregressive.train_binary(m, 1500, cb, lr=1e-2), {"image_shape": [1, 8, 8]}),
+        ZooEntry("nade", "nade", "NADE (64 hidden) on binarized digits",
+                 autoregressive.NADE, lambda m, cb: train_autoregressive.train_binary(m, 1500, cb), {"image_shape": [1, 8, 8]}),
+        ZooEntry("made", "made", "MADE order-agnostic ensemble of 4 orderings on binarized digits",
+                 autoregressive.MADE, lambda m, cb: train_autoregressive.train_binary(m, 2000, cb),
+                 {"num_masks": 4, "image_shape": [1, 8, 8]}),
+        ZooEntry("pixelcnn", "pixelcnn", "class-conditional gated PixelCNN on 4-level digits",
+                 autoregressive.GatedPixelCNN, lambda m, cb: train_autoregressive.train_pixelcnn(m, 700, cb),
+                 {"num_classes": 10, "hidden": 32}),
+        ZooEntry("wavenet", "wavenet", "WaveNet (receptive field 256) on 8 kHz tone mixtures, conditioned on tone count",
+                 autoregressive.WaveNet, lambda m, cb: train_autoregressive.train_wavenet(m, 400, cb, length=512), {"num_classes": 3}),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
                  transformer.ViT, _classifier(500, False)),
     ]

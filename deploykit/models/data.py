@@ -77,3 +77,26 @@ def trajectories(n: int, length: int, seed: int) -> np.ndarray:
     angle = rng.uniform(0, 2 * np.pi, size=(n, 1)) + speed * np.arange(length)[None, :]
     points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1)
     return (points + rng.normal(0, 0.05, size=points.shape)).astype(np.float32)
+
+
+def binarized_digits(data: Digits) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) digits as 0/1 float32 vectors [N, 64]: ink above half intensity."""
+    return tuple((x.reshape(len(x), -1) > 0.5).astype(np.float32) for x in (data.x_train, data.x_test))  # type: ignore[return-value]
+
+
+def level_digits(x: np.ndarray, levels: int) -> np.ndarray:
+    """Digits [N, 1, 8, 8] in [0, 1] as integer levels 0..levels-1 (int64)."""
+    return np.round(x * (levels - 1)).astype(np.int64)
+
+
+def tone_clips(n: int, length: int, seed: int, sample_rate: int = 8000) -> tuple[np.ndarray, np.ndarray]:
+    """(audio [n, length] in [-1, 1], kind [n]): mixtures of kind + 1 tones of 150-700 Hz, with faint noise."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 3, n)
+    t = np.arange(length) / sample_rate
+    freq = rng.uniform(150, 700, (n, 3, 1))
+    phase = rng.uniform(0, 2 * np.pi, (n, 3, 1))
+    on = (np.arange(3)[None, :] <= kind[:, None])[..., None]
+    audio = (np.sin(2 * np.pi * freq * t + phase) * on).sum(1) * (0.6 / (kind[:, None] + 1))
+    audio += rng.normal(0, 0.01, audio.shape)
+    return np.clip(audio, -1, 1).astype(np.float32), kind.astype(np.int64)

@@ -164,13 +164,16 @@ def log_prob(
     runners: Mapping[str, Runner], loop: Mapping[str, Any], x: np.ndarray, labels: np.ndarray | None = None
 ) -> np.ndarray:
     """log p(x) per example in nats; an order-agnostic ensemble averages p(x) over its orderings."""
+    if loop.get("num_classes") and labels is None:
+        raise InputError(f"this model is class-conditional ({loop['num_classes']} classes): pass one label per example.")
+    extra = _label_feeds(loop, len(x), labels)
     name = _input_name(loop)
     per_role = []
     for role in loop["roles"] if loop["kind"] == "dimensionwise" else ["conditionals"]:
-        parts = []
-        for start in range(0, len(x), BATCH):
-            feeds = {name: x[start : start + BATCH]} | _label_feeds(loop, len(x[start : start + BATCH]), None if labels is None else labels[start : start + BATCH])
-            parts.append(runners[role].infer(feeds)["log_prob"])
+        parts = [
+            runners[role].infer({name: x[i : i + BATCH]} | {k: v[i : i + BATCH] for k, v in extra.items()})["log_prob"]
+            for i in range(0, len(x), BATCH)
+        ]
         per_role.append(np.concatenate(parts).astype(np.float64))
     stacked = np.stack(per_role)
     top = stacked.max(0)

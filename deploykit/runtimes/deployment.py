@@ -12,10 +12,14 @@ from ..bundle import Bundle, load_bundle
 from ..errors import InputError, choices
 from . import make_runners
 from .base import Runner, RunnerOptions
+from .autoregressive import log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
 from .generator import sample_generator
 from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
+
+
+SAMPLED = ("generator", "vrnn", "dimensionwise", "nade", "raster", "wavenet")  # loop kinds `sample` draws from
 
 
 class Deployment:
@@ -48,16 +52,46 @@ class Deployment:
             )
         return loop
 
-    def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:
-        """`n` samples with injected seeded noise: generator images, or VRNN trajectories [n, steps, x_dim]."""
-        loop = self._loop("generator", "vrnn")
-        if loop["kind"] == "vrnn":
-            if labels is not None:
-                raise InputError("a VRNN is unconditional; drop --label.")
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        labels: np.ndarray | None = None,
+        steps: int | None = None,
+        ordering: int = 0,
+        fast: bool = True,
+    ) -> np.ndarray:
+        """`n` samples from the bundle's loop with injected seeded noise.
+
+        Generators: images. VRNN: trajectories [n, steps, x_dim]. FVSBN/MADE/NADE: [n, D] (MADE:
+        the mask set `ordering`). PixelCNN: integer images [n, C, H, W]. WaveNet: mu-law codes
+        [n, steps] (default one second), by fast generation or, with fast=False, naively.
+        """
+        loop = self._loop(*SAMPLED)
+        kind = loop["kind"]
+        if ordering and kind != "dimensionwise":
+            raise InputError("--ordering picks a MADE mask set; this bundle has one ordering.")
+        if not fast and kind != "wavenet":
+            raise InputError("--naive is for WaveNet bundles (naive vs fast generation).")
+        if steps is not None and kind not in ("vrnn", "wavenet"):
+            raise InputError(f"a '{kind}' loop draws fixed-size samples; --steps is for VRNN and WaveNet lengths.")
+        if labels is not None and kind in ("vrnn", "dimensionwise", "nade"):
+            raise InputError(f"a '{kind}' bundle is unconditional; drop --label.")
+        if kind == "vrnn":
             return sample_vrnn(self.runner(loop["role"]), loop, n, steps, seed)
-        if steps is not None:
-            raise InputError("a generator draws each sample in one call; drop --steps.")
+        if kind == "dimensionwise":
+            return sample_dimensionwise(self.runners, loop, n, seed, ordering)
+        if kind == "nade":
+            return sample_nade(self.runners, loop, n, seed)
+        if kind == "raster":
+            return sample_raster(self.runners, loop, n, seed, labels)
+        if kind == "wavenet":
+            return sample_wavenet(self.runners, loop, n, int(loop["sample_rate"]) if steps is None else steps, seed, labels, fast)
         return sample_generator(self.runner(), loop, n, seed, labels)
+
+    def log_prob(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """log p(x) in nats per example for a masked autoregressive bundle (ensembles average p over orderings)."""
+        return log_prob(self.runners, self._loop("dimensionwise", "nade", "raster", "wavenet"), x, labels)
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute)."""
