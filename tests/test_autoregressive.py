@@ -11,7 +11,7 @@ import deploykit
 from deploykit.errors import ExportError, InputError
 from deploykit.models import autoregressive as ar
 from deploykit.models.data import binarized_digits, level_digits, load_digits, tone_clips
-from deploykit.runtimes.autoregressive import dependencies, sample_dimensionwise, sample_wavenet
+from deploykit.runtimes.autoregressive import dependencies, sample_dimensionwise
 from deploykit.runtimes.loops import structure_problems
 
 MODELS = ["fvsbn", "nade", "made", "pixelcnn", "wavenet"]

@@ -8,6 +8,7 @@ constant (see exporters/autoregressive.py). Orderings are permutations of the fl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ def _made_masks(dim: int, hidden: Sequence[int], ordering: Sequence[int], seed: 
     degrees = [ranks(ordering) + 1]  # input degrees 1..D; hidden degrees in [min of the layer below, D - 1]
     for h in hidden:
         degrees.append(torch.randint(int(degrees[-1].min()), dim, (h,), generator=gen))
-    masks = [(d_out[:, None] >= d_in[None, :]) for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+    masks = [(d_out[:, None] >= d_in[None, :]) for d_in, d_out in pairwise(degrees)]
     out = (degrees[0][:, None] > degrees[-1][None, :]).repeat(outputs, 1)  # [outputs * D, H]
     return [m.float() for m in (*masks, out)]
 
@@ -161,7 +162,7 @@ class MADE(nn.Module):
         outputs = 2 if distribution == "gaussian" else 1
         sets = [_made_masks(dim, hidden, o, seed + 1 + k, outputs) for k, o in enumerate(self.orderings)]
         sizes = [dim, *hidden, outputs * dim]
-        self.layers = nn.ModuleList(MaskedLinear(a, b, sets[0][i]) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+        self.layers = nn.ModuleList(MaskedLinear(a, b, sets[0][i]) for i, (a, b) in enumerate(pairwise(sizes)))
         for i, layer in enumerate(self.layers):
             layer.register_buffer("masks", torch.stack([s[i] for s in sets]))
         self.selected = 0
@@ -253,6 +254,12 @@ def _shift_down(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    """tanh(first half of the channels) * sigmoid(second half)."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
 class GatedLayer(nn.Module):
     """One gated PixelCNN layer (van den Oord et al. 2016b): vertical and horizontal stacks, no blind spot.
 
@@ -281,9 +288,8 @@ class GatedLayer(nn.Module):
         if self.label is not None:
             bias_v, bias_h = self.label(label)[:, :, None, None].chunk(2, dim=1)
             vf, hf = vf + bias_v, hf + bias_h
-        gate = lambda x: torch.tanh(x.chunk(2, 1)[0]) * torch.sigmoid(x.chunk(2, 1)[1])  # noqa: E731
-        h_out = self.residual(gate(hf))
-        return gate(vf), h_out if self.first else h + h_out
+        h_out = self.residual(_gate(hf))
+        return _gate(vf), h_out if self.first else h + h_out
 
 
 class GatedPixelCNN(nn.Module):
@@ -359,8 +365,7 @@ class WaveNet(nn.Module):
         """Gate, residual and skip of layer i given its dilated-conv output z."""
         if bias is not None:
             z = z + bias
-        a, b = z.chunk(2, dim=1)
-        g = torch.tanh(a) * torch.sigmoid(b)
+        g = _gate(z)
         return h + self.res[i](g), self.skips[i](g)
 
     def forward(self, audio: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:

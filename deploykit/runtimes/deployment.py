@@ -11,13 +11,12 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..errors import InputError, choices
 from . import make_runners
-from .base import Runner, RunnerOptions
 from .autoregressive import log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
+from .base import Runner, RunnerOptions
 from .generator import sample_generator
 from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
-
 
 SAMPLED = ("generator", "vrnn", "dimensionwise", "nade", "raster", "wavenet")  # loop kinds `sample` draws from
 
