@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/profile_zoo.py
 	$(PY) benchmarks/recurrent_loops.py
 	$(PY) benchmarks/transformer_generation.py
+	$(PY) benchmarks/autoregressive_sampling.py
 
 clean:
 	rm -rf $(VENV) bundles out runs

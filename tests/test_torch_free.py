@@ -111,3 +111,29 @@ def test_quantize_and_verify_without_torch(no_torch_env, zoo_bundle, tmp_path: P
     assert made.returncode == 0 and "wrote int8-dynamic bundle" in made.stdout, made.stderr
     verified = deploykit(no_torch_env, "verify", tmp_path / "q")
     assert verified.returncode == 0 and "top-1 agrees" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_masked_autoregressive_sample_and_golden_verify_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    import wave
+
+    from PIL import Image
+
+    made, pixelcnn, wavenet = (zoo_bundle(n).path for n in ("made", "pixelcnn", "wavenet"))
+    for bundle in (made, pixelcnn, wavenet):
+        verified = deploykit(no_torch_env, "verify", bundle)
+        assert verified.returncode == 0 and "golden loop seed=0" in verified.stdout, verified.stdout + verified.stderr
+    grid = deploykit(no_torch_env, "sample", made, "--n", "16", "--ordering", "2", "--out", tmp_path / "made.png")
+    assert grid.returncode == 0 and "wrote 16 samples [64]" in grid.stdout, grid.stderr
+    assert Image.open(tmp_path / "made.png").size == (4 * 37, 4 * 37)  # 4x4 tiles of 8 px + 1 px gaps, scaled 4x
+    digits = deploykit(no_torch_env, "sample", pixelcnn, "--n", "10", "--label", "7", "--out", tmp_path / "p.npy")
+    assert digits.returncode == 0, digits.stderr
+    images = np.load(tmp_path / "p.npy")
+    assert images.shape == (10, 1, 8, 8) and images.dtype == np.int64 and images.max() <= 3
+    audio = deploykit(no_torch_env, "sample", wavenet, "--n", "2", "--steps", "800", "--label", "1", "--out", tmp_path / "a.wav")
+    assert audio.returncode == 0, audio.stderr
+    with wave.open(str(tmp_path / "a.wav")) as clip:
+        assert clip.getframerate() == 8000 and clip.getnframes() == 2 * (800 + 800)  # each clip plus 0.1 s of silence
+    bad = deploykit(no_torch_env, "sample", pixelcnn, "--label", "10", "--out", tmp_path / "x.png")
+    assert bad.returncode == 2 and "label" in bad.stderr and "Traceback" not in bad.stderr
+    naive_elsewhere = deploykit(no_torch_env, "sample", made, "--naive", "--out", tmp_path / "x.png")
+    assert naive_elsewhere.returncode == 2 and "--naive is for WaveNet" in naive_elsewhere.stderr

@@ -112,7 +112,8 @@ ZOO: dict[str, ZooEntry] = {
                  autoregressive.GatedPixelCNN, lambda m, cb: train_autoregressive.train_pixelcnn(m, 700, cb),
                  {"num_classes": 10, "hidden": 32}),
         ZooEntry("wavenet", "wavenet", "WaveNet (receptive field 256) on 8 kHz tone mixtures, conditioned on tone count",
-                 autoregressive.WaveNet, lambda m, cb: train_autoregressive.train_wavenet(m, 400, cb, length=512), {"num_classes": 3}),
+                 autoregressive.WaveNet, lambda m, cb: train_autoregressive.train_wavenet(m, 300, cb, length=384),
+                 {"num_classes": 3, "residual": 64, "skip": 128}),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
                  transformer.ViT, _classifier(500, False)),
     ]

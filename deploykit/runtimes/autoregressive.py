@@ -120,13 +120,16 @@ def sample_wavenet(
     codes = np.zeros((n, length), np.int64)
     cond = _label_feeds(loop, n, labels)
     if fast:
-        step = runners["step"]
+        step, layers = runners["step"], range(len(loop["queues"]))
         feeds = {"sample": np.full(n, int(loop["start"]), np.int64)} | cond
         feeds |= {f"past_queue.{i}": np.zeros((n, c, d), np.float32) for i, (c, d) in enumerate(loop["queues"])}
+        queues = [(f"past_queue.{i}", f"present_queue.{i}") for i in layers]
         for t in range(length):
             out = step.infer(feeds, checked=t > 0)
-            codes[:, t] = pick_tokens(out["logits"], u[:, t], CATEGORICAL)
-            feeds = {"sample": codes[:, t]} | cond | {f"past_queue.{i}": out[f"present_queue.{i}"] for i in range(len(loop["queues"]))}
+            feeds["sample"] = pick_tokens(out["logits"], u[:, t], CATEGORICAL)
+            codes[:, t] = feeds["sample"]
+            for past, present in queues:
+                feeds[past] = out[present]
         return codes
     runner, field = runners["conditionals"], int(loop["receptive_field"])
     for t in range(length):
