@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ExportError
+from ..models.autoregressive import check_ordering
 from ..specs import DimRule, TensorSpec
 from .feedforward import BATCHES
 from .registry import Family, Role, Tolerance, attribute, register
@@ -101,17 +102,11 @@ def _outputs(distribution: str) -> tuple[str, ...]:
 
 def _orderings(model: nn.Module, size: int, family: str, protocol: str) -> list[list[int]]:
     """The model's orderings, each checked to be a permutation of 0..size-1 (ExportError otherwise)."""
-    orderings = [[int(i) for i in o] for o in attribute(model, "orderings", family, protocol)]
-    for k, order in enumerate(orderings):
-        if sorted(order) != list(range(size)):
-            seen = set(order)
-            missing = [i for i in range(size) if i not in seen][:5]
-            repeated = sorted({i for i in order if order.count(i) > 1})[:5]
-            raise ExportError(
-                f"ordering {k} of {type(model).__name__} is not a permutation of 0..{size - 1} "
-                f"({len(order)} entries; repeated {repeated}, missing {missing}); each index must appear once."
-            )
-    return orderings
+    orderings = attribute(model, "orderings", family, protocol)
+    try:
+        return [check_ordering(o, size, f"ordering {k} of {type(model).__name__}") for k, o in enumerate(orderings)]
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def _vector(model: nn.Module, family: str, protocol: str) -> TensorSpec:

@@ -13,16 +13,11 @@ import numpy as np
 
 from ..errors import InputError
 from .base import Runner
-from .generator import cycle_labels
+from .generator import check_count, cycle_labels
 from .tokens import SamplingConfig, pick_tokens
 
 CATEGORICAL = SamplingConfig(temperature=1.0)
 BATCH = 256  # rows per graph call when scoring
-
-
-def _check_count(n: int) -> None:
-    if n < 1:
-        raise InputError(f"--n is {n}, expected at least 1 sample.")
 
 
 def _bernoulli(logit: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -45,7 +40,7 @@ def mask_role(loop: Mapping[str, Any], ordering: int) -> str:
 
 def sample_dimensionwise(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int, ordering: int = 0) -> np.ndarray:
     """[n, D] samples, one full conditionals pass per dimension in the ordering (FVSBN, MADE)."""
-    _check_count(n)
+    check_count(n)
     runner = runners[mask_role(loop, ordering)]
     order, size = loop["orderings"][ordering], int(loop["num_inputs"])
     rng = np.random.default_rng(seed)
@@ -63,7 +58,7 @@ def sample_dimensionwise(runners: Mapping[str, Runner], loop: Mapping[str, Any],
 
 def sample_nade(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int) -> np.ndarray:
     """[n, D] NADE samples by the O(H)-per-dimension recursion over the `step` graph."""
-    _check_count(n)
+    check_count(n)
     step, order = runners["step"], loop["orderings"][0]
     u = np.random.default_rng(seed).random((n, int(loop["num_inputs"])))
     x = np.zeros((n, len(order)), np.float32)
@@ -79,7 +74,7 @@ def sample_raster(
     runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int, labels: np.ndarray | None = None
 ) -> np.ndarray:
     """[n, C, H, W] integer images, pixel by pixel in raster order, R then G then B inside a pixel."""
-    _check_count(n)
+    check_count(n)
     runner = runners["conditionals"]
     c, h, w = loop["input_shape"]
     u = np.random.default_rng(seed).random((n, c, h, w))
@@ -114,7 +109,7 @@ def sample_wavenet(
     Naive generation re-runs the `conditionals` graph over the last receptive field (plus a
     placeholder for the sample being drawn) for every sample; both draw from the same uniforms.
     """
-    _check_count(n)
+    check_count(n)
     _check_length(length)
     u = np.random.default_rng(seed).random((n, length))
     codes = np.zeros((n, length), np.int64)

@@ -16,6 +16,12 @@ def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
 
 
+def check_count(n: int) -> None:
+    """InputError unless at least one sample is asked for."""
+    if n < 1:
+        raise InputError(f"--n is {n}, expected at least 1 sample.")
+
+
 def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:
     """int64 labels [n] for a conditional model: `labels` broadcast, or 0..classes-1 cycling; None if unconditional."""
     if not classes:
@@ -34,8 +40,7 @@ def sample_generator(
     batch_size: int = 64,
 ) -> np.ndarray:
     """`n` images from a generator graph; conditional generators cycle labels 0..K-1 unless given."""
-    if n < 1:
-        raise InputError(f"--n is {n}, expected at least 1 sample.")
+    check_count(n)
     labels = cycle_labels(n, loop.get("num_classes"), labels)
     z = draw_latents(n, int(loop["latent_dim"]), seed)
     images = []
