@@ -6,6 +6,7 @@ dimension and sample, so the same loop over torch and over onnxruntime gives the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +34,7 @@ def _label_feeds(loop: Mapping[str, Any], n: int, labels: np.ndarray | None) -> 
 def mask_role(loop: Mapping[str, Any], ordering: int) -> str:
     """The conditionals role of ordering (mask set) `ordering`, or InputError naming the valid ones."""
     roles = loop["roles"]
-    if not 0 <= ordering < len(roles) or loop["kind"] not in ("dimensionwise", "nade"):
+    if not 0 <= ordering < len(roles):
         raise InputError(f"--ordering {ordering}: this bundle has ordering(s) 0..{len(roles) - 1}.")
     return roles[ordering]
 
@@ -141,7 +142,7 @@ def mu_law_decode(codes: np.ndarray, levels: int) -> np.ndarray:
     return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
 
 
-def write_wav(path: Any, audio: np.ndarray, sample_rate: int) -> None:
+def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int) -> None:
     """Write [n, T] samples in [-1, 1] as one 16-bit mono WAV, clips one after another with 0.1 s silence."""
     import wave
 
