@@ -17,6 +17,7 @@ from .base import Runner
 from .generator import check_count, cycle_labels
 from .tokens import SamplingConfig, pick_tokens
 
+MASKED_KINDS = ("dimensionwise", "nade", "raster", "wavenet")  # loop kinds of masked autoregressive bundles
 CATEGORICAL = SamplingConfig(temperature=1.0)
 BATCH = 256  # rows per graph call when scoring
 
@@ -29,6 +30,11 @@ def _bernoulli(logit: np.ndarray, u: np.ndarray) -> np.ndarray:
 def _label_feeds(loop: Mapping[str, Any], n: int, labels: np.ndarray | None) -> dict[str, np.ndarray]:
     labels = cycle_labels(n, int(loop.get("num_classes", 0)) or None, labels)
     return {} if labels is None else {"label": labels}
+
+
+def conditionals_roles(loop: Mapping[str, Any]) -> list[str]:
+    """The roles holding p(x_i | x_<i): one per ordering for an ensemble, else just `conditionals`."""
+    return list(loop["roles"]) if loop["kind"] == "dimensionwise" else ["conditionals"]
 
 
 def mask_role(loop: Mapping[str, Any], ordering: int) -> str:
@@ -168,7 +174,7 @@ def log_prob(
     extra = _label_feeds(loop, len(x), labels)
     name = _input_name(loop)
     per_role = []
-    for role in loop["roles"] if loop["kind"] == "dimensionwise" else ["conditionals"]:
+    for role in conditionals_roles(loop):
         parts = [
             runners[role].infer({name: x[i : i + BATCH]} | {k: v[i : i + BATCH] for k, v in extra.items()})["log_prob"]
             for i in range(0, len(x), BATCH)
@@ -196,11 +202,13 @@ def _per_dimension(loop: Mapping[str, Any], out: Mapping[str, np.ndarray]) -> np
     return np.stack([v[0] for k, v in out.items() if k != "log_prob"], -1)
 
 
-def dependencies(runner: Runner, loop: Mapping[str, Any], seed: int = 0, length: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def dependencies(
+    runner: Runner, loop: Mapping[str, Any], seed: int = 0, length: int = 64, ordering: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(changed [D_in, D_out] bool, rank [D]) for one example: which outputs move when each input does.
 
     Each input dimension is perturbed in its own batch-1 call, so equal outputs are bit-equal.
-    rank[i] is dimension i's position in the sampling order (raster, then R->G->B; time; ordering).
+    rank[i] is dimension i's position in the sampling order (raster, then R->G->B; time; `ordering`).
     """
     rng = np.random.default_rng(seed)
     kind = loop["kind"]
@@ -213,7 +221,7 @@ def dependencies(runner: Runner, loop: Mapping[str, Any], seed: int = 0, length:
         rank = np.arange(length)
     else:
         base = rng.integers(0, 2, (1, int(loop["num_inputs"]))).astype(np.float32)
-        rank = np.argsort(loop["orderings"][0])
+        rank = np.argsort(loop["orderings"][ordering])
     extra = {"label": np.zeros(1, np.int64)} if loop.get("num_classes") else {}
     name = _input_name(loop)
     reference = _per_dimension(loop, runner.infer({name: base} | extra))
@@ -227,8 +235,6 @@ def dependencies(runner: Runner, loop: Mapping[str, Any], seed: int = 0, length:
 
 def autoregressive_violations(runner: Runner, loop: Mapping[str, Any], ordering: int = 0) -> list[tuple[int, int]]:
     """(input j, output i) pairs where perturbing x_j changed the conditional of an x_i not after it."""
-    changed, rank = dependencies(runner, loop)
-    if loop["kind"] == "dimensionwise":
-        rank = np.argsort(loop["orderings"][ordering])
+    changed, rank = dependencies(runner, loop, ordering=ordering)
     j, i = np.nonzero(changed & (rank[None, :] <= rank[:, None]))
     return list(zip(j.tolist(), i.tolist()))

@@ -11,14 +11,14 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..errors import InputError, choices
 from . import make_runners
-from .autoregressive import log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
+from .autoregressive import MASKED_KINDS, log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
 from .base import Runner, RunnerOptions
 from .generator import sample_generator
 from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
-SAMPLED = ("generator", "vrnn", "dimensionwise", "nade", "raster", "wavenet")  # loop kinds `sample` draws from
+SAMPLED = ("generator", "vrnn", *MASKED_KINDS)  # loop kinds `sample` draws from
 
 
 class Deployment:
@@ -90,7 +90,7 @@ class Deployment:
 
     def log_prob(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """log p(x) in nats per example for a masked autoregressive bundle (ensembles average p over orderings)."""
-        return log_prob(self.runners, self._loop("dimensionwise", "nade", "raster", "wavenet"), x, labels)
+        return log_prob(self.runners, self._loop(*MASKED_KINDS), x, labels)
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute)."""

@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
-from .autoregressive import autoregressive_violations, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
+from .autoregressive import (
+    MASKED_KINDS,
+    autoregressive_violations,
+    conditionals_roles,
+    sample_dimensionwise,
+    sample_nade,
+    sample_raster,
+    sample_wavenet,
+)
 from .base import Runner
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
@@ -128,10 +136,10 @@ def check_wavenet(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: 
 
 def structure_problems(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> list[str]:
     """Breaks of the autoregressive property in a masked model's graphs (empty for other loops)."""
-    if loop.get("kind") not in ("dimensionwise", "nade", "raster", "wavenet"):
+    if loop.get("kind") not in MASKED_KINDS:
         return []
     problems = []
-    for k, role in enumerate(loop["roles"][:1] if loop["kind"] == "wavenet" else loop["roles"]):
+    for k, role in enumerate(conditionals_roles(loop)):
         bad = autoregressive_violations(runners[role], loop, k)
         if bad:
             problems.append(f"'{role}': output(s) change when a later input does, e.g. (input, output) {bad[:3]}")
