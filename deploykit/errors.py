@@ -23,6 +23,10 @@ class ParityError(DeploykitError):
     """An exported graph does not match its torch original within tolerance."""
 
 
+class NumericalError(DeploykitError):
+    """A computation produced NaN or Inf (e.g. a flow inversion that overflowed)."""
+
+
 class BackendUnavailableError(DeploykitError):
     """The requested backend (torch, CUDA, TensorRT) is not installed or cannot run here."""
 

@@ -42,3 +42,24 @@ def save_samples(images: np.ndarray, path: str | Path, value_range: Sequence[flo
     else:
         raise InputError(f"--out '{target}' must end in .png (image grid) or .npy (raw array).")
     return target
+
+
+def save_density_plot(points: np.ndarray, log_density: np.ndarray, extent: float, path: str | Path, scale: int = 3) -> Path:
+    """A PNG of a 2-D density (log p on a square grid over [-extent, extent]^2, row 0 at the top), dark
+    to bright, with `points` [n, 2] drawn on top as cyan dots."""
+    from PIL import Image
+
+    density = np.exp(log_density - log_density.max())
+    shade = np.sqrt(density)[..., None] * np.array([255.0, 190.0, 90.0])  # dark -> amber
+    image = np.kron(shade, np.ones((scale, scale, 1))).astype(np.uint8)
+    size = image.shape[0]
+    cols = np.round((points[:, 0] + extent) / (2 * extent) * (size - 1)).astype(int)
+    rows = np.round((extent - points[:, 1]) / (2 * extent) * (size - 1)).astype(int)
+    inside = (cols >= 1) & (cols < size - 1) & (rows >= 1) & (rows < size - 1)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            image[rows[inside] + dr, cols[inside] + dc] = (0, 220, 255)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(target)
+    return target

@@ -30,10 +30,11 @@ class DimRule:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor: dtype, shape (ints are fixed, strings are symbolic) and value range for ints.
+    """One named tensor: dtype, shape (ints are fixed, strings are symbolic) and an optional value range.
 
-    Integer inputs take values in [low, high); `high` may name a symbolic dim, meaning values up to
-    and including that dim (e.g. per-row lengths bounded by 'time').
+    Bounded inputs take values in [low, high); for integers `high` may name a symbolic dim, meaning
+    values up to and including that dim (e.g. per-row lengths bounded by 'time'). Unbounded floats
+    are drawn standard normal, bounded ones uniform (e.g. dequantized pixels in [0, 1)).
     """
 
     name: str
@@ -46,6 +47,10 @@ class TensorSpec:
         """The shape as users read it, e.g. '[batch, 3, height, width]'."""
         return "[" + ", ".join(str(d) for d in self.shape) + "]"
 
+    def is_integer(self) -> bool:
+        """Whether the dtype is an integer type."""
+        return bool(np.issubdtype(np.dtype(self.dtype), np.integer))
+
     def value_range(self, dims: Mapping[str, int]) -> tuple[int, int]:
         """Allowed integer values [low, high) at the given dim bindings."""
         if isinstance(self.high, str):
@@ -57,9 +62,11 @@ class TensorSpec:
         return tuple(d if isinstance(d, int) else int(dims[d]) for d in self.shape)
 
     def random(self, rng: np.random.Generator, dims: Mapping[str, int]) -> np.ndarray:
-        """A random array for this spec: standard normal floats, uniform integers in [0, high)."""
+        """A random array for this spec: uniform in its range, standard normal for unbounded floats."""
         shape = self.bind(dims)
-        if np.issubdtype(np.dtype(self.dtype), np.integer):
+        if self.high is not None and not self.is_integer():
+            return rng.uniform(self.low, float(self.high), size=shape).astype(self.dtype)
+        if self.is_integer():
             values = rng.integers(*self.value_range(dims), size=shape).astype(self.dtype)
             if isinstance(self.high, str) and values.size:  # row 0 at the bound: every check covers the full length
                 values.flat[0] = self.value_range(dims)[1] - 1
@@ -163,10 +170,8 @@ class GraphSpec:
             low, high = spec.value_range(bound)
             if value.min() < low or value.max() >= high:
                 bound_by = f" (at most '{spec.high}' = {high - 1})" if isinstance(spec.high, str) else ""
-                raise InputError(
-                    f"{where}: input '{spec.name}' has values in [{value.min()}, {value.max()}], "
-                    f"expected integers in [{low}, {high - 1}]{bound_by}."
-                )
+                allowed = f"integers in [{low}, {high - 1}]{bound_by}" if spec.is_integer() else f"values in [{low}, {high})"
+                raise InputError(f"{where}: input '{spec.name}' has values in [{value.min()}, {value.max()}], expected {allowed}.")
         return out
 
     def to_json(self) -> dict[str, Any]:

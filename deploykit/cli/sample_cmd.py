@@ -1,6 +1,7 @@
 """`deploykit sample BUNDLE ...`: run the bundle's sampling loop (torch-free).
 
-Generators, PixelCNN and FVSBN/NADE/MADE write an image grid; WaveNet a WAV file; VRNNs write trajectories; token LMs print text continuing
+Generators, PixelCNN, FVSBN/NADE/MADE and image flows write an image grid; 2-D flows a density plot
+with the samples on it; WaveNet a WAV file; VRNNs write trajectories; token LMs print text continuing
 --prompt; seq2seq bundles print the decoding of each --prompt (greedy or --beam K).
 """
 
@@ -14,10 +15,11 @@ import numpy as np
 import typer
 
 from ..errors import InputError
-from ..images import save_samples
+from ..images import save_density_plot, save_samples
 from ..runtimes import RunnerOptions
 from ..runtimes.autoregressive import mu_law_decode, write_wav
 from ..runtimes.deployment import Deployment, load
+from ..runtimes.flows import density_grid
 from ..runtimes.loops import LANGUAGE_MODELS, TRANSLATION_MODELS
 from ..runtimes.tokens import MODES, encode_text, mode_config
 from . import app, console
@@ -30,8 +32,18 @@ def _write_text(out: Path, texts: list[str]) -> None:
     out.write_text("\n".join(texts) + "\n")
 
 
-def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, label: int | None, steps: int | None,
-            ordering: int, naive: bool) -> None:
+def _size(text: str | None) -> tuple[int, int] | None:
+    """'HxW' as (H, W)."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InputError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 16x16.")
+    return int(parts[0]), int(parts[1])
+
+
+def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, options: dict[str, object]) -> None:
+    """Samples written as .png (image grid, or a density plot for 2-D flows), .npy or .wav (WaveNet)."""
     loop = dep.bundle.loop
     if out is None:
         raise InputError("--out is needed for this bundle: a .png grid or .npy array (.wav for WaveNet audio).")
@@ -39,12 +51,17 @@ def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, label: int | N
         raise InputError(f"--out {out}: WaveNet writes audio as .wav (or its mu-law codes as .npy).")
     if loop["kind"] == "vrnn" and out.suffix != ".npy":
         raise InputError(f"--out {out}: VRNN trajectories are written as .npy [n, steps, x_dim].")
-    samples = dep.sample(n, seed, None if label is None else np.asarray(label), steps, ordering, not naive)
+    samples = dep.sample(n, seed, **options)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".wav":
         write_wav(out, mu_law_decode(samples, int(loop["levels"])), int(loop["sample_rate"]))
-    elif loop["kind"] in ("vrnn", "wavenet"):
+    elif loop["kind"] in ("vrnn", "wavenet") or out.suffix == ".npy":
         np.save(out, samples)
+    elif loop["kind"] == "flow" and list(loop["event_shape"]) == [2]:
+        if out.suffix != ".png":
+            raise InputError(f"--out {out}: 2-D flow samples are written as a .png density plot or as .npy.")
+        extent = float(np.quantile(np.abs(samples), 0.99)) * 1.3
+        save_density_plot(samples, density_grid(dep.runners, loop, extent), extent, out)
     else:
         images = samples.reshape(n, *loop["image_shape"]) if "image_shape" in loop else samples
         if images.ndim != 4:
@@ -65,7 +82,9 @@ def sample_cmd(
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
-    temperature: Annotated[float | None, typer.Option(help="override the mode's temperature (0 = greedy)")] = None,
+    temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
+    size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
+    host_loop: Annotated[bool, typer.Option(help="MAF: invert on the host, one graph call per dimension, instead of in the graph")] = False,
     top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens")] = None,
     top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate per prompt")] = 200,
@@ -78,7 +97,9 @@ def sample_cmd(
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         kind = dep.bundle.loop.get("kind")
         if kind not in (*LANGUAGE_MODELS, *TRANSLATION_MODELS):
-            _arrays(dep, out, n, seed, label, steps, ordering, naive)
+            options = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
+                       "fast": not naive, "size": _size(size), "host": host_loop}
+            _arrays(dep, out, n, seed, options | ({} if temperature is None else {"temperature": temperature}))
             return
         if not prompt:
             raise InputError("--prompt is needed for text models: the text to continue (LM) or to decode (seq2seq).")

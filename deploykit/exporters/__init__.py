@@ -21,7 +21,7 @@ from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE, structure_problems
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
 from ..specs import dims_label
-from . import autoregressive, feedforward, gan, recurrent, transformer  # noqa: F401  (register the families)
+from . import autoregressive, feedforward, flows, gan, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 
@@ -94,7 +94,7 @@ def export(
                 report.add("loop seed=0", expected, check(orts, loop, 0), fam.tolerance.atol, fam.tolerance.rtol)
             problems = structure_problems(orts, loop)
         if problems:
-            raise ExportError(f"{type(model).__name__} exported as '{family}' is not autoregressive: " + "; ".join(problems))
+            raise ExportError(f"{type(model).__name__} exported as '{family}' fails a structural check: " + "; ".join(problems))
         if not report.passed:
             raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
         return {

@@ -17,7 +17,18 @@ import torch
 from torch import nn
 
 from ..errors import InputError, choices
-from . import autoregressive, feedforward, gan, recurrent, train, train_autoregressive, train_recurrent, transformer
+from . import (
+    autoregressive,
+    feedforward,
+    flows,
+    gan,
+    recurrent,
+    train,
+    train_autoregressive,
+    train_flows,
+    train_recurrent,
+    transformer,
+)
 from .data import load_digits
 
 CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
@@ -114,6 +125,18 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("wavenet", "wavenet", "WaveNet (receptive field 256) on 8 kHz tone mixtures, conditioned on tone count",
                  autoregressive.WaveNet, lambda m, cb: train_autoregressive.train_wavenet(m, 300, cb, length=384),
                  {"num_classes": 3, "residual": 64, "skip": 128}),
+        ZooEntry("nice-moons", "nice", "NICE (4 additive couplings + scaling) on two moons",
+                 flows.NICE, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb)),
+        ZooEntry("realnvp-rings", "realnvp", "RealNVP (6 affine couplings) on two rings",
+                 flows.RealNVP, lambda m, cb: train_flows.train_toy_flow(m, "rings", 1500, cb)),
+        ZooEntry("maf-moons", "maf", "MAF (5 Gaussian MADE layers) on two moons",
+                 flows.MAF, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb)),
+        ZooEntry("iaf-moons", "iaf", "IAF (5 Gaussian MADE layers) on two moons, fitted by maximum likelihood",
+                 flows.MAF, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb), {"inverse_autoregressive": True}),
+        ZooEntry("realnvp-digits", "realnvp", "multi-scale RealNVP on dequantized 17-level digits",
+                 flows.RealNVPImage, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
+        ZooEntry("glow-digits", "glow", "two-scale Glow (LU 1x1 convs, learned split prior) on dequantized 17-level digits",
+                 flows.Glow, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
                  transformer.ViT, _classifier(500, False)),
     ]

@@ -100,3 +100,18 @@ def tone_clips(n: int, length: int, seed: int, sample_rate: int = 8000) -> tuple
     audio = (np.sin(2 * np.pi * freq * t + phase) * on).sum(1) * (0.6 / (kind[:, None] + 1))
     audio += rng.normal(0, 0.01, audio.shape)
     return np.clip(audio, -1, 1).astype(np.float32), kind.astype(np.int64)
+
+
+def toy_2d(name: str, n: int, seed: int) -> np.ndarray:
+    """[n, 2] points of a scikit-learn toy set ('moons' or 'rings'), scaled to roughly unit variance."""
+    from sklearn.datasets import make_circles, make_moons
+
+    if name == "moons":
+        points, _ = make_moons(n, noise=0.05, random_state=seed)
+        points = (points - np.array([0.5, 0.25])) / np.array([0.87, 0.5])
+    elif name == "rings":
+        points, _ = make_circles(n, noise=0.04, factor=0.5, random_state=seed)
+        points = points / 0.56
+    else:
+        raise ValueError(f"toy set {name!r}: expected 'moons' or 'rings'.")
+    return points.astype(np.float32)

@@ -13,12 +13,13 @@ from ..errors import InputError, choices
 from . import make_runners
 from .autoregressive import MASKED_KINDS, log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
 from .base import Runner, RunnerOptions
+from .flows import bits_per_dim, flow_log_prob, sample_flow
 from .generator import sample_generator
 from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
 
-SAMPLED = ("generator", "vrnn", *MASKED_KINDS)  # loop kinds `sample` draws from
+SAMPLED = ("generator", "vrnn", "flow", *MASKED_KINDS)  # loop kinds `sample` draws from
 
 
 class Deployment:
@@ -59,15 +60,26 @@ class Deployment:
         steps: int | None = None,
         ordering: int = 0,
         fast: bool = True,
+        temperature: float = 1.0,
+        size: tuple[int, int] | None = None,
+        host: bool = False,
     ) -> np.ndarray:
         """`n` samples from the bundle's loop with injected seeded noise.
 
         Generators: images. VRNN: trajectories [n, steps, x_dim]. FVSBN/MADE/NADE: [n, D] (MADE:
         the mask set `ordering`). PixelCNN: integer images [n, C, H, W]. WaveNet: mu-law codes
-        [n, steps] (default one second), by fast generation or, with fast=False, naively.
+        [n, steps] (default one second), by fast generation or, with fast=False, naively. Flows:
+        x [n, *event] from z ~ N(0, temperature^2), image flows at any `size` (H, W) their
+        squeezes divide; MAF with host=True inverts on the host instead of in the graph.
         """
         loop = self._loop(*SAMPLED)
         kind = loop["kind"]
+        if kind != "flow" and (temperature != 1.0 or size is not None or host):
+            raise InputError("--temperature, --size and --host-loop are for flow bundles.")
+        if kind == "flow":
+            if labels is not None or steps is not None:
+                raise InputError("a flow bundle is unconditional and samples fixed-size events; drop --label and --steps.")
+            return sample_flow(self.runners, loop, n, seed, temperature, size, host)
         if ordering and kind != "dimensionwise":
             raise InputError("--ordering picks a MADE mask set; this bundle has one ordering.")
         if not fast and kind != "wavenet":
@@ -88,9 +100,19 @@ class Deployment:
             return sample_wavenet(self.runners, loop, n, int(loop["sample_rate"]) if steps is None else steps, seed, labels, fast)
         return sample_generator(self.runner(), loop, n, seed, labels)
 
-    def log_prob(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """log p(x) in nats per example for a masked autoregressive bundle (ensembles average p over orderings)."""
-        return log_prob(self.runners, self._loop(*MASKED_KINDS), x, labels)
+    def log_prob(self, x: np.ndarray, labels: np.ndarray | None = None, host: bool = False) -> np.ndarray:
+        """log p(x) in nats per example for a masked autoregressive bundle (ensembles average p over
+        orderings) or a flow (IAF with host=True: inverted on the host instead of in the graph)."""
+        loop = self._loop("flow", *MASKED_KINDS)
+        if loop["kind"] == "flow":
+            return flow_log_prob(self.runners, loop, x, host)["log_prob"]
+        if host:
+            raise InputError("host=True is for flow bundles (IAF density on the host).")
+        return log_prob(self.runners, loop, x, labels)
+
+    def bits_per_dim(self, pixels: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Bits per dimension of integer images under a dequantized image flow, per example."""
+        return bits_per_dim(self.runners, self._loop("flow"), pixels, seed)
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute)."""
