@@ -137,3 +137,24 @@ def test_masked_autoregressive_sample_and_golden_verify_without_torch(no_torch_e
     assert bad.returncode == 2 and "label" in bad.stderr and "Traceback" not in bad.stderr
     naive_elsewhere = deploykit(no_torch_env, "sample", made, "--naive", "--out", tmp_path / "x.png")
     assert naive_elsewhere.returncode == 2 and "--naive is for WaveNet" in naive_elsewhere.stderr
+
+
+def test_flow_sample_and_golden_verify_without_torch(no_torch_env, zoo_bundle, tmp_path: Path) -> None:
+    from PIL import Image
+
+    glow, maf = zoo_bundle("glow-digits").path, zoo_bundle("maf-moons").path
+    for bundle in (glow, maf):
+        verified = deploykit(no_torch_env, "verify", bundle)
+        assert verified.returncode == 0 and "golden loop seed=0" in verified.stdout, verified.stdout + verified.stderr
+    grid = deploykit(no_torch_env, "sample", glow, "--n", "16", "--temperature", "0.7", "--size", "16x12", "--out", tmp_path / "g.png")
+    assert grid.returncode == 0 and "wrote 16 samples [1, 16, 12]" in grid.stdout, grid.stderr
+    assert Image.open(tmp_path / "g.png").size == (4 * (4 * 13 + 1), 4 * (4 * 17 + 1))
+    plot = deploykit(no_torch_env, "sample", maf, "--n", "500", "--host-loop", "--out", tmp_path / "m.png")
+    assert plot.returncode == 0, plot.stderr
+    assert Image.open(tmp_path / "m.png").size == (480, 480)
+    points = deploykit(no_torch_env, "sample", maf, "--n", "7", "--out", tmp_path / "m.npy")
+    assert points.returncode == 0 and np.load(tmp_path / "m.npy").shape == (7, 2)
+    cold = deploykit(no_torch_env, "sample", glow, "--temperature", "0", "--out", tmp_path / "x.png")
+    assert cold.returncode == 2 and "--temperature is 0.0, expected a number > 0" in cold.stderr and "Traceback" not in cold.stderr
+    odd = deploykit(no_torch_env, "sample", glow, "--size", "10x8", "--out", tmp_path / "x.png")
+    assert odd.returncode == 2 and "multiples of 4" in odd.stderr
