@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/recurrent_loops.py
 	$(PY) benchmarks/transformer_generation.py
 	$(PY) benchmarks/autoregressive_sampling.py
+	$(PY) benchmarks/flow_sampling.py
 
 clean:
 	rm -rf $(VENV) bundles out runs

@@ -27,7 +27,7 @@ def maf(out: Path) -> None:
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     bundle = deploykit.export(model, "maf", out / "maf64", force=True)
-    with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
+    with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD, model) as tch:
         for batch in (1, 64):
             graph = _best_of(lambda: ort.sample(batch, 0))
             host = _best_of(lambda: ort.sample(batch, 0, host=True))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
     bundle = zoo_bundle(name)
-    spatial = bundle.family in ("fcn", "cyclegan")
+    spatial = "height" in bundle.check_shapes[0]  # fcn, cyclegan and image flows: one export, many sizes
     shapes = [{"batch": 32}] + ([{"batch": 3, "height": 64, "width": 40}, {"batch": 1, "height": 12, "width": 28}]
                                 if spatial else [])
     if "time" in bundle.check_shapes[0]:  # long sequences: rounding must not grow along time
@@ -47,10 +47,12 @@ def test_many_samples_match(name: str, zoo_bundle) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["lstm-denoiser", "char-lm", "seq2seq", "vrnn", "dcgan", "gpt", "transformer-seq2seq", "fvsbn", "nade", "made", "pixelcnn", "wavenet"]
+    "name", ["lstm-denoiser", "char-lm", "seq2seq", "vrnn", "dcgan", "gpt", "transformer-seq2seq", "fvsbn", "nade", "made", "pixelcnn", "wavenet",
+             "nice-moons", "realnvp-rings", "maf-moons", "iaf-moons", "realnvp-digits", "glow-digits"]
 )
 def test_sampling_loops_over_seeds(name: str, zoo_bundle) -> None:
-    """The stored loop check (streams, tokens per sampling mode, greedy + beam, trajectories, images, audio) on 5 more seeds."""
+    """The stored loop check (streams, tokens per sampling mode, greedy + beam, trajectories, images, audio, flow
+    samples and host loops) on 5 more seeds."""
     from deploykit.runtimes.loops import LOOP_CHECKS
 
     bundle = zoo_bundle(name)

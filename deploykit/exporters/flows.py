@@ -171,9 +171,9 @@ def _graph_roles(model: nn.Module, family: str, protocol: str, to_latent: nn.Mod
     }
 
 
-def _coupling_roles(model: nn.Module) -> dict[str, Role]:
+def _coupling_roles(model: nn.Module, family: str) -> dict[str, Role]:
     folded = fold_inverses(model)
-    return _graph_roles(model, "realnvp", COUPLING_PROTOCOL, folded, Inverse(folded))
+    return _graph_roles(model, family, COUPLING_PROTOCOL, folded, Inverse(folded))
 
 
 def _layers(model: nn.Module, family: str) -> list[nn.Module]:
@@ -213,9 +213,9 @@ def _loop(model: nn.Module, family: str, protocol: str) -> dict[str, Any]:
     return loop
 
 
-def _image_shapes(model: nn.Module) -> list[dict[str, int]]:
+def _image_shapes(model: nn.Module, family: str) -> list[dict[str, int]]:
     """Two batch sizes at the trained size and one other image size from the same export."""
-    shape, squeeze = _event(model, "realnvp", COUPLING_PROTOCOL)
+    shape, squeeze = _event(model, family, COUPLING_PROTOCOL)
     if len(shape) == 1:
         return BATCHES
     h, w = shape[1:]
@@ -230,7 +230,8 @@ for _name, _description in [
     ("realnvp", "RealNVP: affine coupling flow (vectors, or images with checkerboard/channel masks and multi-scale)"),
     ("glow", "Glow: actnorm, invertible 1x1 convolutions folded to constant W, W^-1, log|det W|, multi-scale learned prior"),
 ]:
-    register(Family(_name, _description, COUPLING_PROTOCOL, _coupling_roles, _image_shapes, Tolerance(1e-4, 1e-4),
+    register(Family(_name, _description, COUPLING_PROTOCOL, lambda m, name=_name: _coupling_roles(m, name),
+                    lambda m, name=_name: _image_shapes(m, name), Tolerance(1e-4, 1e-4),
                     lambda m, name=_name: _loop(m, name, COUPLING_PROTOCOL)))
 register(Family("maf", "MAF: one-pass log_prob graph; sampling as an in-graph scan and per-layer inverse_step graphs",
                 AUTOREGRESSIVE_PROTOCOL, lambda m: _autoregressive_roles(m, "maf"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),

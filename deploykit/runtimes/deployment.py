@@ -76,18 +76,16 @@ class Deployment:
         kind = loop["kind"]
         if kind != "flow" and (temperature != 1.0 or size is not None or host):
             raise InputError("--temperature, --size and --host-loop are for flow bundles.")
-        if kind == "flow":
-            if labels is not None or steps is not None:
-                raise InputError("a flow bundle is unconditional and samples fixed-size events; drop --label and --steps.")
-            return sample_flow(self.runners, loop, n, seed, temperature, size, host)
         if ordering and kind != "dimensionwise":
             raise InputError("--ordering picks a MADE mask set; this bundle has one ordering.")
         if not fast and kind != "wavenet":
             raise InputError("--naive is for WaveNet bundles (naive vs fast generation).")
         if steps is not None and kind not in ("vrnn", "wavenet"):
             raise InputError(f"a '{kind}' loop draws fixed-size samples; --steps is for VRNN and WaveNet lengths.")
-        if labels is not None and kind in ("vrnn", "dimensionwise", "nade"):
+        if labels is not None and kind in ("vrnn", "dimensionwise", "nade", "flow"):
             raise InputError(f"a '{kind}' bundle is unconditional; drop --label.")
+        if kind == "flow":
+            return sample_flow(self.runners, loop, n, seed, temperature, size, host)
         if kind == "vrnn":
             return sample_vrnn(self.runner(loop["role"]), loop, n, steps, seed)
         if kind == "dimensionwise":
