@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..runtimes.flows import HALF_LOG_2PI
 from .autoregressive import MADE, check_ordering
 
 Result = tuple[torch.Tensor, torch.Tensor]  # (outputs, logabsdet [batch])
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def flat_sum(v: torch.Tensor) -> torch.Tensor:
