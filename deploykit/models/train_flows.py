@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import nn
 
+from ..runtimes.flows import bits_from_log_prob
 from .data import level_digits, load_digits, toy_2d
 from .train import OnStep, _fit
 
@@ -37,8 +35,7 @@ def train_image_flow(model: nn.Module, steps: int, on_step: OnStep, lr: float = 
             model(dequantized(pixels[:512], levels, gen))
     _fit(model, lambda i: -model.log_prob(dequantized(pixels[i], levels, gen)).mean(), len(pixels), steps, on_step, lr=lr)
     test = torch.from_numpy(level_digits(data.x_test, levels))
-    dims = test[0].numel()
     with torch.no_grad():
-        log_prob = model.log_prob(dequantized(test, levels, torch.Generator().manual_seed(2))).double()
-    bits = -(log_prob - dims * math.log(levels)) / (dims * math.log(2))
-    return {"test_bits_per_dim": float(bits.mean()), "test_nll_nats": float(-np.float64(log_prob.mean()))}
+        log_prob = model.log_prob(dequantized(test, levels, torch.Generator().manual_seed(2))).double().numpy()
+    bits = bits_from_log_prob(log_prob, test[0].numel(), levels)
+    return {"test_bits_per_dim": float(bits.mean()), "test_nll_nats": float(-log_prob.mean())}

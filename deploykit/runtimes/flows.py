@@ -123,21 +123,19 @@ def dequantize(pixels: np.ndarray, levels: int, seed: int) -> np.ndarray:
     return ((pixels + u) / np.float32(levels)).astype(np.float32)
 
 
-def quantize(x: np.ndarray, levels: int) -> np.ndarray:
-    """Samples in [0, 1) back to integer pixels 0..levels-1."""
-    return np.clip(np.floor(x * levels), 0, levels - 1).astype(np.int64)
+def bits_from_log_prob(log_prob: np.ndarray, dims: int, levels: int) -> np.ndarray:
+    """Bits per dimension of discrete data from the dequantized log-density of D = `dims` values in [0, 1):
+    -(log p - D log L) / (D log 2), an upper bound on the discrete model's."""
+    return -(np.asarray(log_prob, np.float64) - dims * math.log(levels)) / (dims * math.log(2))
 
 
 def bits_per_dim(runners: Mapping[str, Runner], loop: Mapping[str, Any], pixels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Bits per dimension of integer images under the dequantized flow, per example:
-    -(log p((pixels + u) / L) - D log L) / (D log 2), an upper bound on the discrete model's."""
+    """Bits per dimension of integer images under the dequantized flow, per example (u drawn from `seed`)."""
     levels = int(loop.get("levels", 0))
     if not levels:
         raise InputError("bits/dim is for flows of discrete data (images); this flow models continuous vectors.")
     x = dequantize(pixels, levels, seed)
-    dims = x[0].size
-    log_prob = flow_log_prob(runners, loop, x)["log_prob"].astype(np.float64)
-    return -(log_prob - dims * math.log(levels)) / (dims * math.log(2))
+    return bits_from_log_prob(flow_log_prob(runners, loop, x)["log_prob"], x[0].size, levels)
 
 
 def density_grid(runners: Mapping[str, Runner], loop: Mapping[str, Any], extent: float, resolution: int = 160) -> np.ndarray:
