@@ -1,8 +1,9 @@
 """`deploykit sample BUNDLE ...`: run the bundle's sampling loop (torch-free).
 
-Generators, PixelCNN, FVSBN/NADE/MADE and image flows write an image grid; 2-D flows a density plot
-with the samples on it; WaveNet a WAV file; VRNNs write trajectories; token LMs print text continuing
---prompt; seq2seq bundles print the decoding of each --prompt (greedy or --beam K).
+Generators, PixelCNN, FVSBN/NADE/MADE, image flows, diffusion, VAEs, RBMs and Hopfield networks write
+an image grid; 2-D flows a density plot with the samples on it; WaveNet a WAV file; VRNNs write
+trajectories; token LMs print text continuing --prompt; seq2seq bundles print the decoding of each
+--prompt (greedy or --beam K). Diffusion loops show a progress bar.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from ..images import save_density_plot, save_samples
 from ..runtimes import RunnerOptions
 from ..runtimes.autoregressive import mu_law_decode, write_wav
 from ..runtimes.deployment import Deployment, load
+from ..runtimes.diffusion import DiffusionOptions
 from ..runtimes.flows import density_grid
 from ..runtimes.loops import LANGUAGE_MODELS, TRANSLATION_MODELS
 from ..runtimes.tokens import MODES, encode_text, mode_config
 from . import app, console
+from .progress import progress_bar
 
 
 def _write_text(out: Path, texts: list[str]) -> None:
@@ -51,7 +54,13 @@ def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, options: dict[
         raise InputError(f"--out {out}: WaveNet writes audio as .wav (or its mu-law codes as .npy).")
     if loop["kind"] == "vrnn" and out.suffix != ".npy":
         raise InputError(f"--out {out}: VRNN trajectories are written as .npy [n, steps, x_dim].")
-    samples = dep.sample(n, seed, **options)  # type: ignore[arg-type]
+    if options.pop("interpolate"):
+        if loop["kind"] != "vae":
+            raise InputError("--interpolate is for VAE bundles (a path between two latents).")
+        samples = dep.interpolate(n, seed, options["labels"])  # type: ignore[arg-type]
+    else:
+        with progress_bar("denoising" if loop["kind"] == "diffusion" else "sampling") as on_step:
+            samples = dep.sample(n, seed, on_step=on_step, **options)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".wav":
         write_wav(out, mu_law_decode(samples, int(loop["levels"])), int(loop["sample_rate"]))
@@ -77,14 +86,18 @@ def sample_cmd(
     n: Annotated[int, typer.Option(help="number of samples (generators, VRNN)")] = 64,
     seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)")] = 0,
     label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)")] = None,
-    steps: Annotated[int | None, typer.Option(help="VRNN trajectory length / WaveNet audio samples (default: the model's / 1 s)")] = None,
+    steps: Annotated[int | None, typer.Option(help="VRNN length / WaveNet audio samples / diffusion steps (langevin: per level) / RBM Gibbs steps")] = None,
     ordering: Annotated[int, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = 0,
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
     size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
-    host_loop: Annotated[bool, typer.Option(help="MAF: invert on the host, one graph call per dimension, instead of in the graph")] = False,
+    host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM: run the loop on the host, one graph call per step, instead of in the graph")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm or ddim (score networks: langevin); default: the bundle's first")] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale (1 = conditional, 0 = unconditional)")] = None,
+    interpolate: Annotated[bool, typer.Option(help="VAE: decode --n points along the path between two seeded latents")] = False,
     top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens")] = None,
     top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate per prompt")] = 200,
@@ -97,8 +110,10 @@ def sample_cmd(
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         kind = dep.bundle.loop.get("kind")
         if kind not in (*LANGUAGE_MODELS, *TRANSLATION_MODELS):
+            diffusion = None if (scheduler, eta, guidance) == (None, None, None) else DiffusionOptions(scheduler, eta, guidance)
             options = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
-                       "fast": not naive, "size": _size(size), "host": host_loop}
+                       "fast": not naive, "size": _size(size), "host": host_loop, "diffusion": diffusion,
+                       "interpolate": interpolate}
             _arrays(dep, out, n, seed, options | ({} if temperature is None else {"temperature": temperature}))
             return
         if not prompt:

@@ -21,7 +21,7 @@ from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE, structure_problems
 from ..runtimes.ort import OrtRunner
 from ..runtimes.torch_runner import TorchRunner
 from ..specs import dims_label
-from . import autoregressive, feedforward, flows, gan, recurrent, transformer  # noqa: F401  (register the families)
+from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 

@@ -24,7 +24,7 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int6
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with parametrizations (weight norm etc.) folded into plain weights.
+    """A copy of `model` in eval mode, without gradients, with parametrizations (weight norm etc.) folded into plain weights.
 
     Folding is done per instance: torch's remove_parametrizations deletes the property from the
     Parametrized* class, which a deepcopy shares with the user's model, and would break it.
@@ -34,7 +34,7 @@ def prepare(model: nn.Module) -> nn.Module:
         for hook in module._forward_pre_hooks.values():
             if type(hook).__name__ == "WeightNorm":
                 memo[id(getattr(module, hook.name))] = getattr(module, hook.name).detach().clone()
-    model = copy.deepcopy(model, memo).eval()
+    model = copy.deepcopy(model, memo).eval().requires_grad_(False)  # a scan over modules needing grad traces backward too
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
             values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}

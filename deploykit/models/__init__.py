@@ -19,6 +19,8 @@ from torch import nn
 from ..errors import InputError, choices
 from . import (
     autoregressive,
+    diffusion,
+    energy,
     feedforward,
     flows,
     gan,
@@ -26,8 +28,10 @@ from . import (
     train,
     train_autoregressive,
     train_flows,
+    train_latent,
     train_recurrent,
     transformer,
+    vae,
 )
 from .data import load_digits
 
@@ -137,6 +141,23 @@ ZOO: dict[str, ZooEntry] = {
                  flows.RealNVPImage, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
         ZooEntry("glow-digits", "glow", "two-scale Glow (LU 1x1 convs, learned split prior) on dequantized 17-level digits",
                  flows.Glow, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
+        ZooEntry("vae-digits", "vae", "VAE (8-d latent, Bernoulli pixels) on binarized digits",
+                 vae.VAE, lambda m, cb: train_latent.train_vae(m, 1500, cb)),
+        ZooEntry("cvae-digits", "vae", "conditional VAE (label into encoder and decoder) on binarized digits",
+                 vae.VAE, lambda m, cb: train_latent.train_vae(m, 1500, cb), {"num_classes": 10}),
+        ZooEntry("ddpm-digits", "ddpm", "class-conditional DDPM U-Net (1000 linear steps, null label for guidance) on 8x8 digits",
+                 diffusion.UNetDenoiser, lambda m, cb: train_latent.train_ddpm(m, 1500, cb)),
+        ZooEntry("latent-diffusion-digits", "latent-diffusion", "diffusion over the zoo VAE's latents, decoded by its decoder",
+                 diffusion.LatentDiffusion, lambda m, cb: train_latent.train_latent_diffusion(
+                     m, read_checkpoint(trained("vae-digits", cb))["state_dict"], 1500, cb)),
+        ZooEntry("ncsn-moons", "ncsn", "noise-conditional score network (10 sigmas) on two moons, annealed Langevin",
+                 diffusion.ScoreNet, lambda m, cb: train_latent.train_score(m, 1500, cb)),
+        ZooEntry("rbm-digits", "rbm", "Bernoulli-Bernoulli RBM (64 hidden) on binarized digits, CD-1",
+                 energy.RBM, lambda m, cb: train_latent.train_rbm(m, 1000, cb)),
+        ZooEntry("grbm-digits", "rbm", "Gaussian-Bernoulli RBM (64 hidden) on digit intensities, CD-1",
+                 energy.RBM, lambda m, cb: train_latent.train_rbm(m, 1000, cb), {"visible_type": "gaussian"}),
+        ZooEntry("hopfield-digits", "hopfield", "Hopfield network storing the ten class-mean binarized digits",
+                 energy.Hopfield, train_latent.train_hopfield),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
                  transformer.ViT, _classifier(500, False)),
     ]

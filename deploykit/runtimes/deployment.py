@@ -13,13 +13,16 @@ from ..errors import InputError, choices
 from . import make_runners
 from .autoregressive import MASKED_KINDS, log_prob, sample_dimensionwise, sample_nade, sample_raster, sample_wavenet
 from .base import Runner, RunnerOptions
+from .diffusion import DiffusionOptions, OnStep, sample_diffusion
+from .energy import Retrieval, random_states, retrieve, sample_rbm
 from .flows import bits_per_dim, flow_log_prob, sample_flow
 from .generator import sample_generator
 from .loops import LANGUAGE_MODELS, TRANSLATION_MODELS, language_model, translation_model
 from .recurrent import Stream, sample_vrnn
 from .tokens import SamplingConfig, beam_search, decode_tokens, encode_text, generate
+from .vae import interpolate, iwae, sample_vae
 
-SAMPLED = ("generator", "vrnn", "flow", *MASKED_KINDS)  # loop kinds `sample` draws from
+SAMPLED = ("generator", "vrnn", "flow", "diffusion", "vae", "gibbs", "hopfield", *MASKED_KINDS)  # loop kinds `sample` draws from
 
 
 class Deployment:
@@ -63,6 +66,8 @@ class Deployment:
         temperature: float = 1.0,
         size: tuple[int, int] | None = None,
         host: bool = False,
+        diffusion: DiffusionOptions | None = None,
+        on_step: OnStep = None,
     ) -> np.ndarray:
         """`n` samples from the bundle's loop with injected seeded noise.
 
@@ -71,19 +76,37 @@ class Deployment:
         [n, steps] (default one second), by fast generation or, with fast=False, naively. Flows:
         x [n, *event] from z ~ N(0, temperature^2), image flows at any `size` (H, W) their
         squeezes divide; MAF with host=True inverts on the host instead of in the graph.
+        Diffusion: `steps` denoising steps of the `diffusion` options' scheduler, in the sampler
+        graph or (host=True) one denoiser call per step; latent diffusion decodes to pixels.
+        VAE: decoded prior samples. RBM: E[v | h] after `steps` Gibbs steps (host=True: one call
+        per step). Hopfield: fixed points reached from random states. `on_step(done, total)`
+        reports progress of diffusion loops.
         """
         loop = self._loop(*SAMPLED)
         kind = loop["kind"]
-        if kind != "flow" and (temperature != 1.0 or size is not None or host):
-            raise InputError("--temperature, --size and --host-loop are for flow bundles.")
+        if kind != "flow" and (temperature != 1.0 or size is not None):
+            raise InputError("--temperature and --size are for flow bundles.")
+        if host and kind not in ("flow", "diffusion", "gibbs"):
+            raise InputError("--host-loop is for flow, diffusion and RBM bundles (host loop instead of the in-graph one).")
+        if diffusion is not None and kind != "diffusion":
+            raise InputError("--scheduler, --eta and --guidance are for diffusion bundles.")
         if ordering and kind != "dimensionwise":
             raise InputError("--ordering picks a MADE mask set; this bundle has one ordering.")
         if not fast and kind != "wavenet":
             raise InputError("--naive is for WaveNet bundles (naive vs fast generation).")
-        if steps is not None and kind not in ("vrnn", "wavenet"):
-            raise InputError(f"a '{kind}' loop draws fixed-size samples; --steps is for VRNN and WaveNet lengths.")
-        if labels is not None and kind in ("vrnn", "dimensionwise", "nade", "flow"):
+        if steps is not None and kind not in ("vrnn", "wavenet", "diffusion", "gibbs"):
+            raise InputError(f"a '{kind}' loop draws fixed-size samples; --steps is for VRNN and WaveNet lengths, "
+                             "diffusion and Gibbs steps.")
+        if labels is not None and kind in ("vrnn", "dimensionwise", "nade", "flow", "gibbs", "hopfield"):
             raise InputError(f"a '{kind}' bundle is unconditional; drop --label.")
+        if kind == "diffusion":
+            return sample_diffusion(self.runners, loop, n, seed, labels, steps, host, diffusion or DiffusionOptions(), on_step)
+        if kind == "vae":
+            return sample_vae(self.runners, loop, n, seed, labels)
+        if kind == "gibbs":
+            return sample_rbm(self.runner("gibbs"), loop, n, seed, steps, 1 if host else None)
+        if kind == "hopfield":
+            return self.retrieve(random_states(loop, n, seed)).states
         if kind == "flow":
             return sample_flow(self.runners, loop, n, seed, temperature, size, host)
         if kind == "vrnn":
@@ -97,6 +120,18 @@ class Deployment:
         if kind == "wavenet":
             return sample_wavenet(self.runners, loop, n, int(loop["sample_rate"]) if steps is None else steps, seed, labels, fast)
         return sample_generator(self.runner(), loop, n, seed, labels)
+
+    def interpolate(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
+        """VAE decodings [n, D] along the slerp between two seeded prior latents."""
+        return interpolate(self.runners, self._loop("vae"), n, seed, labels)
+
+    def iwae(self, x: np.ndarray, k: int = 64, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
+        """VAE: the k-sample importance-weighted estimate of log p(x) in nats, per example."""
+        return iwae(self.runners, self._loop("vae"), x, k, seed, labels)
+
+    def retrieve(self, states: np.ndarray, max_iterations: int | None = None) -> Retrieval:
+        """Hopfield: synchronous updates from +-1 `states` [batch, units] until fixed points."""
+        return retrieve(self.runner("update"), self._loop("hopfield"), states, max_iterations)
 
     def log_prob(self, x: np.ndarray, labels: np.ndarray | None = None, host: bool = False) -> np.ndarray:
         """log p(x) in nats per example for a masked autoregressive bundle (ensembles average p over

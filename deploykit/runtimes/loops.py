@@ -22,11 +22,14 @@ from .autoregressive import (
     sample_wavenet,
 )
 from .base import Runner
+from .diffusion import DiffusionOptions, denoise, sample_diffusion
+from .energy import gibbs_chain, random_states, retrieve
 from .flows import ROUND_TRIP_LIMIT, draw_latents, flow_log_prob, round_trip_error, to_data
 from .generator import sample_generator
 from .recurrent import RecurrentLM, Seq2SeqModel, Stream, sample_vrnn
 from .tokens import MODES, TokenModel, beam_search, generate, mode_config
 from .transformer import CachedLM, EncoderDecoderLM, FullRecomputeLM
+from .vae import interpolate, iwae, sample_vae
 
 # Token models by loop kind: recurrent state, KV cache, full recompute.
 LANGUAGE_MODELS: dict[str, Callable[[Runner, Mapping[str, Any]], TokenModel]] = {
@@ -148,15 +151,64 @@ def check_flow(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int
     return out
 
 
+CHECK_STEPS = {"ddpm": 20, "ddim": 10, "langevin": 3}  # short loops replayed by verify (langevin: per level)
+IN_GRAPH_LIMIT = 1e-3  # max |host loop - sampler graph| a diffusion bundle may show on its own backend
+
+
+def _diffusion_runs(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int, host: bool) -> dict[str, np.ndarray]:
+    """Four samples per scheduler (DDIM with eta 0.5; guidance 3 for conditional models), host or in-graph."""
+    guidance = 3.0 if loop.get("num_classes") else None
+    out = {}
+    for name in loop["schedulers"]:
+        options = DiffusionOptions(name, 0.5 if name == "ddim" else None, guidance)
+        out[name] = denoise(runners, loop, 4, seed, None, CHECK_STEPS[name], host, options)
+    return out
+
+
+def check_diffusion(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Short loops per scheduler on the host and in the sampler graph; latent diffusion also decodes."""
+    out = {f"x.{k}.host": v for k, v in _diffusion_runs(runners, loop, seed, True).items()}
+    out |= {f"x.{k}.graph": v for k, v in _diffusion_runs(runners, loop, seed, False).items()}
+    if "decoder" in loop:
+        out["decoded"] = sample_diffusion(runners, loop, 4, seed, steps=CHECK_STEPS["ddim"],
+                                          options=DiffusionOptions("ddim"))
+    return out
+
+
+def check_vae(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Eight prior samples, an 8-point interpolation and the 16-sample IWAE estimate of four random binary x."""
+    x = (np.random.default_rng(seed).random((4, int(loop["input_dim"]))) < 0.3).astype(np.float32)
+    return {"samples": sample_vae(runners, loop, 8, seed), "interpolation": interpolate(runners, loop, 8, seed),
+            "iwae": iwae(runners, loop, x, 16, seed)}
+
+
+def check_gibbs(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """A 25-step chain of four samples, in one graph call and one call per step."""
+    graph, host = (gibbs_chain(runners["gibbs"], loop, 4, 25, seed, per_call) for per_call in (None, 1))
+    return {f"{k}.graph": v for k, v in graph.items()} | {f"{k}.host": v for k, v in host.items()}
+
+
+def check_hopfield(runners: Mapping[str, Runner], loop: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Retrieval from eight random states: final states, update counts, energies."""
+    found = retrieve(runners["update"], loop, random_states(loop, 8, seed))
+    return {"states": found.states, "iterations": found.iterations, "energy": found.energy}
+
+
 def structure_problems(runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> list[str]:
     """What makes a bundle's graphs wrong beyond parity: masked models whose outputs see later inputs,
-    flows whose sample graph does not invert their log_prob graph. Empty when all is well."""
+    flows whose sample graph does not invert their log_prob graph, diffusion sampler graphs that do
+    not reproduce the host loop. Empty when all is well."""
     if loop.get("kind") == "flow":
         error = round_trip_error(runners, loop)
         if not error <= ROUND_TRIP_LIMIT:
             return [f"'sample' does not invert 'log_prob': max |x - sample(log_prob(x).z)| = {error:.3g} "
                     f"(limit {ROUND_TRIP_LIMIT}); check that inverse() undoes forward()"]
         return []
+    if loop.get("kind") == "diffusion":
+        host, graph = (_diffusion_runs(runners, loop, 0, h) for h in (True, False))
+        gaps = {k: float(np.abs(host[k] - graph[k]).max()) for k in host}
+        return [(f"the 'sampler' graph does not reproduce the host loop of '{k}': max |host - graph| = {g:.3g} "
+                 f"(limit {IN_GRAPH_LIMIT})") for k, g in gaps.items() if not g <= IN_GRAPH_LIMIT]
     if loop.get("kind") not in MASKED_KINDS:
         return []
     problems = []
@@ -181,6 +233,10 @@ LOOP_CHECKS: dict[str, LoopCheck] = {
     "raster": check_raster,
     "wavenet": check_wavenet,
     "flow": check_flow,
+    "diffusion": check_diffusion,
+    "vae": check_vae,
+    "gibbs": check_gibbs,
+    "hopfield": check_hopfield,
 }
 
 

@@ -53,6 +53,7 @@ class OrtRunner(Runner):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only: the exporter's unused-initializer warnings are noise to users
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
         opts = [{"device_id": str(self.options.device_id)} if p != "CPUExecutionProvider" else {} for p in providers]

@@ -1,0 +1,181 @@
+"""Diffusion and score families: DDPM/DDIM eps-prediction networks, latent diffusion and NCSN score networks.
+
+Each bundle holds the network as a `denoiser` graph (one step; the numpy schedulers in
+runtimes/schedulers run the loop on the host) and a `sampler` graph: the whole loop as a torch
+scan (ONNX Scan) over the scheduler's table of per-step coefficients, so one graph serves DDPM,
+DDIM at any eta and any number of steps, and classifier-free guidance at any scale.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import nn
+from torch._higher_order_ops.scan import scan
+
+from ..errors import ExportError
+from ..runtimes.schedulers import COLUMNS
+from ..runtimes.schedulers.noise_schedule import SCHEDULES
+from ..specs import TensorSpec
+from .registry import Family, Role, Tolerance, attribute, register
+
+DENOISER_PROTOCOL = (
+    "forward(x [batch, *event_shape], t int64 [batch][, label int64 [batch]]) -> eps of x's shape; attributes "
+    "`event_shape`, `training_steps`, `schedule` ('linear' or 'cosine'), `clip_sample` (bound on the predicted x0, "
+    "0 for none) and `num_classes` (0: unconditional; otherwise label num_classes is the null label of "
+    "classifier-free guidance)."
+)
+LATENT_PROTOCOL = (
+    "`vae` with decode(z [batch, latent_dim]) -> Bernoulli logits [batch, D] and `latent_dim`, `denoiser` following "
+    "the ddpm protocol over vectors of latent_dim, `latent_scale` (latents = denoiser samples * latent_scale) and "
+    "`image_shape`."
+)
+SCORE_PROTOCOL = (
+    "forward(x [batch, *event_shape], t int64 [batch]) -> score of x's shape at noise level t (0 = largest sigma); "
+    "attributes `event_shape`, `sigma_values` (descending) and `step_size` (Langevin step at the smallest sigma)."
+)
+
+
+def affine_update(x: torch.Tensor, out: torch.Tensor, noise: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """The schedulers' step (see runtimes/schedulers) in torch: row = (a, b, clip, p, q, r, s)."""
+    a, b, clip, p, q, r, s = row.unbind(0)
+    x0 = torch.minimum(torch.maximum((x - a * out) * b, -clip), clip)
+    return p * x0 + q * x + r * out + s * noise
+
+
+def guided_output(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                  guidance: torch.Tensor | None) -> torch.Tensor:
+    """The network output; with `labels` = [label; null label] (2 * batch), classifier-free guidance
+    uncond + w (cond - uncond) from one batched call (stack/flatten: torch.onnx fails on cat in a scan body)."""
+    if labels is None:
+        return net(x, t)
+    cond, uncond = net(torch.stack([x, x]).flatten(0, 1), torch.stack([t, t]).flatten(0, 1), labels).unflatten(0, (2, -1))
+    return uncond + guidance[0] * (cond - uncond)  # guidance [1]
+
+
+class SamplerGraph(nn.Module):
+    """x_T -> x_0: scan over (timesteps [steps], coefficients [steps, 7], noise [steps, batch, ...]).
+
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, coefficients: torch.Tensor,
+                label: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        ones = torch.ones_like(x.flatten(1)[:, 0], dtype=torch.int64)
+        labels = None if label is None else torch.stack([label, torch.full_like(label, int(self.net.num_classes))]).flatten(0, 1)
+
+        def body(x: torch.Tensor, step: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            t, row, z = step
+            out = guided_output(self.net, x, ones * t, labels, guidance)
+            return affine_update(x, out, z, row), row[:1].clone()
+
+        return scan(body, x, (timesteps, coefficients, noise))[0]
+
+
+def _event(model: nn.Module, family: str, protocol: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in attribute(model, "event_shape", family, protocol))
+
+
+def _network_roles(net: nn.Module, event: tuple[int, ...], t_high: int, classes: int, output: str) -> dict[str, Role]:
+    """`denoiser` (one call) and `sampler` (the whole loop) roles of a network."""
+    x = TensorSpec("x", "float32", ("batch", *event))
+    t = TensorSpec("t", "int64", ("batch",), high=t_high)
+    loop_in = (x, TensorSpec("noise", "float32", ("steps", "batch", *event)), TensorSpec("timesteps", "int64", ("steps",), high=t_high),
+               TensorSpec("coefficients", "float32", ("steps", len(COLUMNS))))
+    net_in: tuple[TensorSpec, ...] = (x, t)
+    if classes:
+        label = TensorSpec("label", "int64", ("batch",), high=classes + 1)
+        net_in, loop_in = (*net_in, label), (*loop_in, TensorSpec("label", "int64", ("batch",), high=classes),
+                                              TensorSpec("guidance", "float32", (1,), low=0, high=4))
+    return {"denoiser": Role(net, net_in, (output,), {"batch": 2}),
+            "sampler": Role(SamplerGraph(net), loop_in, ("sample",), {"batch": 2, "steps": 3})}
+
+
+def _diffusion_config(net: nn.Module, family: str, protocol: str) -> dict[str, Any]:
+    schedule = str(attribute(net, "schedule", family, protocol))
+    if schedule not in SCHEDULES:
+        raise ExportError(f"{type(net).__name__}.schedule is {schedule!r}; family '{family}' supports {list(SCHEDULES)}.")
+    return {"schedule": schedule, "training_steps": int(attribute(net, "training_steps", family, protocol)),
+            "clip_sample": float(attribute(net, "clip_sample", family, protocol))}
+
+
+def _ddpm_roles(model: nn.Module) -> dict[str, Role]:
+    config = _diffusion_config(model, "ddpm", DENOISER_PROTOCOL)
+    classes = int(attribute(model, "num_classes", "ddpm", DENOISER_PROTOCOL))
+    return _network_roles(model, _event(model, "ddpm", DENOISER_PROTOCOL), config["training_steps"], classes, "eps")
+
+
+def _ddpm_loop(model: nn.Module) -> dict[str, Any]:
+    event = _event(model, "ddpm", DENOISER_PROTOCOL)
+    loop: dict[str, Any] = {"kind": "diffusion", "event_shape": list(event), "num_classes": int(model.num_classes),
+                            "schedulers": ["ddpm", "ddim"], "schedule": _diffusion_config(model, "ddpm", DENOISER_PROTOCOL)}
+    if len(event) == 3:
+        loop["value_range"] = [-1.0, 1.0]
+    return loop
+
+
+class Decoder(nn.Module):
+    """A VAE's decode() as a module: z -> Bernoulli logits."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+
+def _latent_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
+    vae = attribute(model, "vae", "latent-diffusion", LATENT_PROTOCOL)
+    denoiser = attribute(model, "denoiser", "latent-diffusion", LATENT_PROTOCOL)
+    dim = int(attribute(vae, "latent_dim", "latent-diffusion", LATENT_PROTOCOL))
+    if _event(denoiser, "latent-diffusion", LATENT_PROTOCOL) != (dim,):
+        raise ExportError(f"the denoiser's event_shape {list(denoiser.event_shape)} is not the VAE's latent [{dim}].")
+    return vae, denoiser, dim
+
+
+def _latent_roles(model: nn.Module) -> dict[str, Role]:
+    vae, denoiser, dim = _latent_parts(model)
+    roles = _ddpm_roles(denoiser)
+    roles["decoder"] = Role(Decoder(vae), (TensorSpec("z", "float32", ("batch", dim)),), ("logits",), {"batch": 2})
+    return roles
+
+
+def _latent_loop(model: nn.Module) -> dict[str, Any]:
+    _, denoiser, _ = _latent_parts(model)
+    scale = float(attribute(model, "latent_scale", "latent-diffusion", LATENT_PROTOCOL))
+    image = [int(d) for d in attribute(model, "image_shape", "latent-diffusion", LATENT_PROTOCOL)]
+    return _ddpm_loop(denoiser) | {"decoder": {"role": "decoder", "latent_scale": scale}, "image_shape": image,
+                                   "value_range": [0.0, 1.0]}
+
+
+def _score_roles(model: nn.Module) -> dict[str, Role]:
+    levels = len(attribute(model, "sigma_values", "ncsn", SCORE_PROTOCOL))
+    return _network_roles(model, _event(model, "ncsn", SCORE_PROTOCOL), levels, 0, "score")
+
+
+def _score_loop(model: nn.Module) -> dict[str, Any]:
+    sigmas = [float(s) for s in attribute(model, "sigma_values", "ncsn", SCORE_PROTOCOL)]
+    if any(b >= a for a, b in pairwise(sigmas)):
+        raise ExportError(f"{type(model).__name__}.sigma_values must be descending, got {sigmas}.")
+    step = float(attribute(model, "step_size", "ncsn", SCORE_PROTOCOL))
+    return {"kind": "diffusion", "event_shape": list(_event(model, "ncsn", SCORE_PROTOCOL)), "num_classes": 0,
+            "schedulers": ["langevin"], "schedule": {"sigmas": sigmas, "step_size": step}}
+
+
+SHAPES = [{"batch": 1, "steps": 2}, {"batch": 5, "steps": 3}]
+# Tolerances (fp32; see README): one denoiser call stays within 1e-5 (GroupNorm sums in another order);
+# the bundle's loop check replays 20-step loops, where the error of each call passes through the
+# scheduler's 1/sqrt(abar_t) and the clip, so the family tolerance is set by the loops.
+register(Family("ddpm", "DDPM/DDIM eps-prediction network (optionally class-conditional with a null label for "
+                "classifier-free guidance): denoiser and in-graph sampler graphs", DENOISER_PROTOCOL, _ddpm_roles,
+                lambda m: SHAPES, Tolerance(1e-4, 1e-4), _ddpm_loop))
+register(Family("latent-diffusion", "latent diffusion: a latent denoiser, its in-graph sampler and the VAE decoder",
+                LATENT_PROTOCOL, _latent_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), _latent_loop))
+register(Family("ncsn", "noise-conditional score network sampled by annealed Langevin dynamics (host or in-graph)",
+                SCORE_PROTOCOL, _score_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), _score_loop))

@@ -1,0 +1,86 @@
+"""Energy-model loops (numpy only): RBM Gibbs chains from injected noise, Hopfield retrieval to a fixed point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Runner
+from .generator import check_count
+
+GIBBS_STEPS = 1000  # default chain length of `sample`
+
+
+def gibbs_noise(loop: Mapping[str, Any], n: int, steps: int, seed: int) -> dict[str, np.ndarray]:
+    """The chain's start v (uniform in [0, 1)) and injected noise for `steps` steps, all from `seed`."""
+    rng = np.random.default_rng(seed)
+    visible, hidden = int(loop["visible"]), int(loop["hidden"])
+    v = rng.random((n, visible), dtype=np.float32)
+    hidden_uniforms = rng.random((steps, n, hidden), dtype=np.float32)
+    shape = (steps, n, visible)
+    gaussian = loop["visible_type"] == "gaussian"
+    noise = rng.standard_normal(shape, dtype=np.float32) if gaussian else rng.random(shape, dtype=np.float32)
+    return {"v": v, "hidden_uniforms": hidden_uniforms, "visible_noise": noise}
+
+
+def gibbs_chain(runner: Runner, loop: Mapping[str, Any], n: int, steps: int, seed: int, per_call: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """`steps` Gibbs steps for `n` chains: {v_last, h_last, visible_mean} after the last step. per_call=None runs all
+    steps in one graph call; per_call=1 is the host loop (one call per step), carrying v between calls."""
+    check_count(n)
+    if steps < 1:
+        raise InputError(f"--steps is {steps}, expected at least 1 Gibbs step.")
+    feeds = gibbs_noise(loop, n, steps, seed)
+    v, chunk = feeds["v"], per_call or steps
+    for start in range(0, steps, chunk):
+        part = slice(start, start + chunk)
+        out = runner.infer({"v": v, "hidden_uniforms": feeds["hidden_uniforms"][part], "visible_noise": feeds["visible_noise"][part]})
+        v = out["v_last"]
+    return out
+
+
+def sample_rbm(runner: Runner, loop: Mapping[str, Any], n: int, seed: int, steps: int | None = None,
+               per_call: int | None = None) -> np.ndarray:
+    """E[v | h] after `steps` Gibbs steps (default GIBBS_STEPS): pixel probabilities or Gaussian means [n, visible]."""
+    return gibbs_chain(runner, loop, n, GIBBS_STEPS if steps is None else steps, seed, per_call)["visible_mean"]
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Where each state ended, after how many updates, whether it is a fixed point, and its energy."""
+
+    states: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+    energy: np.ndarray
+
+
+def retrieve(runner: Runner, loop: Mapping[str, Any], states: np.ndarray, max_iterations: int | None = None) -> Retrieval:
+    """Synchronous updates until every state is a fixed point or max_iterations (default: the bundle's) pass.
+    States that reached their fixed point stop counting iterations; the others are reported unconverged."""
+    units = int(loop["units"])
+    s = np.asarray(states, np.float32).reshape(len(states), -1)
+    if s.shape[1] != units or not np.isin(s, (-1.0, 1.0)).all():
+        raise InputError(f"states must be [batch, {units}] of -1/+1 values; got {list(s.shape)}"
+                         f"{'' if np.isin(s, (-1.0, 1.0)).all() else ' with other values'}.")
+    limit = int(loop["max_iterations"]) if max_iterations is None else max_iterations
+    iterations = np.zeros(len(s), np.int64)
+    converged = np.zeros(len(s), bool)
+    for _ in range(limit):
+        out = runner.infer({"state": s})
+        converged = (out["next"] == s).all(1)
+        if converged.all():
+            break
+        iterations += ~converged
+        s = out["next"]
+    return Retrieval(s, iterations, converged, runner.infer({"state": s})["energy"])
+
+
+def random_states(loop: Mapping[str, Any], n: int, seed: int) -> np.ndarray:
+    """`n` random +-1 states from `seed`."""
+    check_count(n)
+    return np.where(np.random.default_rng(seed).random((n, int(loop["units"]))) < 0.5, -1.0, 1.0).astype(np.float32)
