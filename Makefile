@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/transformer_generation.py
 	$(PY) benchmarks/autoregressive_sampling.py
 	$(PY) benchmarks/flow_sampling.py
+	$(PY) benchmarks/diffusion_sampling.py
 
 clean:
 	rm -rf $(VENV) bundles out runs

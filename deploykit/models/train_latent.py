@@ -59,7 +59,7 @@ def train_ddpm(model: nn.Module, steps: int, on_step: OnStep) -> dict[str, float
     y = _labels(model, data.y_train)
     gen = torch.Generator().manual_seed(1)
     _fit(model, lambda i: _denoising_loss(model, x[i], None if y is None else y[i], gen), len(x), steps, on_step,
-         lr=2e-3, batch=128)
+         lr=2e-3, batch=64)
     with torch.no_grad():
         test = _denoising_loss(model, torch.from_numpy(data.x_test) * 2 - 1, _labels(model, data.y_test),
                                torch.Generator().manual_seed(2))

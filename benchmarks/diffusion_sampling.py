@@ -1,0 +1,98 @@
+"""Diffusion and energy sampling: denoiser step latency, DDPM-1000 vs DDIM-50, batched vs two-call guidance,
+in-graph (ONNX Scan) vs host loop, ORT vs torch, and how the ORT - torch gap grows with the number of steps.
+
+    python benchmarks/diffusion_sampling.py [--out bundles/bench]
+
+One thread per backend, one run, the trained zoo models (class-conditional DDPM U-Net on 8x8 digits,
+Bernoulli RBM). Loops: the same numpy scheduler and injected noise over each backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from recurrent_loops import ONE_THREAD, _best_of, _bundle, _row
+
+import deploykit
+from deploykit.runtimes.diffusion import DiffusionOptions
+from deploykit.runtimes.energy import gibbs_chain
+
+BATCH = 16
+
+
+def denoiser_step(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
+    for batch in (1, BATCH):
+        rng = np.random.default_rng(0)
+        feeds = {"x": rng.standard_normal((batch, 1, 8, 8), dtype=np.float32), "t": np.full(batch, 500),
+                 "label": np.arange(batch) % 10}
+        o = _best_of(lambda: [ort.infer(feeds, "denoiser") for _ in range(50)]) / 50
+        t = _best_of(lambda: [tch.infer(feeds, "denoiser") for _ in range(50)]) / 50
+        print(f"denoiser step, batch {batch}: ORT {o * 1e3:.3f} ms, torch {t * 1e3:.3f} ms")
+        _row(f"denoiser step, batch {batch}", o, t, "images/s", batch)
+
+
+def loops(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
+    labels = np.arange(BATCH) % 10
+    runs = {
+        "DDPM 1000, host": (1000, True, DiffusionOptions("ddpm")),
+        "DDPM 1000, in-graph": (1000, False, DiffusionOptions("ddpm")),
+        "DDIM 50, host": (50, True, DiffusionOptions("ddim")),
+        "DDIM 50, in-graph": (50, False, DiffusionOptions("ddim")),
+        "DDIM 50 + CFG batched, host": (50, True, DiffusionOptions("ddim", guidance=3.0)),
+        "DDIM 50 + CFG two calls, host": (50, True, DiffusionOptions("ddim", guidance=3.0, batched=False)),
+        "DDIM 50 + CFG, in-graph": (50, False, DiffusionOptions("ddim", guidance=3.0)),
+    }
+    times = {}
+    for name, (steps, host, options) in runs.items():
+        o = _best_of(lambda: ort.sample(BATCH, 0, labels, steps, host=host, diffusion=options), repeats=2)
+        t = _best_of(lambda: tch.sample(BATCH, 0, labels, steps, host=True, diffusion=options), repeats=1)
+        times[name] = o
+        _row(f"{name}, batch {BATCH}", o, t, "images/s", BATCH)
+    print(f"DDPM 1000 / DDIM 50 wall time (ORT host): {times['DDPM 1000, host'] / times['DDIM 50, host']:.1f}x")
+    print(f"CFG two calls / batched (ORT host): {times['DDIM 50 + CFG two calls, host'] / times['DDIM 50 + CFG batched, host']:.2f}x")
+    for name in ("DDPM 1000", "DDIM 50", "DDIM 50 + CFG"):
+        host = times[f"{name}, host" if name != "DDIM 50 + CFG" else "DDIM 50 + CFG batched, host"]
+        print(f"{name}: in-graph {times[f'{name}, in-graph'] * 1e3:.0f} ms vs host {host * 1e3:.0f} ms "
+              f"({host / times[f'{name}, in-graph']:.2f}x)")
+
+
+def error_growth(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
+    """Final-sample gap ORT vs torch (same noise) as the loop gets longer."""
+    labels = np.arange(8)
+    for name, options in (("DDPM", DiffusionOptions("ddpm")), ("DDIM eta=0, w=3", DiffusionOptions("ddim", guidance=3.0))):
+        for steps in (1, 10, 50, 200, 1000):
+            a = ort.sample(8, 5, labels, steps, host=True, diffusion=options)
+            b = tch.sample(8, 5, labels, steps, host=True, diffusion=options)
+            gap = np.abs(a - b)
+            print(f"{name:<16} {steps:>5} steps: max |ORT - torch| {gap.max():.2e}, mean {gap.mean():.2e}")
+
+
+def gibbs(out: Path) -> None:
+    bundle = _bundle("rbm-digits", out)
+    with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
+        runner, loop = ort.runner("gibbs"), bundle.loop
+        graph = _best_of(lambda: gibbs_chain(runner, loop, BATCH, 1000, 0), repeats=2)
+        host = _best_of(lambda: gibbs_chain(runner, loop, BATCH, 1000, 0, per_call=1), repeats=2)
+        ref = _best_of(lambda: gibbs_chain(tch.runner("gibbs"), loop, BATCH, 1000, 0), repeats=1)
+        _row(f"RBM 1000 Gibbs steps in-graph, b{BATCH}", graph, ref, "chains/s", BATCH)
+        _row(f"RBM 1000 Gibbs steps host loop, b{BATCH}", host, ref, "chains/s", BATCH)
+        print(f"RBM: in-graph {graph * 1e3:.0f} ms vs host loop {host * 1e3:.0f} ms ({host / graph:.1f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
+    args = parser.parse_args()
+    print(f"{'':<34} {'ORT':>12} {'torch':>12}  {'unit':<10} {'ratio':>7}")
+    bundle = _bundle("ddpm-digits", args.out)
+    with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
+        denoiser_step(ort, tch)
+        loops(ort, tch)
+        error_growth(ort, tch)
+    gibbs(args.out)
+
+
+if __name__ == "__main__":
+    main()
