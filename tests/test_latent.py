@@ -113,8 +113,8 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
         batched, split = (network_output(dep.runner("denoiser"), loop, x, 300, labels, 2.5, b) for b in (True, False))
         np.testing.assert_allclose(batched, split, atol=1e-5)
         labels = np.repeat(np.arange(10), 5)
-        guided = dep.sample(50, seed=2, labels=labels, diffusion=DiffusionOptions("ddim", guidance=3.0))
-        unguided = dep.sample(50, seed=2, labels=labels, diffusion=DiffusionOptions("ddim", guidance=0.0))
+        guided = dep.sample(50, seed=2, labels=labels, host=True, diffusion=DiffusionOptions("ddim", guidance=3.0))
+        unguided = dep.sample(50, seed=2, labels=labels, host=True, diffusion=DiffusionOptions("ddim", guidance=0.0))
     with deploykit.load(zoo_bundle("cnn").path) as cnn:
         guided_acc = (cnn.infer({"image": (guided + 1) / 2})["logits"].argmax(1) == labels).mean()
         unguided_acc = (cnn.infer({"image": (unguided + 1) / 2})["logits"].argmax(1) == labels).mean()
@@ -137,7 +137,7 @@ def test_latent_diffusion_end_to_end_and_guidance_refused(zoo_bundle) -> None:
     bundle = zoo_bundle("latent-diffusion-digits")
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
         a = ort_dep.sample(16, seed=1, diffusion=DiffusionOptions("ddim"))
-        b = torch_dep.sample(16, seed=1, diffusion=DiffusionOptions("ddim"))
+        b = torch_dep.sample(16, seed=1, host=True, diffusion=DiffusionOptions("ddim"))
         with pytest.raises(InputError, match="--guidance needs a class-conditional model"):
             ort_dep.sample(2, diffusion=DiffusionOptions(guidance=2.0))
     assert a.shape == (16, 64) and 0 <= a.min() and a.max() <= 1

@@ -146,7 +146,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("cvae-digits", "vae", "conditional VAE (label into encoder and decoder) on binarized digits",
                  vae.VAE, lambda m, cb: train_latent.train_vae(m, 1500, cb), {"num_classes": 10}),
         ZooEntry("ddpm-digits", "ddpm", "class-conditional DDPM U-Net (1000 linear steps, null label for guidance) on 8x8 digits",
-                 diffusion.UNetDenoiser, lambda m, cb: train_latent.train_ddpm(m, 1500, cb)),
+                 diffusion.UNetDenoiser, lambda m, cb: train_latent.train_ddpm(m, 1000, cb)),
         ZooEntry("latent-diffusion-digits", "latent-diffusion", "diffusion over the zoo VAE's latents, decoded by its decoder",
                  diffusion.LatentDiffusion, lambda m, cb: train_latent.train_latent_diffusion(
                      m, read_checkpoint(trained("vae-digits", cb))["state_dict"], 1500, cb)),
