@@ -165,6 +165,7 @@ def test_export_refuses_a_flow_whose_sample_graph_does_not_invert_log_prob(tmp_p
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # 17 s of export; the zoo Glow (LU 1x1 convolutions) exercises the same folding by default
 def test_plain_glow_exports_with_w_inverse_and_logdet_folded(tmp_path) -> None:
     """A plain-W Glow (slogdet and inverse in torch) exports; the graph holds W^-1 as a constant and works at 8x8 and 12x16."""
     model = _small_models()["glow-plain"]
