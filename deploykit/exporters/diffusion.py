@@ -19,6 +19,7 @@ from ..errors import ExportError
 from ..runtimes.schedulers import COLUMNS
 from ..runtimes.schedulers.noise_schedule import SCHEDULES
 from ..specs import TensorSpec
+from .latent import DecoderGraph
 from .registry import Family, Role, Tolerance, attribute, register
 
 DENOISER_PROTOCOL = (
@@ -119,17 +120,6 @@ def _ddpm_loop(model: nn.Module) -> dict[str, Any]:
     return loop
 
 
-class Decoder(nn.Module):
-    """A VAE's decode() as a module: z -> Bernoulli logits."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z)
-
-
 def _latent_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
     vae = attribute(model, "vae", "latent-diffusion", LATENT_PROTOCOL)
     denoiser = attribute(model, "denoiser", "latent-diffusion", LATENT_PROTOCOL)
@@ -142,7 +132,7 @@ def _latent_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
 def _latent_roles(model: nn.Module) -> dict[str, Role]:
     vae, denoiser, dim = _latent_parts(model)
     roles = _ddpm_roles(denoiser)
-    roles["decoder"] = Role(Decoder(vae), (TensorSpec("z", "float32", ("batch", dim)),), ("logits",), {"batch": 2})
+    roles["decoder"] = Role(DecoderGraph(vae), (TensorSpec("z", "float32", ("batch", dim)),), ("logits",), {"batch": 2})
     return roles
 
 

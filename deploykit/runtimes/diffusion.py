@@ -18,6 +18,7 @@ from ..errors import InputError
 from .base import Runner
 from .generator import check_count, cycle_labels
 from .schedulers import Scheduler, make_scheduler
+from .vae import sigmoid
 
 OnStep = Callable[[int, int], None] | None
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "langevin": 100}  # None: every training step
@@ -56,11 +57,7 @@ def check_labels(loop: Mapping[str, Any], n: int, labels: np.ndarray | None, gui
     if guidance is not None and not classes:
         raise InputError("--guidance needs a class-conditional model trained with a null label; this bundle is "
                          "unconditional. Drop --guidance.")
-    labels = cycle_labels(n, classes, labels)
-    if labels is not None and (labels.min() < 0 or labels.max() >= classes):
-        bad = int(labels[(labels < 0) | (labels >= classes)][0])
-        raise InputError(f"--label {bad} is out of range; this model has classes 0..{classes - 1}.")
-    return labels, 1.0 if guidance is None else float(guidance)
+    return cycle_labels(n, classes, labels), 1.0 if guidance is None else float(guidance)
 
 
 def network_output(net: Runner, loop: Mapping[str, Any], x: np.ndarray, t: int, labels: np.ndarray | None,
@@ -127,5 +124,4 @@ def sample_diffusion(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: 
     if "decoder" not in loop:
         return x
     decoder = loop["decoder"]
-    logits = runners[decoder["role"]].infer({"z": x * np.float32(decoder["latent_scale"])})["logits"]
-    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+    return sigmoid(runners[decoder["role"]].infer({"z": x * np.float32(decoder["latent_scale"])})["logits"])

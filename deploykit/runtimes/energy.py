@@ -69,15 +69,15 @@ def retrieve(runner: Runner, loop: Mapping[str, Any], states: np.ndarray, max_it
                          f"{'' if np.isin(s, (-1.0, 1.0)).all() else ' with other values'}.")
     limit = int(loop["max_iterations"]) if max_iterations is None else max_iterations
     iterations = np.zeros(len(s), np.int64)
-    converged = np.zeros(len(s), bool)
     for _ in range(limit):
         out = runner.infer({"state": s})
-        converged = (out["next"] == s).all(1)
-        if converged.all():
-            break
-        iterations += ~converged
+        changed = (out["next"] != s).any(1)
+        if not changed.any():
+            return Retrieval(s, iterations, ~changed, out["energy"])
+        iterations += changed
         s = out["next"]
-    return Retrieval(s, iterations, converged, runner.infer({"state": s})["energy"])
+    out = runner.infer({"state": s})
+    return Retrieval(s, iterations, (out["next"] == s).all(1), out["energy"])
 
 
 def random_states(loop: Mapping[str, Any], n: int, seed: int) -> np.ndarray:

@@ -23,12 +23,17 @@ def check_count(n: int) -> None:
 
 
 def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:
-    """int64 labels [n] for a conditional model: `labels` broadcast, or 0..classes-1 cycling; None if unconditional."""
+    """int64 labels [n] for a conditional model: `labels` broadcast, or 0..classes-1 cycling; None if unconditional.
+    InputError for labels outside 0..classes-1."""
     if not classes:
         if labels is not None:
             raise InputError("this model is unconditional; drop --label.")
         return None
-    return (np.arange(n) % classes if labels is None else np.broadcast_to(np.asarray(labels), (n,))).astype(np.int64)
+    out = (np.arange(n) % classes if labels is None else np.broadcast_to(np.asarray(labels), (n,))).astype(np.int64)
+    bad = out[(out < 0) | (out >= classes)]
+    if bad.size:
+        raise InputError(f"--label {int(bad[0])} is out of range; this model has classes 0..{classes - 1}.")
+    return out
 
 
 def sample_generator(

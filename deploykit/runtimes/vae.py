@@ -15,14 +15,8 @@ from .generator import check_count, cycle_labels, draw_latents
 
 
 def _labels(loop: Mapping[str, Any], n: int, labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    classes = int(loop["num_classes"])
-    labels = cycle_labels(n, classes, labels)
-    if labels is None:
-        return {}
-    if labels.min() < 0 or labels.max() >= classes:
-        bad = int(labels[(labels < 0) | (labels >= classes)][0])
-        raise InputError(f"--label {bad} is out of range; this model has classes 0..{classes - 1}.")
-    return {"label": np.ascontiguousarray(labels)}
+    labels = cycle_labels(n, int(loop["num_classes"]), labels)
+    return {} if labels is None else {"label": np.ascontiguousarray(labels)}
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
