@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError
-from . import Scheduler, check_steps
-from .noise_schedule import alphas_cumprod, strided_timesteps
+from . import Scheduler
+from .noise_schedule import strided_alphas
 
 
 class DDIMScheduler(Scheduler):
@@ -19,22 +19,15 @@ class DDIMScheduler(Scheduler):
     name = "ddim"
 
     def set_timesteps(self, steps: int) -> None:
-        total, eta = int(self.config["training_steps"]), float(self.config.get("eta", 0.0))
-        check_steps(steps, total, "denoising step")
+        eta = float(self.config.get("eta", 0.0))
         if not 0.0 <= eta <= 1.0:
             raise InputError(f"--eta is {eta}, expected a value in [0, 1] (0: deterministic DDIM, 1: DDPM-like).")
-        bar = alphas_cumprod(self.config["schedule"], total)
-        clip = float(self.config["clip_sample"]) or np.inf
-        timesteps = strided_timesteps(steps, total)
-        rows = []
-        for t in timesteps:
-            prev = t - total // steps
-            now, before = bar[t], (bar[prev] if prev >= 0 else 1.0)
-            sigma = eta * np.sqrt((1 - before) / (1 - now) * (1 - now / before))
-            # eps re-derived from the clipped x0, eps' = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t), so the direction
-            # term stays consistent with x when x0 is clipped (diffusers' use_clipped_model_output=True); without
-            # it, this small model's DDIM samples keep visible noise. Unclipped, it is the textbook update.
-            direction = np.sqrt(max(1 - before - sigma**2, 0.0)) / np.sqrt(1 - now)
-            rows.append((np.sqrt(1 - now), 1 / np.sqrt(now), clip, np.sqrt(before) - direction * np.sqrt(now), direction,
-                         0.0, sigma))
+        timesteps, now, before, clip = strided_alphas(self.config, steps)
+        sigma = eta * np.sqrt((1 - before) / (1 - now) * (1 - now / before))
+        # eps re-derived from the clipped x0, eps' = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t), so the direction
+        # term stays consistent with x when x0 is clipped (diffusers' use_clipped_model_output=True); without
+        # it, this small model's DDIM samples keep visible noise. Unclipped, it is the textbook update.
+        direction = np.sqrt(np.maximum(1 - before - sigma**2, 0.0)) / np.sqrt(1 - now)
+        rows = [(np.sqrt(1 - n), 1 / np.sqrt(n), clip, np.sqrt(b) - d * np.sqrt(n), d, 0.0, sg)
+                for n, b, d, sg in zip(now, before, direction, sigma)]
         self._set(timesteps, rows)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Scheduler, check_steps
-from .noise_schedule import alphas_cumprod, strided_timesteps
+from . import Scheduler
+from .noise_schedule import strided_alphas
 
 
 class DDPMScheduler(Scheduler):
@@ -17,20 +17,10 @@ class DDPMScheduler(Scheduler):
     name = "ddpm"
 
     def set_timesteps(self, steps: int) -> None:
-        total = int(self.config["training_steps"])
-        check_steps(steps, total, "denoising step")
-        bar = alphas_cumprod(self.config["schedule"], total)
-        clip = float(self.config["clip_sample"]) or np.inf
-        timesteps = strided_timesteps(steps, total)
-        rows = []
-        for t in timesteps:
-            prev = t - total // steps
-            now, before = bar[t], (bar[prev] if prev >= 0 else 1.0)
-            beta = 1 - now / before
-            variance = (1 - before) / (1 - now) * beta
-            rows.append((np.sqrt(1 - now), 1 / np.sqrt(now), clip,
-                         np.sqrt(before) * beta / (1 - now),
-                         np.sqrt(1 - beta) * (1 - before) / (1 - now),
-                         0.0,
-                         np.sqrt(variance) if prev >= 0 else 0.0))
+        timesteps, now, before, clip = strided_alphas(self.config, steps)
+        beta = 1 - now / before
+        variance = (1 - before) / (1 - now) * beta
+        rows = [(np.sqrt(1 - n), 1 / np.sqrt(n), clip, np.sqrt(b) * be / (1 - n), np.sqrt(1 - be) * (1 - b) / (1 - n), 0.0,
+                 np.sqrt(v) if t > 0 else 0.0)
+                for t, n, b, be, v in zip(timesteps, now, before, beta, variance)]
         self._set(timesteps, rows)

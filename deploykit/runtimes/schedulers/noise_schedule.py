@@ -3,6 +3,9 @@ and the strided "leading" timesteps of a shorter loop; shared by training (torch
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from ...errors import InputError, choices
@@ -30,3 +33,17 @@ def alphas_cumprod(schedule: str, training_steps: int) -> np.ndarray:
 def strided_timesteps(steps: int, training_steps: int) -> np.ndarray:
     """`steps` timesteps from high to low with stride T // steps, ending at 0 (diffusers' "leading" spacing)."""
     return (np.arange(steps)[::-1] * (training_steps // steps)).astype(np.int64)
+
+
+def strided_alphas(config: Mapping[str, Any], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """For a DDPM-style loop of `steps` steps: (timesteps, abar_t, abar_prev (1 after the last step), clip bound
+    (inf for clip_sample 0)); InputError unless 1 <= steps <= training_steps."""
+    from . import check_steps
+
+    total = int(config["training_steps"])
+    check_steps(steps, total, "denoising step")
+    bar = alphas_cumprod(config["schedule"], total)
+    timesteps = strided_timesteps(steps, total)
+    prev = timesteps - total // steps
+    before = np.where(prev >= 0, bar[np.maximum(prev, 0)], 1.0)
+    return timesteps, bar[timesteps], before, float(config["clip_sample"]) or np.inf
