@@ -67,12 +67,11 @@ class SamplerGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, coefficients: torch.Tensor,
                 label: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
-        ones = torch.ones_like(x.flatten(1)[:, 0], dtype=torch.int64)
         labels = None if label is None else torch.stack([label, torch.full_like(label, int(self.net.num_classes))]).flatten(0, 1)
 
         def body(x: torch.Tensor, step: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
             t, row, z = step
-            out = guided_output(self.net, x, ones * t, labels, guidance)
+            out = guided_output(self.net, x, t.expand(x.shape[0]), labels, guidance)
             return affine_update(x, out, z, row), row[:1].clone()
 
         return scan(body, x, (timesteps, coefficients, noise))[0]
