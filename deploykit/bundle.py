@@ -160,6 +160,8 @@ def _tensors(graph: Any) -> Iterator[Any]:
 
 def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
     """Refuse ONNX external-data locations that leave the bundle (checked with onnx when installed)."""
+    if graph_path.suffix == ".ort":  # ORT format (pack --edge) keeps every initializer inline
+        return
     try:
         import onnx
     except ImportError:  # runtime-only install: checksums plus the manifest's declared list still hold

@@ -20,7 +20,17 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-from . import export_cmd, inspect_cmd, profile_cmd, quantize_cmd, run_cmd, sample_cmd, verify_cmd, zoo_cmd  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    export_cmd,
+    inspect_cmd,
+    pack_cmd,
+    profile_cmd,
+    quantize_cmd,
+    run_cmd,
+    sample_cmd,
+    verify_cmd,
+    zoo_cmd,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

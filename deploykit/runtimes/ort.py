@@ -60,9 +60,14 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers, provider_options=opts)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+            fix = (
+                f"ORT-format graphs load only in the onnxruntime they were packed with or a newer one (this is "
+                f"{ort.__version__}; see edge.onnxruntime in the manifest), and need every operator the pack listed"
+                if self.path.suffix == ".ort" else "the file is corrupt or truncated, re-export the bundle"
+            )
             raise BundleError(
                 f"graph '{self.role}' ({self.path.name}) could not be loaded by onnxruntime: "
-                f"{str(exc).splitlines()[0][:300]}; the file is corrupt or truncated, re-export the bundle."
+                f"{str(exc).splitlines()[0][:300]}; {fix}."
             ) from exc
         if self.session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
