@@ -7,7 +7,9 @@ PY    := $(VENV)/bin/python
 # asks torch>=2.4, so elsewhere `pip install deploykit[export]` takes whatever torch you have.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean
+TRITON_VENV ?= .venv-triton
+
+.PHONY: install triton-env demo test test-slow bench bench-triton clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +20,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Triton Inference Server 2.51 (the binary in the nvidia-pytriton wheel) pins numpy<2: its own venv,
+# with deploykit (no torch) for the Python-backend models and tritonclient for the load test.
+triton-env: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed: pyproject.toml
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton "tritonclient[http]" -e .
+	touch $@
+
 demo: install
 	$(VENV)/bin/deploykit export zoo:dcgan --out bundles/dcgan --force
 	$(VENV)/bin/deploykit verify bundles/dcgan
 	$(VENV)/bin/deploykit sample bundles/dcgan --n 64 --seed 0 --out out/dcgan.png
 
-test: install
+test: install triton-env
 	$(PY) -m pytest
 
 test-slow: install
@@ -37,5 +49,10 @@ bench: install
 	$(PY) benchmarks/flow_sampling.py
 	$(PY) benchmarks/diffusion_sampling.py
 
+bench-triton: install triton-env
+	$(VENV)/bin/deploykit export zoo:cgan --out bundles/cgan --force
+	$(VENV)/bin/deploykit export zoo:ddpm-digits --out bundles/ddpm --force
+	$(TRITON_VENV)/bin/python benchmarks/triton_serving.py --generator bundles/cgan --loop bundles/ddpm
+
 clean:
-	rm -rf $(VENV) bundles out runs
+	rm -rf $(VENV) $(TRITON_VENV) bundles out runs

@@ -209,27 +209,28 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(root, manifest)
 
 
-def check_destination(out: Path, force: bool) -> None:
-    """Refuse to overwrite: an existing path needs force, and only a bundle (or empty dir) is replaced."""
+def check_destination(out: Path, force: bool, marker: str = MANIFEST) -> None:
+    """Refuse to overwrite: an existing path needs force, and only what we wrote (its `marker` file) is replaced."""
     if not out.exists():
         return
     if not force:
         raise InputError(f"output '{out}' already exists; choose another --out or pass --force to replace it.")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+    if not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file()):
         raise InputError(
-            f"output '{out}' exists and is not a deploykit bundle; refusing to replace it even with --force."
+            f"output '{out}' exists and is not something deploykit wrote (no {marker}); "
+            "refusing to replace it even with --force."
         )
 
 
 @contextmanager
-def staging(out: Path, force: bool) -> Iterator[Path]:
+def staging(out: Path, force: bool, marker: str = MANIFEST) -> Iterator[Path]:
     """Yield a temp dir beside `out`; on success it atomically becomes `out`, on failure it is removed."""
-    check_destination(out, force)
+    check_destination(out, force, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        check_destination(out, force)
+        check_destination(out, force, marker)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / "bundle")

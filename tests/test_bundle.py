@@ -120,7 +120,7 @@ def test_force_never_replaces_a_non_bundle(tiny_model, tmp_path: Path) -> None:
     precious = tmp_path / "mydata"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match="not a deploykit bundle; refusing"):
+    with pytest.raises(InputError, match="not something deploykit wrote .no manifest.json.; refusing"):
         deploykit.export(tiny_model, "mlp", precious, force=True)
     assert (precious / "notes.txt").read_text() == "keep me"
 

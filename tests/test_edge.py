@@ -67,7 +67,7 @@ def test_packed_bundle_samples_and_verifies_with_numpy_and_onnxruntime_only(zoo_
     for name, bundle in packed.items():
         out = tmp_path / f"{name}.npy"
         run = subprocess.run([sys.executable, "-c", MINIMAL, str(bundle.path), str(out)],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, check=False)
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout.splitlines()[-1])
         assert report == {"passed": True, "rows": report["rows"], "loaded": []}
@@ -107,6 +107,5 @@ def test_truncated_ort_graph_names_the_onnxruntime_version(packed, tmp_path: Pat
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["graphs"]["model"]["sha256"] = sha256_file(graph)  # get past the checksum to the loader
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="ORT-format graphs load only in the onnxruntime they were packed with"):
-        with deploykit.load(copy):
-            pass
+    with pytest.raises(BundleError, match="ORT-format graphs load only in the onnxruntime they were packed with"), deploykit.load(copy):
+        pass

@@ -28,6 +28,7 @@ from . import (  # noqa: E402,F401
     quantize_cmd,
     run_cmd,
     sample_cmd,
+    triton_cmd,
     verify_cmd,
     zoo_cmd,
 )

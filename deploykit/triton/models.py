@@ -1,0 +1,180 @@
+"""Triton Python-backend models: a graph run by onnxruntime, and a sampling loop whose graph calls are BLS.
+
+Imported by the `model.py` files `deploykit triton` writes, inside Triton's Python stub process,
+where `triton_python_backend_utils` exists; nothing here imports it at module level.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import load_bundle
+from ..errors import DeploykitError, InputError
+from ..runtimes.base import Runner, RunnerOptions
+from ..runtimes.deployment import Deployment
+from ..runtimes.diffusion import DiffusionOptions
+from ..runtimes.ort import OrtRunner
+from ..specs import GraphSpec
+from . import from_wire, to_wire
+
+
+def _pb() -> Any:
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils
+
+
+def _setup(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], Path]:
+    """(model config, string parameters, model directory) of a Python-backend model."""
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return config, params, Path(args["model_repository"])
+
+
+def _error(exc: DeploykitError) -> Any:
+    """An error response; a bad request (InputError) is INVALID_ARG, which clients see as HTTP 400."""
+    pb = _pb()
+    invalid = isinstance(exc, InputError) and hasattr(pb.TritonError, "INVALID_ARG")
+    error = pb.TritonError(str(exc), pb.TritonError.INVALID_ARG) if invalid else pb.TritonError(str(exc))
+    return pb.InferenceResponse(output_tensors=[], error=error)
+
+
+class GraphModel:
+    """One bundle graph on onnxruntime; the requests of a dynamic batch run as one concatenated call."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        """Load the bundle (checksums verified) and start an ORT session for the configured role."""
+        config, params, root = _setup(args)
+        bundle = load_bundle(root / params["bundle"])
+        graph = bundle.graphs[params["role"]]
+        kind = args.get("model_instance_kind", "CPU")
+        backend = "ort-cuda" if kind == "GPU" else "ort-cpu"
+        options = RunnerOptions(threads=int(params.get("threads", 1)), device_id=int(args.get("model_instance_device_id", 0)))
+        self.spec: GraphSpec = graph.spec
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.runner = OrtRunner(graph.role, graph.spec, graph.path, backend, options)
+        self.runner.activate()
+
+    def _feeds(self, request: Any) -> dict[str, np.ndarray]:
+        pb = _pb()
+        return {t.name: from_wire(t, pb.get_input_tensor_by_name(request, t.name).as_numpy(), self.batched)
+                for t in self.spec.inputs}
+
+    def _respond(self, outputs: dict[str, np.ndarray]) -> Any:
+        pb = _pb()
+        return pb.InferenceResponse([pb.Tensor(t.name, to_wire(t, outputs[t.name], self.batched)) for t in self.spec.outputs])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Run the requests; requests whose non-batch shapes agree are concatenated into one call."""
+        feeds = [self._feeds(r) for r in requests]
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, f in enumerate(feeds):
+            key = tuple((k, v.shape[1:]) for k, v in sorted(f.items())) if self.batched else (i,)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            sizes = [len(next(iter(feeds[i].values()))) for i in members]
+            joined = {k: np.concatenate([feeds[i][k] for i in members]) for k in feeds[members[0]]}
+            try:
+                outputs = self.runner.infer(joined)
+            except DeploykitError as exc:
+                for i in members:
+                    responses[i] = _error(exc)
+                continue
+            bounds = np.cumsum([0, *sizes])
+            for i, lo, hi in zip(members, bounds[:-1], bounds[1:]):
+                responses[i] = self._respond({k: v[lo:hi] for k, v in outputs.items()})
+        return responses
+
+    def finalize(self) -> None:
+        """Close the session."""
+        self.runner.deactivate()
+
+
+class BLSRunner(Runner):
+    """Runs a graph by a BLS request to the Triton model serving it (the shared runner contract)."""
+
+    backend = "triton-bls"
+
+    def __init__(self, role: str, spec: GraphSpec, model: str, batched: bool) -> None:
+        super().__init__(role, spec)
+        self.model = model
+        self.batched = batched
+
+    def _activate(self) -> None:
+        self.pb = _pb()
+
+    def _deactivate(self) -> None:
+        pass
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pb = self.pb
+        inputs = [pb.Tensor(t.name, np.ascontiguousarray(to_wire(t, feeds[t.name], self.batched))) for t in self.spec.inputs]
+        response = pb.InferenceRequest(
+            model_name=self.model, requested_output_names=self.spec.output_names(), inputs=inputs
+        ).exec()
+        if response.has_error():
+            raise DeploykitError(f"graph model '{self.model}' failed: {response.error().message()}")
+        return {t.name: from_wire(t, pb.get_output_tensor_by_name(response, t.name).as_numpy(), self.batched)
+                for t in self.spec.outputs}
+
+
+class LoopModel:
+    """A bundle's sampling loop; each request (n, seed, labels, steps, scheduler, eta, guidance) -> samples."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        """Load the bundle and wire one BLS runner per graph role."""
+        _, params, root = _setup(args)
+        bundle = load_bundle(root / params["bundle"])
+        graphs = json.loads(params["graphs"])
+        runners: dict[str, Runner] = {
+            role: BLSRunner(role, g.spec, graphs[role]["model"], graphs[role]["batched"]) for role, g in bundle.graphs.items()
+        }
+        self.host = params.get("host_loop") == "true"
+        self.deployment = Deployment(bundle, runners).__enter__()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One sampling loop per request, in turn (run more instances for concurrency)."""
+        pb = _pb()
+        responses = []
+        for request in requests:
+            value = {k: (t.as_numpy() if (t := pb.get_input_tensor_by_name(request, k)) is not None else None)
+                     for k in ("n", "seed", "labels", "steps", "scheduler", "eta", "guidance")}
+            try:
+                samples = self.deployment.sample(**sample_arguments(value), host=self.host)
+                responses.append(pb.InferenceResponse([pb.Tensor("samples", np.ascontiguousarray(samples))]))
+            except DeploykitError as exc:
+                responses.append(_error(exc))
+        return responses
+
+    def finalize(self) -> None:
+        """Release the runners."""
+        self.deployment.__exit__(None, None, None)
+
+
+def sample_arguments(value: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """Deployment.sample keyword arguments from a loop request's tensors (absent ones: None)."""
+    def scalar(name: str) -> Any:
+        array = value[name]
+        if array is None:
+            return None
+        if array.size != 1:
+            raise InputError(f"request input '{name}' has {array.size} values, expected 1.")
+        return array.reshape(()).item()
+
+    if value["n"] is None:
+        raise InputError("request input 'n' (number of samples) is required.")
+    scheduler = scalar("scheduler")
+    options = {"scheduler": scheduler.decode() if isinstance(scheduler, bytes) else scheduler,
+               "eta": scalar("eta"), "guidance": scalar("guidance")}
+    return {
+        "n": int(scalar("n")),
+        "seed": int(scalar("seed") or 0),
+        "labels": None if value["labels"] is None else value["labels"].astype(np.int64).reshape(-1),
+        "steps": None if value["steps"] is None else int(scalar("steps")),
+        "diffusion": DiffusionOptions(**options) if any(v is not None for v in options.values()) else None,
+    }
