@@ -18,14 +18,75 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle, write_bundle
-from .errors import BackendUnavailableError, InputError, choices
+from .bundle import Bundle, finish_manifest, load_bundle, write_bundle
+from .errors import BackendUnavailableError, BundleError, InputError, choices
 from .parity import ParityReport
+from .runtimes.autoregressive import MASKED_KINDS
+from .runtimes.deployment import SAMPLED, load
 from .runtimes.loops import LOOP_ROLE
 from .runtimes.ort import OrtRunner
 from .specs import GraphSpec
 
 QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
+DIGIT_CLASSIFIERS = ("mlp", "cnn", "vit")  # zoo families trained on scikit-learn's digits
+SAMPLE_STEPS = {"diffusion": 50, "wavenet": 400}  # shorter loops than the defaults, enough to compare
+
+
+def _digits() -> Any:
+    """The digits test split, or None where scikit-learn is absent (a runtime-only install)."""
+    try:
+        from .models.data import load_digits
+
+        return load_digits()
+    except ImportError:
+        return None
+
+
+def accuracy_change(source: Bundle, quantized: Bundle, n: int = 64) -> list[dict[str, Any]]:
+    """What lower precision costs in user terms, measured on the two bundles (no torch).
+
+    Classifiers: test accuracy on digits for the zoo's digit classifiers, else top-1 agreement with
+    fp32 on random inputs. Sampling loops: the same seeded samples from both, mean and max abs
+    difference. Densities (flows, masked autoregressive models): mean NLL of the fp32 model's own
+    samples under each bundle.
+    """
+    rows: list[dict[str, Any]] = []
+    kind = source.loop.get("kind")
+    with load(source.path) as full, load(quantized.path) as low:
+        logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names() and g.spec.inputs[0].name == "image"]
+        if logits and kind not in SAMPLED:  # classifiers; PixelCNN's per-pixel logits are a sampler's
+            role = logits[0]
+            digits = _digits() if source.family in DIGIT_CLASSIFIERS and source.source.get("zoo") else None
+            if digits is not None:
+                accuracy = [float((d.infer({"image": digits.x_test}, role)["logits"].argmax(1) == digits.y_test).mean())
+                            for d in (full, low)]
+                rows.append({"metric": "test accuracy (digits)", "fp32": accuracy[0], "quantized": accuracy[1]})
+            else:
+                feeds = source.graphs[role].spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
+                top = [d.infer(feeds, role)["logits"].argmax(1) for d in (full, low)]
+                rows.append({"metric": "top-1 agreement with fp32 (256 random inputs)", "fp32": 1.0,
+                             "quantized": float((top[0] == top[1]).mean())})
+        if kind in SAMPLED:
+            steps = SAMPLE_STEPS.get(kind)
+            host = kind == "diffusion"  # the quantized denoiser; the Scan sampler's body stays fp32 in int8 modes
+            x = [d.sample(n, seed=0, steps=steps, host=host) for d in (full, low)]
+            diff = np.abs(x[0].astype(np.float64) - x[1])
+            label = f"samples vs fp32, same seed (n={n}" + (f", {steps} steps)" if steps else ")")
+            rows.append({"metric": f"{label}: mean abs diff", "fp32": 0.0, "quantized": float(diff.mean())})
+            rows.append({"metric": f"{label}: max abs diff", "fp32": 0.0, "quantized": float(diff.max())})
+            if kind == "flow" or kind in MASKED_KINDS:
+                labels = np.arange(n) % int(source.loop["num_classes"]) if source.loop.get("num_classes") else None
+                data = x[0]
+                if kind == "flow" and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
+                    data = np.clip(data, bound.low, np.nextafter(np.float32(bound.high), np.float32(0)))  # image flows: [0, 1)
+                nll = [float(-d.log_prob(data, labels).mean()) for d in (full, low)]
+                rows.append({"metric": "NLL of fp32 samples (nats)", "fp32": nll[0], "quantized": nll[1]})
+    return rows
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text form of accuracy_change rows."""
+    return "\n".join(f"  {r['metric']}: fp32 {r['fp32']:.4g}, quantized {r['quantized']:.4g}" for r in rows)
 
 
 def _onnx() -> Any:
@@ -101,8 +162,13 @@ def quantize(
             if case.role == LOOP_ROLE:
                 continue
             inputs, expected = case.load()
-            with OrtRunner(case.role, b.graphs[case.role].spec, tmp / "graphs" / f"{case.role}.onnx") as runner:
-                report.add(case.name, expected, runner.infer(inputs), **b.tolerance)
+            try:
+                with OrtRunner(case.role, b.graphs[case.role].spec, tmp / "graphs" / f"{case.role}.onnx") as runner:
+                    report.add(case.name, expected, runner.infer(inputs), **b.tolerance)
+            except BundleError as exc:
+                raise InputError(f"the {mode} conversion of graph '{case.role}' does not run in onnxruntime "
+                                 f"({str(exc).split(': ', 2)[-1][:200]}); this model does not survive {mode}, "
+                                 "nothing was written.") from exc
         worst = max(r.max_abs for r in report.rows)
         if not np.isfinite(worst):
             raise InputError(f"{mode} graphs produce NaN/Inf or wrong shapes on the golden inputs; this model does not survive {mode}.")
@@ -113,6 +179,8 @@ def quantize(
             "measured_max_abs": worst,
             "source_tolerance": b.tolerance,
         } | ({"calibration_batches": calibration} if mode == "int8-static" else {})
+        finish_manifest(tmp, manifest)
+        manifest["precision"]["accuracy"] = accuracy_change(b, load_bundle(tmp))
         return manifest
 
     return write_bundle(out, fill, force=force)

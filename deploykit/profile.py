@@ -30,6 +30,7 @@ class ProfileRow:
     mean_ms: float
     items_per_s: float
     speedup_vs_torch: float | None  # torch p50 / this p50; > 1 means faster than torch eager
+    speedup_vs_fp32: float | None = None  # quantized bundles: the fp32 source's p50 / this p50
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ProfileReport:
     threads: int | None
     rows: list[ProfileRow] = field(default_factory=list)
     latencies: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # quantized bundles: role -> (fp32, own) bytes
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict, raw latencies included."""
@@ -47,6 +49,7 @@ class ProfileReport:
             "bundle": self.bundle,
             "threads": self.threads,
             "rows": [asdict(r) for r in self.rows],
+            "sizes_bytes": {role: {"fp32": a, "bundle": b} for role, (a, b) in self.sizes.items()},
             "latencies_ms": [
                 {"backend": k[0], "role": k[1], "batch": k[2], "ms": v} for k, v in self.latencies.items()
             ],
@@ -56,15 +59,18 @@ class ProfileReport:
         """Plain-text table."""
         head = (
             f"{'backend':<9} {'role':<9} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}"
+            f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}" + (f" {'vs fp32':>8}" if self.sizes else "")
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
             ratio = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "-"
+            fp32 = f"{r.speedup_vs_fp32:.2f}x" if r.speedup_vs_fp32 is not None else "-"
             lines.append(
                 f"{r.backend:<9} {r.role:<9} {r.batch:>5} {r.p50_ms:>9.4f} {r.p90_ms:>9.4f} {r.p99_ms:>9.4f} "
-                f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}"
+                f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}" + (f" {fp32:>8}" if self.sizes else "")
             )
+        for role, (full, own) in self.sizes.items():
+            lines.append(f"size {role}: {own / 1024:.1f} KiB, fp32 {full / 1024:.1f} KiB ({own / full:.2f}x)")
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -111,9 +117,11 @@ def profile(
     report = ProfileReport(str(b.path), threads)
     options = RunnerOptions(threads=threads)
     feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    p50: dict[tuple[str, int], float] = {}
-    for backend in backends:
-        for role, runner in make_runners(b, backend, options, model).items():
+    source = _fp32_source(b)
+    fp32: dict[tuple[str, str, int], list[float]] = {}
+
+    def time_runners(runners: dict[str, Any], backend: str, into: dict[tuple[str, str, int], list[float]]) -> None:
+        for role, runner in runners.items():
             with runner:
                 for batch in batches:
                     dims = b.check_shapes[0] | {"batch": batch}
@@ -125,17 +133,31 @@ def profile(
                         start = time.perf_counter()
                         runner.infer(inputs)
                         times.append((time.perf_counter() - start) * 1e3)
-                    report.latencies[(backend, role, batch)] = times
-                    if backend == "torch":
-                        p50[(role, batch)] = float(np.percentile(times, 50))
+                    into[(backend, role, batch)] = times
+
+    for backend in backends:
+        time_runners(make_runners(b, backend, options, model), backend, report.latencies)
+        if source is not None and backend != "torch":  # the fp32 bundle it came from, same backend and inputs
+            time_runners(make_runners(source, backend, options), backend, fp32)
+    if source is not None:
+        report.sizes = {role: (g.size_bytes, b.graphs[role].size_bytes) for role, g in source.graphs.items()}
+    p50 = {k: float(np.percentile(v, 50)) for k, v in report.latencies.items()}
     for (backend, role, batch), times in report.latencies.items():
         t = np.asarray(times)
-        median = float(np.percentile(t, 50))
-        base = p50.get((role, batch))
+        median = p50[(backend, role, batch)]
+        base = p50.get(("torch", role, batch))
+        full = float(np.percentile(fp32[(backend, role, batch)], 50)) if (backend, role, batch) in fp32 else None
         report.rows.append(
             ProfileRow(
                 backend, role, batch, len(t), median, float(np.percentile(t, 90)), float(np.percentile(t, 99)),
                 float(t.mean()), batch * 1e3 / float(t.mean()), base / median if base else None,
+                full / median if full else None,
             )
         )
     return report
+
+
+def _fp32_source(b: Bundle) -> Bundle | None:
+    """The fp32 bundle a quantized bundle was made from, when it is still where quantize found it."""
+    path = b.manifest.get("precision", {}).get("source_bundle")
+    return load_bundle(path) if path and Path(path).is_dir() else None

@@ -65,6 +65,11 @@ def verify(
             else:
                 actual = runners[case.role].infer(inputs)
             result.report.add(f"golden {case.role} {case.name}", expected, actual, **tol)
+        if "precision" in b.manifest:
+            from .precision import accuracy_table
+
+            result.notes.append(f"{b.manifest['precision']['mode']} accuracy change, measured at quantize time:\n"
+                                + accuracy_table(b.manifest["precision"]["accuracy"]))
         if fresh is False:
             result.notes.append("fresh inputs: skipped (--golden-only)")
             return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,22 @@ AVAILABLE = set(ort.get_available_providers())
 def skip_reason(backend: str) -> str | None:
     if backend in PROVIDERS and PROVIDERS[backend][0] not in AVAILABLE:
         return f"{PROVIDERS[backend][0]} not in this onnxruntime ({sorted(AVAILABLE)}); needs onnxruntime-gpu + GPU"
+    if backend == "tensorrt" and (missing := [m for m in ("tensorrt", "polygraphy", "cuda") if importlib.util.find_spec(m) is None]):
+        return f"the tensorrt backend needs {missing} and an NVIDIA GPU; not installed here"
     return None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_runner_contract(backend: str, tiny_bundle_master: Path, tiny_model) -> None:
+def test_runner_contract(backend: str, tiny_bundle_master: Path, tiny_model, tmp_path: Path) -> None:
     if reason := skip_reason(backend):
         pytest.skip(reason)
     bundle = load_bundle(tiny_bundle_master)
+    if backend == "tensorrt":  # engines are built into the bundle: use a copy
+        from deploykit.runtimes.tensorrt import EngineRequest, build_engines
+
+        bundle = load_bundle(shutil.copytree(tiny_bundle_master, tmp_path / "b"))
+        build_engines(bundle, EngineRequest())
+        bundle = load_bundle(bundle.path)
     runner = make_runners(bundle, backend, RunnerOptions(threads=1, check_finite=True), model=tiny_model)["model"]
     case = bundle.golden[1]
     inputs, expected = case.load()

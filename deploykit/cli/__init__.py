@@ -20,7 +20,8 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-from . import (  # noqa: E402,F401
+from . import (  # noqa: F401
+    engine_cmd,
     export_cmd,
     inspect_cmd,
     pack_cmd,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..precision import QUANT_MODES, quantize
+from ..precision import QUANT_MODES, accuracy_table, quantize
 from . import app, console
 
 
@@ -28,3 +28,4 @@ def quantize_cmd(
         f"{precision['measured_max_abs']:.2e}, tolerance now atol={result.tolerance['atol']:.2e}",
         highlight=False,
     )
+    console.print("accuracy change:\n" + accuracy_table(precision["accuracy"]), highlight=False, markup=False)

@@ -16,7 +16,8 @@ from . import app, console
 @app.command("verify")
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-    backend: Annotated[str, typer.Option(help="backend under test: ort-cpu, ort-cuda or ort-trt")] = "ort-cpu",
+    backend: Annotated[str, typer.Option(help="backend under test: ort-cpu, ort-cuda, ort-trt or tensorrt")] = "ort-cpu",
+    fp16: Annotated[bool, typer.Option(help="tensorrt / ort-trt: run fp16 engines")] = False,
     golden_only: Annotated[bool, typer.Option(help="only replay the golden vectors (no torch needed)")] = False,
     fresh: Annotated[bool, typer.Option(help="require fresh-input checks (fail if torch/source are missing)")] = False,
     seed: Annotated[int | None, typer.Option(help="seed of the fresh inputs (default: random, printed)")] = None,
@@ -25,7 +26,7 @@ def verify_cmd(
 ) -> None:
     """Compare the bundle's graphs with the torch original: golden vectors, then fresh random inputs."""
     mode = False if golden_only else (True if fresh else None)
-    result = verify(bundle, backend, fresh=mode, seed=seed, options=RunnerOptions(check_finite=check_finite))
+    result = verify(bundle, backend, fresh=mode, seed=seed, options=RunnerOptions(check_finite=check_finite, fp16=fp16))
     console.print(result.report.table(), highlight=False, markup=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)

@@ -10,7 +10,7 @@ from .base import Runner, RunnerOptions
 from .ort import PROVIDERS, OrtRunner
 from .torch_runner import TorchRunner, import_torch
 
-BACKENDS = (*PROVIDERS, "torch")
+BACKENDS = (*PROVIDERS, "tensorrt", "torch")
 
 __all__ = ["BACKENDS", "OrtRunner", "Runner", "RunnerOptions", "TorchRunner", "make_runners"]
 
@@ -34,4 +34,8 @@ def make_runners(
     if backend == "torch":
         modules = torch_reference(bundle, model)
         return {role: TorchRunner(role, g.spec, modules[role], options) for role, g in graphs.items()}
+    if backend == "tensorrt":
+        from .tensorrt import TensorRTRunner
+
+        return {role: TensorRTRunner(role, g.spec, bundle, options) for role, g in graphs.items()}
     return {role: OrtRunner(role, g.spec, g.path, backend, options) for role, g in graphs.items()}

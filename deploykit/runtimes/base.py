@@ -21,6 +21,9 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads; None lets the backend choose
     device_id: int = 0  # GPU index for CUDA / TensorRT backends
     check_finite: bool = False  # reject NaN/Inf in inputs and outputs
+    fp16: bool = False  # tensorrt / ort-trt: fp16 engines built from the fp32 graphs
+    engine_cache: str | None = None  # ort-trt: directory where the TensorRT EP caches its engines
+    io_binding: bool | None = None  # onnxruntime I/O binding; None: on for the GPU backends
 
 
 class Runner(ABC):

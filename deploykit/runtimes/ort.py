@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, choices
+from ..errors import BackendUnavailableError, BundleError, InputError, choices
 from ..specs import GraphSpec
 from .base import Runner, RunnerOptions
 
@@ -45,6 +45,9 @@ class OrtRunner(Runner):
         except ImportError as exc:
             raise BackendUnavailableError("onnxruntime is not installed; `pip install onnxruntime`.") from exc
         wanted, providers = PROVIDERS[self.backend]
+        if (self.options.fp16 or self.options.engine_cache) and self.backend != "ort-trt":
+            raise InputError(f"fp16 and engine_cache are TensorRT options (backends tensorrt and ort-trt), not "
+                             f"{self.backend}; for fp16 there, `deploykit quantize --mode fp16`.")
         if wanted not in ort.get_available_providers():
             raise BackendUnavailableError(
                 f"backend {self.backend!r} needs {wanted}, which this onnxruntime lacks "
@@ -56,7 +59,7 @@ class OrtRunner(Runner):
         so.log_severity_level = 3  # errors only: the exporter's unused-initializer warnings are noise to users
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
-        opts = [{"device_id": str(self.options.device_id)} if p != "CPUExecutionProvider" else {} for p in providers]
+        opts = [provider_options(p, self.options) for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers, provider_options=opts)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
@@ -75,9 +78,46 @@ class OrtRunner(Runner):
                 f"{INSTALL_HINT[self.backend]}."
             )
 
+        gpu = self.backend != "ort-cpu"
+        self.binding = self.options.io_binding if self.options.io_binding is not None else gpu
+        self.device = ("cuda", self.options.device_id) if gpu else ("cpu", 0)
+        self.resident: dict[int, tuple[np.ndarray, Any]] = {}
+        self.rebound = 0  # inputs taken from device memory instead of copied from the host (I/O binding)
+
     def _deactivate(self) -> None:
         self.session = None
+        self.resident = {}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.spec.output_names()
-        return dict(zip(names, self.session.run(names, feeds)))
+        if not self.binding:
+            return dict(zip(names, self.session.run(names, feeds)))
+        # I/O binding: outputs stay in device memory as OrtValues; a host loop that feeds an output
+        # straight back (recurrent state, KV cache) gets it rebound from there, with no host->device copy
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            kept = self.resident.get(id(array))
+            if kept is not None and kept[0] is array:
+                binding.bind_ortvalue_input(name, kept[1])
+                self.rebound += 1
+            else:
+                binding.bind_cpu_input(name, array)
+        for name in names:
+            binding.bind_output(name, *self.device)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        outputs = {name: value.numpy() for name, value in zip(names, values)}
+        self.resident = {id(array): (array, value) for array, value in zip(outputs.values(), values)}
+        return outputs
+
+
+def provider_options(provider: str, options: RunnerOptions) -> dict[str, str]:
+    """onnxruntime provider options: device id for CUDA; fp16 and the engine cache for TensorRT."""
+    if provider == "CPUExecutionProvider":
+        return {}
+    out = {"device_id": str(options.device_id)}
+    if provider == "TensorrtExecutionProvider":
+        out |= {"trt_fp16_enable": str(options.fp16), "trt_timing_cache_enable": "True"}
+        if options.engine_cache:
+            out |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": options.engine_cache}
+    return out
