@@ -12,6 +12,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .errors import BackendUnavailableError, InputError
 from .parity import ParityReport
+from .precision import accuracy_table
 from .runtimes import RunnerOptions, make_runners
 from .runtimes.loops import LOOP_CHECKS, LOOP_ROLE, loop_check
 from .specs import dims_label
@@ -66,8 +67,6 @@ def verify(
                 actual = runners[case.role].infer(inputs)
             result.report.add(f"golden {case.role} {case.name}", expected, actual, **tol)
         if "precision" in b.manifest:
-            from .precision import accuracy_table
-
             result.notes.append(f"{b.manifest['precision']['mode']} accuracy change, measured at quantize time:\n"
                                 + accuracy_table(b.manifest["precision"]["accuracy"]))
         if fresh is False:
