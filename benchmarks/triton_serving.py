@@ -4,8 +4,9 @@ Run with the Triton environment's Python (`make triton-env`; nvidia-pytriton pin
 
     .venv-triton/bin/python benchmarks/triton_serving.py --generator bundles/cgan --loop bundles/ddpm
 
-`make bench-triton` exports the zoo conditional GAN and DDPM, then runs this. Prints requests/s, p50/p99 latency, errors and mismatches (every response against the same request run
-locally on onnxruntime), and how many requests Triton's dynamic batcher merged per execution.
+`make bench-triton` exports the zoo conditional GAN and DDPM, then runs this. Prints requests/s,
+p50/p99 latency, errors and mismatches (every response against the same request run locally on
+onnxruntime), and how many requests Triton's dynamic batcher merged per execution.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def main() -> None:
                               guidance=3.0), diffusion),
     ]
     reports = []
+    graph_models = [g["model"] for r in records for g in r["graph_models"].values()]
     with TritonServer([work / r.path.name for r in (generator, diffusion)], args.python) as server:
         for model, requests, bundle in plans:
-            graph_models = [g["model"] for r in records for g in r["graph_models"].values()]
             before = server_counts(server.url, graph_models)
             report = run_load(server.url, model, requests, args.clients, **bundle.tolerance)
             after = server_counts(server.url, graph_models)

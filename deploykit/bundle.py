@@ -252,13 +252,29 @@ def finish_manifest(root: Path, manifest: dict[str, Any]) -> None:
     for case in manifest["golden"]:
         case["sha256"] = sha256_file(root / case["file"])
     manifest["schema_version"] = SCHEMA_VERSION
+    _write_manifest(root, manifest)
+
+
+def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, Any]], force: bool = False) -> Bundle:
-    """Write a bundle atomically: `fill(tmpdir)` writes graphs/golden and returns the manifest."""
+def write_bundle(
+    out: str | os.PathLike[str],
+    fill: Callable[[Path], dict[str, Any]],
+    force: bool = False,
+    check: Callable[[Bundle], Mapping[str, Any]] | None = None,
+) -> Bundle:
+    """Write a bundle atomically: `fill(tmpdir)` writes graphs/golden and returns the manifest.
+
+    `check(staged)` runs on the finished bundle before it is moved into place: it may raise (nothing
+    is written) or return manifest entries measured on it, which are added.
+    """
     target = Path(out)
     with staging(target, force) as tmp:
         manifest = fill(tmp)
         finish_manifest(tmp, manifest)
+        if check is not None:
+            manifest |= check(Bundle(tmp, manifest))
+            _write_manifest(tmp, manifest)
     return load_bundle(target)

@@ -19,24 +19,14 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, finish_manifest, load_bundle, write_bundle
+from .bundle import Bundle, load_bundle, write_bundle
 from .errors import BackendUnavailableError, ExportError, InputError
 from .verify import verify
 
 OPERATORS_FILE = "required_operators.config"
-
-
-@dataclass(frozen=True)
-class SizeRow:
-    """One graph's size before and after conversion."""
-
-    role: str
-    onnx_bytes: int
-    ort_bytes: int
 
 
 def _converter() -> Any:
@@ -103,16 +93,18 @@ def pack_edge(bundle: str | os.PathLike[str] | Bundle, out: str | os.PathLike[st
             "sizes": sizes,
             "source_bundle": str(b.path.resolve()),
         }
-        finish_manifest(tmp, manifest)
-        result = verify(load_bundle(tmp), fresh=False)
+        return manifest
+
+    def replay(staged: Bundle) -> dict[str, Any]:
+        result = verify(staged, fresh=False)
         if not result.passed:
             raise ExportError(
                 f"the ORT-format graphs of {b.path} fail their golden replay after conversion; nothing was written.\n"
                 + result.report.table()
             )
-        return manifest
+        return {}
 
-    return write_bundle(out, fill, force=force)
+    return write_bundle(out, fill, force=force, check=replay)
 
 
 def size_report(packed: Bundle) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Bundle, finish_manifest, load_bundle, write_bundle
+from .bundle import Bundle, load_bundle, write_bundle
 from .errors import BackendUnavailableError, BundleError, InputError, choices
 from .parity import ParityReport
 from .runtimes.autoregressive import MASKED_KINDS
@@ -179,8 +179,9 @@ def quantize(
             "measured_max_abs": worst,
             "source_tolerance": b.tolerance,
         } | ({"calibration_batches": calibration} if mode == "int8-static" else {})
-        finish_manifest(tmp, manifest)
-        manifest["precision"]["accuracy"] = accuracy_change(b, load_bundle(tmp))
         return manifest
 
-    return write_bundle(out, fill, force=force)
+    def measure(staged: Bundle) -> dict[str, Any]:
+        return {"precision": staged.manifest["precision"] | {"accuracy": accuracy_change(b, staged)}}
+
+    return write_bundle(out, fill, force=force, check=measure)

@@ -144,10 +144,11 @@ def run_load(url: str, model: str, requests: list[Request], clients: int, atol: 
                         failures.append(f"request {i}: {exc}")
                     continue
                 elapsed = (time.perf_counter() - start) * 1e3
-                errs = [float(np.max(np.abs(result.as_numpy(k).astype(np.float64) - v), initial=0.0))
-                        for k, v in request.expected.items()]
-                same = all(result.as_numpy(k).shape == v.shape and np.allclose(result.as_numpy(k), v, atol=atol, rtol=rtol)
+                got = {k: result.as_numpy(k) for k in request.expected}
+                same = all(got[k].shape == v.shape and np.allclose(got[k], v, atol=atol, rtol=rtol)
                            for k, v in request.expected.items())
+                errs = [float(np.max(np.abs(got[k].astype(np.float64) - v), initial=0.0)) if got[k].shape == v.shape
+                        else float("inf") for k, v in request.expected.items()]
                 with lock:
                     latencies.append(elapsed)
                     worst[0] = max(worst[0], *errs)
