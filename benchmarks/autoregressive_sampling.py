@@ -22,21 +22,21 @@ from deploykit.runtimes.autoregressive import sample_dimensionwise
 def wavenet(out: Path) -> None:
     """Fast vs naive per sample once the receptive field is full (naive re-runs the whole field per sample)."""
     bundle = _bundle("wavenet", out)
-    field = bundle.loop["receptive_field"]
+    field = bundle.loop.receptive_field
     steady, label = 300, np.array(1)
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
         def naive_steady() -> float:
-            head = _best_of(lambda: ort.sample(1, 0, labels=label, steps=field, fast=False), 1)
-            return (_best_of(lambda: ort.sample(1, 0, labels=label, steps=field + steady, fast=False), 1) - head) / steady
+            head = _best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=field, fast=False)), 1)
+            return (_best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=field + steady, fast=False)), 1) - head) / steady
 
-        fast = _best_of(lambda: ort.sample(1, 0, labels=label, steps=2000), 2) / 2000
+        fast = _best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=2000)), 2) / 2000
         naive = naive_steady()
         print(f"WaveNet, receptive field {field}, batch 1 (ORT): fast {1 / fast:.0f} samples/s, naive {1 / naive:.0f} "
               f"samples/s -> fast is {naive / fast:.1f}x")
-        t_fast = _best_of(lambda: tch.sample(1, 0, labels=label, steps=2000), 2) / 2000
+        t_fast = _best_of(lambda: tch.sample(1, 0, tch.options(labels=label, steps=2000)), 2) / 2000
         _row("WaveNet fast generation, batch 1", fast, t_fast, "samples/s", 1)
-        o16 = _best_of(lambda: ort.sample(16, 0, steps=500), 2)
-        t16 = _best_of(lambda: tch.sample(16, 0, steps=500), 2)
+        o16 = _best_of(lambda: ort.sample(16, 0, ort.options(steps=500)), 2)
+        t16 = _best_of(lambda: tch.sample(16, 0, tch.options(steps=500)), 2)
         _row("WaveNet fast generation, batch 16", o16, t16, "samples/s", 16 * 500)
 
 

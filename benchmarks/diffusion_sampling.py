@@ -16,7 +16,6 @@ import numpy as np
 from recurrent_loops import ONE_THREAD, _best_of, _bundle, _row
 
 import deploykit
-from deploykit.runtimes.diffusion import DiffusionOptions
 from deploykit.runtimes.energy import gibbs_chain
 
 BATCH = 16
@@ -36,18 +35,18 @@ def denoiser_step(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
 def loops(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
     labels = np.arange(BATCH) % 10
     runs = {
-        "DDPM 1000, host": (1000, True, DiffusionOptions("ddpm")),
-        "DDPM 1000, in-graph": (1000, False, DiffusionOptions("ddpm")),
-        "DDIM 50, host": (50, True, DiffusionOptions("ddim")),
-        "DDIM 50, in-graph": (50, False, DiffusionOptions("ddim")),
-        "DDIM 50 + CFG batched, host": (50, True, DiffusionOptions("ddim", guidance=3.0)),
-        "DDIM 50 + CFG two calls, host": (50, True, DiffusionOptions("ddim", guidance=3.0, batched=False)),
-        "DDIM 50 + CFG, in-graph": (50, False, DiffusionOptions("ddim", guidance=3.0)),
+        "DDPM 1000, host": (1000, True, dict(scheduler="ddpm")),
+        "DDPM 1000, in-graph": (1000, False, dict(scheduler="ddpm")),
+        "DDIM 50, host": (50, True, dict(scheduler="ddim")),
+        "DDIM 50, in-graph": (50, False, dict(scheduler="ddim")),
+        "DDIM 50 + CFG batched, host": (50, True, dict(scheduler="ddim", guidance=3.0)),
+        "DDIM 50 + CFG two calls, host": (50, True, dict(scheduler="ddim", guidance=3.0, batched=False)),
+        "DDIM 50 + CFG, in-graph": (50, False, dict(scheduler="ddim", guidance=3.0)),
     }
     times = {}
     for name, (steps, host, options) in runs.items():
-        o = _best_of(lambda: ort.sample(BATCH, 0, labels, steps, host=host, diffusion=options), repeats=2)
-        t = _best_of(lambda: tch.sample(BATCH, 0, labels, steps, host=True, diffusion=options), repeats=1)
+        o = _best_of(lambda: ort.sample(BATCH, 0, ort.options(labels=labels, steps=steps, host=host, **options)), repeats=2)
+        t = _best_of(lambda: tch.sample(BATCH, 0, tch.options(labels=labels, steps=steps, host=True, **options)), repeats=1)
         times[name] = o
         _row(f"{name}, batch {BATCH}", o, t, "images/s", BATCH)
     print(f"DDPM 1000 / DDIM 50 wall time (ORT host): {times['DDPM 1000, host'] / times['DDIM 50, host']:.1f}x")
@@ -61,10 +60,10 @@ def loops(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
 def error_growth(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
     """Final-sample gap ORT vs torch (same noise) as the loop gets longer."""
     labels = np.arange(8)
-    for name, options in (("DDPM", DiffusionOptions("ddpm")), ("DDIM eta=0, w=3", DiffusionOptions("ddim", guidance=3.0))):
+    for name, options in (("DDPM", dict(scheduler="ddpm")), ("DDIM eta=0, w=3", dict(scheduler="ddim", guidance=3.0))):
         for steps in (1, 10, 50, 200, 1000):
-            a = ort.sample(8, 5, labels, steps, host=True, diffusion=options)
-            b = tch.sample(8, 5, labels, steps, host=True, diffusion=options)
+            a = ort.sample(8, 5, ort.options(labels=labels, steps=steps, host=True, **options))
+            b = tch.sample(8, 5, tch.options(labels=labels, steps=steps, host=True, **options))
             gap = np.abs(a - b)
             print(f"{name:<16} {steps:>5} steps: max |ORT - torch| {gap.max():.2e}, mean {gap.mean():.2e}")
 

@@ -30,7 +30,7 @@ def maf(out: Path) -> None:
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD, model) as tch:
         for batch in (1, 64):
             graph = _best_of(lambda: ort.sample(batch, 0))
-            host = _best_of(lambda: ort.sample(batch, 0, host=True))
+            host = _best_of(lambda: ort.sample(batch, 0, ort.options(host=True)))
             ref = _best_of(lambda: tch.sample(batch, 0))
             print(f"MAF D=64, 5 layers, batch {batch}: in-graph {graph * 1e3:.1f} ms, host loop {host * 1e3:.1f} ms, "
                   f"torch loop {ref * 1e3:.1f} ms -> in-graph is {host / graph:.2f}x the host loop, {ref / graph:.2f}x torch")
@@ -45,8 +45,8 @@ def images(out: Path) -> None:
         bundle = _bundle(name, out)
         with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
             for batch in (1, 64):
-                o = _best_of(lambda: ort.sample(batch, 0, temperature=0.8))
-                t = _best_of(lambda: tch.sample(batch, 0, temperature=0.8))
+                o = _best_of(lambda: ort.sample(batch, 0, ort.options(temperature=0.8)))
+                t = _best_of(lambda: tch.sample(batch, 0, tch.options(temperature=0.8)))
                 _row(f"{name} sampling, batch {batch}", o, t, "images/s", batch)
             o = _best_of(lambda: ort.log_prob(x64))
             t = _best_of(lambda: tch.log_prob(x64))

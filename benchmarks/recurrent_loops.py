@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import deploykit
+from deploykit.backends import RunnerOptions
 from deploykit.models.data import digit_strings, noisy_tones
-from deploykit.runtimes import RunnerOptions
 from deploykit.runtimes.tokens import mode_config
 from deploykit.sources import resolve
 
@@ -92,8 +92,8 @@ def vrnn(out: Path) -> None:
     bundle = _bundle("vrnn", out)
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
         for batch in (1, 16):
-            o = _best_of(lambda: ort.sample(batch, seed=0, steps=100))
-            t = _best_of(lambda: tch.sample(batch, seed=0, steps=100))
+            o = _best_of(lambda: ort.sample(batch, 0, ort.options(steps=100)))
+            t = _best_of(lambda: tch.sample(batch, 0, tch.options(steps=100)))
             _row(f"vrnn sample 100 steps, batch {batch}", o, t, "steps/s", 100)
 
 

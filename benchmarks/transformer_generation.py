@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import deploykit
-from deploykit.runtimes import RunnerOptions
-from deploykit.runtimes.loops import language_model
+from deploykit.backends import RunnerOptions
 from deploykit.runtimes.tokens import SamplingConfig, TokenModel, generate
 from deploykit.sources import resolve
 
@@ -47,7 +46,7 @@ def _bundle(name: str, out: Path) -> deploykit.Bundle:
 
 def run(dep: deploykit.Deployment, batch: int, tokens: int) -> Timed:
     """Generate `tokens` greedy tokens (no stop token: exactly that many) for `batch` one-token prompts."""
-    model = Timed(language_model(dep.runners, dep.bundle.loop))
+    model = Timed(dep.kind.token_model(dep.runners, dep.loop))
     generate(model, [np.array([0])] * batch, SamplingConfig(temperature=0.0, max_new_tokens=tokens))
     return model
 

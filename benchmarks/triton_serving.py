@@ -43,9 +43,9 @@ def main() -> None:
     gname, dname = (r["loop_model"]["model"] for r in records)
     plans = [  # (model, requests, tolerance)
         (records[0]["graph_models"]["model"]["model"], graph_requests(generator, "model", args.requests), generator),
-        (gname, loop_requests(generator, args.requests, host=False), generator),
+        (gname, loop_requests(generator, args.requests), generator),
         (records[1]["graph_models"]["denoiser"]["model"], graph_requests(diffusion, "denoiser", args.requests), diffusion),
-        (dname, loop_requests(diffusion, args.loop_requests, host=True, steps=args.steps, scheduler="ddim",
+        (dname, loop_requests(diffusion, args.loop_requests, steps=args.steps, scheduler="ddim",
                               guidance=3.0), diffusion),
     ]
     reports = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from .api import load
+from .backends import RunnerOptions
 from .bundle import Bundle, load_bundle
 from .errors import (
     BackendUnavailableError,
@@ -18,8 +20,7 @@ from .errors import (
     ParityError,
 )
 from .profile import ProfileReport, profile
-from .runtimes import RunnerOptions
-from .runtimes.deployment import Deployment, load
+from .runtimes.deployment import Deployment
 from .verify import VerifyResult, verify
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def export(
     model: nn.Module, family: str, out: str | os.PathLike[str], force: bool = False, **kwargs: Any
 ) -> Bundle:
     """Export a torch model as a bundle (see deploykit.exporters.export); needs torch, onnx, onnxscript."""
-    from .runtimes.torch_runner import import_torch
+    from .backends.torch import import_torch
 
     import_torch()
     from .exporters import export as _export

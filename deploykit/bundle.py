@@ -21,12 +21,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import BundleError, InputError
+from .parity import Tolerance
 from .specs import GraphSpec
+
+if TYPE_CHECKING:
+    from .runtimes.kinds import LoopConfig
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -103,14 +107,16 @@ class Bundle:
         ]
 
     @property
-    def loop(self) -> dict[str, Any]:
-        """Loop config (what `sample` needs: kind, latent size, value range...)."""
-        return dict(self.manifest["loop"])
+    def loop(self) -> LoopConfig:
+        """The loop config, typed by its kind (what `sample` needs: latent size, value range...)."""
+        from .runtimes.kinds import parse_loop  # the registry sits above the bundle layer
+
+        return parse_loop(self.manifest["loop"], f"bundle {self.path}: loop")
 
     @property
-    def tolerance(self) -> dict[str, float]:
-        """Parity tolerance of this family: atol and rtol."""
-        return dict(self.manifest["tolerance"])
+    def tolerance(self) -> Tolerance:
+        """Parity tolerance of this family (per output where the family sets one)."""
+        return Tolerance.from_json(self.manifest["tolerance"])
 
     @property
     def check_shapes(self) -> list[dict[str, int]]:
@@ -206,7 +212,9 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         _check_external_data(root, root / entry["file"], role)
     for case in manifest["golden"]:
         _check_file(root, case, f"golden case '{case['role']}.{case['case']}'")
-    return Bundle(root, manifest)
+    bundle = Bundle(root, manifest)
+    bundle.loop  # noqa: B018  (validates the loop config against its kind)
+    return bundle
 
 
 def check_destination(out: Path, force: bool, marker: str = MANIFEST) -> None:

@@ -53,6 +53,33 @@ def compare_output(
     return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed, note)
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity tolerance: pass when |actual - expected| <= atol + rtol * |expected| elementwise.
+
+    `outputs` overrides (atol, rtol) for named outputs, e.g. a sum over many terms beside per-element values.
+    """
+
+    atol: float
+    rtol: float
+    outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def of(self, output: str) -> tuple[float, float]:
+        """(atol, rtol) for one output."""
+        return tuple(self.outputs.get(output, (self.atol, self.rtol)))  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (per-output overrides only when there are any)."""
+        return {"atol": self.atol, "rtol": self.rtol} | ({"outputs": {k: list(v) for k, v in self.outputs.items()}}
+                                                          if self.outputs else {})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
+        """Inverse of to_json."""
+        return cls(float(data["atol"]), float(data["rtol"]),
+                   {k: (float(a), float(r)) for k, (a, r) in data.get("outputs", {}).items()})
+
+
 @dataclass
 class ParityReport:
     """Rows of OutputParity for a bundle; passes when every row passes."""
@@ -69,11 +96,11 @@ class ParityReport:
         case: str,
         expected: Mapping[str, np.ndarray],
         actual: Mapping[str, np.ndarray],
-        atol: float,
-        rtol: float,
+        tolerance: Tolerance,
     ) -> None:
-        """Compare every output of one case."""
+        """Compare every output of one case, each at its tolerance."""
         for name, value in expected.items():
+            atol, rtol = tolerance.of(name)
             if name not in actual:
                 self.rows.append(
                     OutputParity(case, name, value.shape, float("inf"), float("inf"), atol, rtol, False, "missing")

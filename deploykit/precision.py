@@ -18,18 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from .api import load
+from .backends.ort import OrtRunner
 from .bundle import Bundle, load_bundle, write_bundle
 from .errors import BackendUnavailableError, BundleError, InputError, choices
-from .parity import ParityReport
-from .runtimes.autoregressive import MASKED_KINDS
-from .runtimes.deployment import SAMPLED, load
-from .runtimes.loops import LOOP_ROLE
-from .runtimes.ort import OrtRunner
+from .parity import ParityReport, Tolerance
+from .runtimes.kinds import LOOP_ROLE, kind_of
 from .specs import GraphSpec
 
 QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
 DIGIT_CLASSIFIERS = ("mlp", "cnn", "vit")  # zoo families trained on scikit-learn's digits
-SAMPLE_STEPS = {"diffusion": 50, "wavenet": 400}  # shorter loops than the defaults, enough to compare
 
 
 def _digits() -> Any:
@@ -51,10 +49,11 @@ def accuracy_change(source: Bundle, quantized: Bundle, n: int = 64) -> list[dict
     samples under each bundle.
     """
     rows: list[dict[str, Any]] = []
-    kind = source.loop.get("kind")
+    loop = source.loop
+    kind = kind_of(loop)
     with load(source.path) as full, load(quantized.path) as low:
         logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names() and g.spec.inputs[0].name == "image"]
-        if logits and kind not in SAMPLED:  # classifiers; PixelCNN's per-pixel logits are a sampler's
+        if logits and kind.sample is None:  # classifiers; PixelCNN's per-pixel logits are a sampler's
             role = logits[0]
             digits = _digits() if source.family in DIGIT_CLASSIFIERS and source.source.get("zoo") else None
             if digits is not None:
@@ -66,18 +65,18 @@ def accuracy_change(source: Bundle, quantized: Bundle, n: int = 64) -> list[dict
                 top = [d.infer(feeds, role)["logits"].argmax(1) for d in (full, low)]
                 rows.append({"metric": "top-1 agreement with fp32 (256 random inputs)", "fp32": 1.0,
                              "quantized": float((top[0] == top[1]).mean())})
-        if kind in SAMPLED:
-            steps = SAMPLE_STEPS.get(kind)
-            host = kind == "diffusion"  # the quantized denoiser; the Scan sampler's body stays fp32 in int8 modes
-            x = [d.sample(n, seed=0, steps=steps, host=host) for d in (full, low)]
+        if kind.sample is not None:  # a short run (kind.quick) of the kind's loop, the same seed for both
+            steps = kind.quick.get("steps")
+            x = [d.sample(n, 0, d.options(**kind.quick)) for d in (full, low)]
             diff = np.abs(x[0].astype(np.float64) - x[1])
             label = f"samples vs fp32, same seed (n={n}" + (f", {steps} steps)" if steps else ")")
             rows.append({"metric": f"{label}: mean abs diff", "fp32": 0.0, "quantized": float(diff.mean())})
             rows.append({"metric": f"{label}: max abs diff", "fp32": 0.0, "quantized": float(diff.max())})
-            if kind == "flow" or kind in MASKED_KINDS:
-                labels = np.arange(n) % int(source.loop["num_classes"]) if source.loop.get("num_classes") else None
+            if kind.log_prob is not None:
+                classes = getattr(loop, "num_classes", 0)
+                labels = np.arange(n) % classes if classes else None
                 data = x[0]
-                if kind == "flow" and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
+                if "log_prob" in source.graphs and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
                     data = np.clip(data, bound.low, np.nextafter(np.float32(bound.high), np.float32(0)))  # image flows: [0, 1)
                 nll = [float(-d.log_prob(data, labels).mean()) for d in (full, low)]
                 rows.append({"metric": "NLL of fp32 samples (nats)", "fp32": nll[0], "quantized": nll[1]})
@@ -164,7 +163,7 @@ def quantize(
             inputs, expected = case.load()
             try:
                 with OrtRunner(case.role, b.graphs[case.role].spec, tmp / "graphs" / f"{case.role}.onnx") as runner:
-                    report.add(case.name, expected, runner.infer(inputs), **b.tolerance)
+                    report.add(case.name, expected, runner.infer(inputs), b.tolerance)
             except BundleError as exc:
                 raise InputError(f"the {mode} conversion of graph '{case.role}' does not run in onnxruntime "
                                  f"({str(exc).split(': ', 2)[-1][:200]}); this model does not survive {mode}, "
@@ -172,12 +171,14 @@ def quantize(
         worst = max(r.max_abs for r in report.rows)
         if not np.isfinite(worst):
             raise InputError(f"{mode} graphs produce NaN/Inf or wrong shapes on the golden inputs; this model does not survive {mode}.")
-        manifest["tolerance"] = {"atol": max(b.tolerance["atol"], 2 * worst), "rtol": b.tolerance["rtol"]}
+        tol = b.tolerance
+        widened = Tolerance(max(tol.atol, 2 * worst), tol.rtol, {k: (max(a, 2 * worst), r) for k, (a, r) in tol.outputs.items()})
+        manifest["tolerance"] = widened.to_json()
         manifest["precision"] = {
             "mode": mode,
             "source_bundle": str(b.path.resolve()),
             "measured_max_abs": worst,
-            "source_tolerance": b.tolerance,
+            "source_tolerance": tol.to_json(),
         } | ({"calibration_batches": calibration} if mode == "int8-static" else {})
         return manifest
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from .backends import RunnerOptions, make_runners
 from .bundle import Bundle, load_bundle
 from .errors import BackendUnavailableError, InputError
-from .runtimes import RunnerOptions, make_runners
+from .sources import torch_reference
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def profile(
                     into[(backend, role, batch)] = times
 
     for backend in backends:
-        time_runners(make_runners(b, backend, options, model), backend, report.latencies)
+        modules = torch_reference(b, model) if backend == "torch" else None
+        time_runners(make_runners(b, backend, options, modules), backend, report.latencies)
         if source is not None and backend != "torch":  # the fp32 bundle it came from, same backend and inputs
             time_runners(make_runners(source, backend, options), backend, fp32)
     if source is not None:

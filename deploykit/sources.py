@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import sha256_file
+from .backends.torch import import_torch
+from .bundle import Bundle, sha256_file
 from .errors import InputError
-from .runtimes.torch_runner import import_torch
 
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -101,3 +101,11 @@ def rebuild(source: dict[str, Any]) -> Any:
         f"this bundle was exported from an in-memory {source.get('class', 'model')}, which cannot be rebuilt; "
         "pass model=... (Python) or --source (CLI)."
     )
+
+
+def torch_reference(bundle: Bundle, model: Any = None) -> dict[str, Any]:
+    """Role -> torch module of a bundle, for the torch backend: `model` if given, else rebuilt from the manifest's source."""
+    import_torch()
+    from .exporters import torch_modules
+
+    return torch_modules(bundle.family, model if model is not None else rebuild(bundle.source))

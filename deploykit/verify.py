@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from .backends import RunnerOptions, make_runners
 from .bundle import Bundle, load_bundle
-from .errors import BackendUnavailableError, InputError
+from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
-from .runtimes import RunnerOptions, make_runners
-from .runtimes.loops import LOOP_CHECKS, LOOP_ROLE, loop_check
+from .runtimes.kinds import LOOP_ROLE, kind_of
+from .sources import torch_reference
 from .specs import dims_label
 
 
@@ -54,6 +55,8 @@ def verify(
     if backend == "torch":
         raise InputError("verify compares a deployment backend against torch; choose an ort-* backend.")
     tol = b.tolerance
+    loop = b.loop
+    check = kind_of(loop).check
     result = VerifyResult(str(b.path), backend, ParityReport())
     runners = make_runners(b, backend, options)
     for runner in runners.values():
@@ -62,10 +65,13 @@ def verify(
         for case in b.golden:
             inputs, expected = case.load()
             if case.role == LOOP_ROLE:
-                actual = loop_check(b.loop)(runners, b.loop, int(inputs["seed"]))
+                if check is None:
+                    raise BundleError(f"bundle {b.path}: a loop run is recorded, but '{loop.kind}' loops have no check; "
+                                      "re-export the bundle.")
+                actual = check(runners, loop, int(inputs["seed"]))
             else:
                 actual = runners[case.role].infer(inputs)
-            result.report.add(f"golden {case.role} {case.name}", expected, actual, **tol)
+            result.report.add(f"golden {case.role} {case.name}", expected, actual, tol)
         if "precision" in b.manifest:
             result.notes.append(f"{b.manifest['precision']['mode']} accuracy change, measured at quantize time:\n"
                                 + accuracy_table(b.manifest["precision"]["accuracy"]))
@@ -73,7 +79,7 @@ def verify(
             result.notes.append("fresh inputs: skipped (--golden-only)")
             return result
         try:
-            references = make_runners(b, "torch", options, model)
+            references = make_runners(b, "torch", options, torch_reference(b, model))
         except (BackendUnavailableError, InputError) as exc:
             if fresh:
                 raise
@@ -89,15 +95,14 @@ def verify(
                 for dims in b.check_shapes:
                     case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
-                    result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), **tol)
+                    result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), tol)
             if "precision" in b.manifest:
                 result.notes.append(
                     f"loop replay: skipped for a {b.manifest['precision']['mode']} bundle (its tokens may diverge "
                     "from torch); see the top-1 agreement of the logits above"
                 )
-            elif b.loop.get("kind") in LOOP_CHECKS:
-                check = loop_check(b.loop)
-                result.report.add(f"fresh loop seed={seed}", check(references, b.loop, seed), check(runners, b.loop, seed), **tol)
+            elif check is not None:
+                result.report.add(f"fresh loop seed={seed}", check(references, loop, seed), check(runners, loop, seed), tol)
     finally:
         for runner in runners.values():
             runner.deactivate()

@@ -11,8 +11,7 @@ import deploykit
 from deploykit.errors import ExportError, InputError
 from deploykit.models import autoregressive as ar
 from deploykit.models.data import binarized_digits, level_digits, load_digits, tone_clips
-from deploykit.runtimes.autoregressive import dependencies, sample_dimensionwise
-from deploykit.runtimes.loops import structure_problems
+from deploykit.runtimes.autoregressive import dependencies, masked_problems, sample_dimensionwise
 
 MODELS = ["fvsbn", "nade", "made", "pixelcnn", "wavenet"]
 
@@ -47,23 +46,23 @@ def test_ort_and_torch_loops_give_identical_samples(name: str, zoo_bundle) -> No
     kwargs = {"steps": 300} if name == "wavenet" else {}
     with deploykit.load(bundle.path) as ort, deploykit.load(bundle.path, "torch") as ref:
         for seed in (3, 4):
-            np.testing.assert_array_equal(ort.sample(6, seed, **kwargs), ref.sample(6, seed, **kwargs))
+            np.testing.assert_array_equal(ort.sample(6, seed, ort.options(**kwargs)), ref.sample(6, seed, ref.options(**kwargs)))
 
 
 def test_made_ensemble_orderings_and_autoregressive_property(zoo_bundle) -> None:
     bundle = zoo_bundle("made")
     loop = bundle.loop
-    assert loop["roles"] == [f"conditionals.{k}" for k in range(4)] and loop["orderings"][0] == list(range(64))
+    assert loop.roles == [f"conditionals.{k}" for k in range(4)] and loop.orderings[0] == list(range(64))
     with deploykit.load(bundle.path) as dep, deploykit.load(bundle.path, "torch") as ref:
-        assert structure_problems(dep.runners, loop) == []
+        assert masked_problems(dep.runners, loop) == []
         for k in range(4):
-            np.testing.assert_array_equal(dep.sample(5, 1, ordering=k), ref.sample(5, 1, ordering=k))
+            np.testing.assert_array_equal(dep.sample(5, 1, dep.options(ordering=k)), ref.sample(5, 1, ref.options(ordering=k)))
             changed, _ = dependencies(dep.runners[f"conditionals.{k}"], loop)
-            rank = np.argsort(loop["orderings"][k])
+            rank = np.argsort(loop.orderings[k])
             assert not (changed & (rank[None, :] <= rank[:, None])).any()
-            assert changed[loop["orderings"][k][0], loop["orderings"][k][-1]]  # the last sees the first
+            assert changed[loop.orderings[k][0], loop.orderings[k][-1]]  # the last sees the first
         with pytest.raises(InputError, match="--ordering 4: this bundle has ordering"):
-            dep.sample(2, ordering=4)
+            dep.sample(2, 0, dep.options(ordering=4))
     graph = onnx.load(bundle.path / "graphs" / "conditionals.1.onnx").graph
     assert not any("mask" in init.name for init in graph.initializer)  # folded: weight * mask is one constant
 
@@ -77,11 +76,11 @@ def test_nade_recursion_equals_full_passes(zoo_bundle) -> None:
 
 def test_wavenet_fast_generation_equals_naive(zoo_bundle) -> None:
     bundle = zoo_bundle("wavenet")
-    field = bundle.loop["receptive_field"]
+    field = bundle.loop.receptive_field
     assert field >= 256
     with deploykit.load(bundle.path) as dep:
-        fast = dep.sample(2, 7, labels=np.array([0, 2]), steps=field + 60)
-        naive = dep.sample(2, 7, labels=np.array([0, 2]), steps=field + 60, fast=False)
+        fast = dep.sample(2, 7, dep.options(labels=np.array([0, 2]), steps=field + 60))
+        naive = dep.sample(2, 7, dep.options(labels=np.array([0, 2]), steps=field + 60, fast=False))
         changed, _ = dependencies(dep.runners["conditionals"], bundle.loop, length=field + 8)
     np.testing.assert_array_equal(fast, naive)
     assert not np.tril(changed).any()  # changed[j, i]: output i never moves with x_j for j >= i
@@ -91,7 +90,7 @@ def test_wavenet_fast_generation_equals_naive(zoo_bundle) -> None:
 def _dependence_of(runner, loop, pixel: tuple[int, int]) -> np.ndarray:
     """[H, W] bool: which input pixels move the logits of `pixel` (grey images)."""
     changed, _ = dependencies(runner, loop)
-    _, h, w = loop["input_shape"]
+    _, h, w = loop.input_shape
     return changed[:, pixel[0] * w + pixel[1]].reshape(h, w)
 
 
@@ -142,7 +141,7 @@ def test_gaussian_made_exports_and_samples(tmp_path) -> None:
     assert bundle.graphs["conditionals.0"].spec.output_names() == ["mu", "log_std", "log_prob"]
     with deploykit.load(bundle.path) as ort, deploykit.load(bundle.path, "torch", model=model) as ref:
         for k in range(2):
-            np.testing.assert_allclose(ort.sample(4, 2, ordering=k), ref.sample(4, 2, ordering=k), atol=1e-5)
+            np.testing.assert_allclose(ort.sample(4, 2, ort.options(ordering=k)), ref.sample(4, 2, ref.options(ordering=k)), atol=1e-5)
         x = np.random.default_rng(0).standard_normal((9, 6)).astype(np.float32)
         np.testing.assert_allclose(ort.log_prob(x), ref.log_prob(x), atol=1e-4)
 
@@ -164,13 +163,13 @@ def test_wrong_images_levels_and_labels_are_clear_errors(zoo_bundle) -> None:
         with pytest.raises(InputError, match=r"image.*4"):
             dep.log_prob(np.full((2, 1, 8, 8), 4, np.int64), np.array([0, 1]))
         with pytest.raises(InputError, match=r"label.*12"):
-            dep.sample(2, labels=np.array(12))
+            dep.sample(2, 0, dep.options(labels=np.array(12)))
         with pytest.raises(InputError, match="class-conditional"):
             dep.log_prob(np.zeros((2, 1, 8, 8), np.int64))
-        with pytest.raises(InputError, match="--steps is for VRNN and WaveNet"):
-            dep.sample(2, steps=10)
+        with pytest.raises(InputError, match="--steps is for WaveNet, diffusion, RBM and VRNN bundles"):
+            dep.sample(2, 0, dep.options(steps=10))
     with deploykit.load(zoo_bundle("wavenet").path) as dep:
         with pytest.raises(InputError, match="--steps is 0"):
-            dep.sample(1, steps=0)
+            dep.sample(1, 0, dep.options(steps=0))
         with pytest.raises(InputError, match=r"label.*3"):
-            dep.sample(1, labels=np.array(3), steps=5)
+            dep.sample(1, 0, dep.options(labels=np.array(3), steps=5))

@@ -84,7 +84,7 @@ def test_user_model_from_factory(capsys, tmp_path: Path, monkeypatch) -> None:
         (["verify", "{tmp}/missing"], "does not exist or is not a directory"),
         (["sample", "{tmp}", "--out", "{tmp}/g.png"], "has no manifest.json"),
         (["verify", "{tiny}", "--fresh"], "cannot be rebuilt"),
-        (["sample", "{tiny}", "--out", "{tmp}/g.png"], "has loop 'classifier'; this needs a bundle whose loop is generator or vrnn"),
+        (["sample", "{tiny}", "--out", "{tmp}/g.png"], "has a 'classifier' loop, which can only run its graphs; this needs a bundle that can sample"),
         (["profile", "{tiny}", "--backend", "ort-cuda"], "needs CUDAExecutionProvider"),
         (["profile", "{tiny}", "--backend", "jax"], "unknown backend 'jax'"),
         (["export", "examples.my_model:build_model", "--family", "rnn", "--out", "{tmp}/x"],

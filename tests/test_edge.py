@@ -29,10 +29,10 @@ import numpy as np
 import deploykit
 from deploykit.runtimes.diffusion import DiffusionOptions
 bundle, out = sys.argv[1], sys.argv[2]
-options = DiffusionOptions(scheduler="ddim", guidance=3.0) if "ddpm" in bundle else None
+options = dict(scheduler="ddim", guidance=3.0) if "ddpm" in bundle else {}
 with deploykit.load(bundle) as dep:
     kwargs = {"steps": 10, "diffusion": options, "labels": np.arange(4) % 10} if options else {"labels": np.arange(4)}
-    np.save(out, dep.sample(4, seed=3, **kwargs))
+    np.save(out, dep.sample(4, 3, dep.options(**kwargs)))
 result = deploykit.verify(bundle)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print(json.dumps({"passed": result.passed, "rows": len(result.report.rows), "loaded": loaded}))
@@ -75,12 +75,11 @@ def test_packed_bundle_samples_and_verifies_with_numpy_and_onnxruntime_only(zoo_
         # the same seeded loop on the fp32 ONNX bundle gives the same samples
         with deploykit.load(zoo_bundle(name).path) as dep:
             if name == "ddpm-digits":
-                from deploykit.runtimes.diffusion import DiffusionOptions
 
-                expected = dep.sample(4, seed=3, steps=10, labels=np.arange(4), diffusion=DiffusionOptions("ddim", guidance=3.0))
+                expected = dep.sample(4, 3, dep.options(steps=10, labels=np.arange(4), scheduler="ddim", guidance=3.0))
             else:
-                expected = dep.sample(4, seed=3, labels=np.arange(4))
-        np.testing.assert_allclose(np.load(out), expected, atol=bundle.tolerance["atol"])
+                expected = dep.sample(4, 3, dep.options(labels=np.arange(4)))
+        np.testing.assert_allclose(np.load(out), expected, atol=bundle.tolerance.atol)
 
 
 def test_pack_refuses_bad_requests_and_leaves_source_alone(zoo_bundle, packed, tmp_path: Path) -> None:

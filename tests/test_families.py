@@ -9,7 +9,7 @@ import deploykit
 from deploykit.exporters import FAMILIES
 from deploykit.models import ZOO, load_checkpoint, trained
 from deploykit.models.data import load_digits
-from deploykit.runtimes.loops import LOOP_CHECKS
+from deploykit.runtimes.kinds import kind_of
 
 ZOO_NAMES = list(ZOO)
 
@@ -31,7 +31,7 @@ def test_export_verify_on_trained_model(name: str, zoo_bundle) -> None:
         assert len({r.shape[2:] for r in fresh}) == 2  # two spatial sizes from one export
     if bundle.family in ("rnn", "rnn-lm"):
         assert {dims["time"] for dims in bundle.check_shapes} == {1, 7, 500}  # T=1, 7, 500 from one export
-    if bundle.loop["kind"] in LOOP_CHECKS:  # the sampling loop itself, torch vs ORT
+    if kind_of(bundle.loop).check is not None:  # the sampling loop itself, torch vs ORT
         assert any(r.case.startswith("golden loop") for r in golden) and any(r.case.startswith("fresh loop") for r in fresh)
     assert all(np.isfinite(row.max_abs) and np.isfinite(row.max_rel) for row in result.report.rows)
 
@@ -72,13 +72,13 @@ def test_sampling_loop_ort_equals_torch_same_seed(name: str, zoo_bundle) -> None
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
         a, b = ort_dep.sample(20, seed=3), torch_dep.sample(20, seed=3)
     assert a.shape == (20, 1, 8, 8)
-    np.testing.assert_allclose(a, b, atol=bundle.tolerance["atol"], rtol=bundle.tolerance["rtol"])
+    np.testing.assert_allclose(a, b, atol=bundle.tolerance.atol, rtol=bundle.tolerance.rtol)
     assert np.abs(a).max() <= 1.0
 
 
 def test_conditional_labels_steer_the_generator(zoo_bundle) -> None:
     with deploykit.load(zoo_bundle("cgan").path) as dep:
-        ones, sevens = dep.sample(8, seed=0, labels=np.asarray(1)), dep.sample(8, seed=0, labels=np.asarray(7))
+        ones, sevens = dep.sample(8, 0, dep.options(labels=np.asarray(1))), dep.sample(8, 0, dep.options(labels=np.asarray(7)))
     assert not np.allclose(ones, sevens)
 
 

@@ -79,7 +79,7 @@ def test_log_prob_parity_on_training_and_fresh_inputs(name: str, zoo_bundle) -> 
         for x in (data[:1], data[:64], _fresh(name, np.random.default_rng(7))):
             with torch.no_grad():
                 want = model.log_prob(torch.from_numpy(x)).numpy()
-            np.testing.assert_allclose(dep.log_prob(x), want, atol=tol["atol"], rtol=tol["rtol"])
+            np.testing.assert_allclose(dep.log_prob(x), want, atol=tol.atol, rtol=tol.rtol)
 
 
 @pytest.mark.parametrize("name", FLOWS)
@@ -97,17 +97,17 @@ def test_round_trip_through_the_exported_graphs(name: str, zoo_bundle) -> None:
 def test_same_z_gives_same_x_in_ort_and_torch(name: str, zoo_bundle) -> None:
     bundle = zoo_bundle(name)
     with deploykit.load(bundle.path) as ort, deploykit.load(bundle.path, "torch") as ref:
-        a, b = ort.sample(16, seed=3, temperature=0.7), ref.sample(16, seed=3, temperature=0.7)
-    assert a.shape == (16, *bundle.loop["event_shape"])
-    np.testing.assert_allclose(a, b, atol=bundle.tolerance["atol"], rtol=bundle.tolerance["rtol"])
+        a, b = ort.sample(16, 3, ort.options(temperature=0.7)), ref.sample(16, 3, ref.options(temperature=0.7))
+    assert a.shape == (16, *bundle.loop.event_shape)
+    np.testing.assert_allclose(a, b, atol=bundle.tolerance.atol, rtol=bundle.tolerance.rtol)
 
 
 def test_maf_in_graph_scan_equals_host_loop_and_iaf_density_likewise(zoo_bundle) -> None:
     maf, iaf = zoo_bundle("maf-moons"), zoo_bundle("iaf-moons")
     ops = [n.op_type for n in onnx.load(maf.path / "graphs" / "sample.onnx").graph.node]
-    assert ops.count("Scan") == len(maf.loop["orderings"]) == 5  # the whole inversion in one session call
+    assert ops.count("Scan") == len(maf.loop.orderings) == 5  # the whole inversion in one session call
     with deploykit.load(maf.path) as dep:
-        np.testing.assert_allclose(dep.sample(64, 1, host=True), dep.sample(64, 1), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(dep.sample(64, 1, dep.options(host=True)), dep.sample(64, 1), atol=1e-6, rtol=0)
     x = toy_2d("moons", 64, seed=5)
     with deploykit.load(iaf.path) as dep:
         np.testing.assert_allclose(dep.log_prob(x, host=True), dep.log_prob(x), atol=1e-5, rtol=0)
@@ -130,21 +130,21 @@ def test_zoo_metric_through_ort(name: str, zoo_bundle) -> None:
 def test_flow_errors(zoo_bundle) -> None:
     with deploykit.load(zoo_bundle("glow-digits").path) as glow:
         with pytest.raises(InputError, match="temperature is 0.0, expected a number > 0"):
-            glow.sample(4, temperature=0.0)
+            glow.sample(4, 0, glow.options(temperature=0.0))
         with pytest.raises(InputError, match="'height' is 10, expected >= 4 and a multiple of 4"):
             glow.log_prob(np.full((1, 1, 10, 8), 0.5, np.float32))
         with pytest.raises(InputError, match="--size 10x8: height and width must be multiples of 4"):
-            glow.sample(4, size=(10, 8))
-        assert glow.sample(2, size=(16, 12)).shape == (2, 1, 16, 12)
+            glow.sample(4, 0, glow.options(size=(10, 8)))
+        assert glow.sample(2, 0, glow.options(size=(16, 12))).shape == (2, 1, 16, 12)
         with pytest.raises(InputError, match=r"'x' has values in \[16.0, 16.0\], expected values in \[0, 1\)"):
             glow.log_prob(np.full((1, 1, 8, 8), 16.0, np.float32))
         with pytest.raises(InputError, match="pixels must be integers in"):
             glow.bits_per_dim(np.full((1, 1, 8, 8), 17))
         with pytest.raises(InputError, match="Drop --host-loop"):
-            glow.sample(2, host=True)
+            glow.sample(2, 0, glow.options(host=True))
     with deploykit.load(zoo_bundle("maf-moons").path) as maf:
         with pytest.raises(NumericalError, match=r"sampling \(z -> x\) produced NaN/Inf .* lower --temperature"):
-            maf.sample(64, temperature=1e36)
+            maf.sample(64, 0, maf.options(temperature=1e36))
         with pytest.raises(InputError, match="Drop --host-loop"):
             maf.log_prob(np.zeros((1, 2), np.float32), host=True)
 

@@ -15,20 +15,13 @@ import numpy as np
 import pytest
 
 import deploykit
+from deploykit.backends import RunnerOptions, make_runners
+from deploykit.backends.ort import provider_options
+from deploykit.backends.tensorrt import check_profile, engine_name, select_engine
 from deploykit.bundle import load_bundle
 from deploykit.cli import main
+from deploykit.engines import EngineRequest, build_engines, default_shapes, parse_shapes
 from deploykit.errors import BackendUnavailableError, InputError
-from deploykit.runtimes import RunnerOptions, make_runners
-from deploykit.runtimes.ort import provider_options
-from deploykit.runtimes.tensorrt import (
-    EngineRequest,
-    build_engines,
-    check_profile,
-    default_shapes,
-    engine_name,
-    parse_shapes,
-    select_engine,
-)
 from deploykit.runtimes.tokens import mode_config
 
 TRT_MISSING = [m for m in ("tensorrt", "polygraphy", "cuda") if importlib.util.find_spec(m) is None]
@@ -110,7 +103,7 @@ def test_io_binding_keeps_fed_back_state_in_session_memory(zoo_bundle, name: str
         assert bound.generate(["Beautiful is", "Errors"], config, seed=3) == expected
         rebound = sum(r.rebound for r in bound.runners.values())
     loop = zoo_bundle(name).loop
-    states = len(loop["states"]) if name == "char-lm" else 2 * int(loop["layers"])  # (h, c) / (key, value) per layer
+    states = len(loop.states) if name == "char-lm" else 2 * int(loop.layers)  # (h, c) / (key, value) per layer
     assert rebound >= states * 39, rebound  # every decode step after the first takes its state from the session
 
 
@@ -122,14 +115,13 @@ def test_tensorrt_engines_verify_and_run_the_diffusion_host_loop(zoo_bundle, tmp
     ddpm = load_bundle(shutil.copytree(zoo_bundle("ddpm-digits").path, tmp_path / "ddpm"))
     build_engines(ddpm, EngineRequest(roles=["denoiser"], max_batch=16))
     from deploykit.runtimes.deployment import Deployment
-    from deploykit.runtimes.diffusion import DiffusionOptions
 
     ddpm = load_bundle(ddpm.path)
-    options = DiffusionOptions("ddim", guidance=3.0)
+    options = dict(steps=20, host=True, scheduler="ddim", guidance=3.0)
     with Deployment(ddpm, make_runners(ddpm, "tensorrt")) as trt, deploykit.load(ddpm.path) as cpu:
         trt.runners = {"denoiser": trt.runners["denoiser"]}
-        a = trt.sample(8, seed=0, steps=20, host=True, diffusion=options)
-        b = cpu.sample(8, seed=0, steps=20, host=True, diffusion=options)
+        a = trt.sample(8, 0, trt.options(**options))
+        b = cpu.sample(8, 0, cpu.options(**options))
     np.testing.assert_allclose(a, b, atol=1e-3)
     manifest = json.loads((ddpm.path / "manifest.json").read_text())
     manifest["engines"][0]["gpu"] = "Some Other GPU"

@@ -13,7 +13,7 @@ from deploykit.errors import InputError
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import binarized_digits, load_digits, toy_2d
 from deploykit.models.train_latent import corrupt, digit_patterns
-from deploykit.runtimes.diffusion import DiffusionOptions, network_output
+from deploykit.runtimes.diffusion import network_output
 from deploykit.runtimes.schedulers import make_scheduler
 from deploykit.runtimes.schedulers.ddim import DDIMScheduler
 from deploykit.runtimes.schedulers.ddpm import DDPMScheduler
@@ -65,15 +65,15 @@ def test_deterministic_ddim_is_the_textbook_update() -> None:
 
 
 def test_scheduler_errors_name_the_option_and_the_limit() -> None:
-    loop = {"schedulers": ["ddpm", "ddim"], "schedule": {"schedule": "linear", "training_steps": 1000, "clip_sample": 1.0}}
+    allowed, schedule = ["ddpm", "ddim"], {"schedule": "linear", "training_steps": 1000, "clip_sample": 1.0}
     with pytest.raises(InputError, match="--steps is 0, expected at least 1"):
-        make_scheduler("ddpm", loop).set_timesteps(0)
+        make_scheduler("ddpm", allowed, schedule).set_timesteps(0)
     with pytest.raises(InputError, match="--steps is 1001, but this model was trained with 1000"):
-        make_scheduler("ddim", loop).set_timesteps(1001)
+        make_scheduler("ddim", allowed, schedule).set_timesteps(1001)
     with pytest.raises(InputError, match="--eta is 2.0, expected a value in"):
-        make_scheduler("ddim", loop, eta=2.0).set_timesteps(10)
+        make_scheduler("ddim", allowed, schedule, eta=2.0).set_timesteps(10)
     with pytest.raises(InputError, match="choose one of 'ddpm', 'ddim'"):
-        make_scheduler("langevin", loop)
+        make_scheduler("langevin", allowed, schedule)
 
 
 def test_denoiser_step_parity_on_noised_digits(zoo_bundle) -> None:
@@ -91,16 +91,16 @@ def test_denoiser_step_parity_on_noised_digits(zoo_bundle) -> None:
 
 
 @pytest.mark.parametrize(("steps", "options", "atol"), [
-    (1000, DiffusionOptions("ddpm"), DDPM_LOOP_ATOL),
-    (50, DiffusionOptions("ddim", guidance=3.0), GUIDED_DDIM_ATOL),
+    (1000, {"scheduler": "ddpm"}, DDPM_LOOP_ATOL),
+    (50, {"scheduler": "ddim", "guidance": 3.0}, GUIDED_DDIM_ATOL),
 ], ids=["ddpm-1000", "ddim-50-guided"])
 def test_whole_trajectory_ort_equals_torch_and_in_graph_equals_host(zoo_bundle, steps, options, atol) -> None:
     bundle = zoo_bundle("ddpm-digits")
     labels = np.arange(8) % 10
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        host = ort_dep.sample(8, seed=5, labels=labels, steps=steps, host=True, diffusion=options)
-        graph = ort_dep.sample(8, seed=5, labels=labels, steps=steps, diffusion=options)
-        reference = torch_dep.sample(8, seed=5, labels=labels, steps=steps, host=True, diffusion=options)
+        host = ort_dep.sample(8, 5, ort_dep.options(labels=labels, steps=steps, host=True, **options))
+        graph = ort_dep.sample(8, 5, ort_dep.options(labels=labels, steps=steps, **options))
+        reference = torch_dep.sample(8, 5, torch_dep.options(labels=labels, steps=steps, host=True, **options))
     np.testing.assert_allclose(host, reference, atol=atol)
     np.testing.assert_allclose(graph, host, atol=atol)
     assert np.abs(host).max() <= 1.0 + 1e-6  # DDPM's clipped x0; DDIM's last step returns x0
@@ -113,8 +113,8 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
         batched, split = (network_output(dep.runner("denoiser"), loop, x, 300, labels, 2.5, b) for b in (True, False))
         np.testing.assert_allclose(batched, split, atol=1e-5)
         labels = np.repeat(np.arange(10), 5)
-        guided = dep.sample(50, seed=2, labels=labels, host=True, diffusion=DiffusionOptions("ddim", guidance=3.0))
-        unguided = dep.sample(50, seed=2, labels=labels, host=True, diffusion=DiffusionOptions("ddim", guidance=0.0))
+        guided = dep.sample(50, 2, dep.options(labels=labels, host=True, scheduler="ddim", guidance=3.0))
+        unguided = dep.sample(50, 2, dep.options(labels=labels, host=True, scheduler="ddim", guidance=0.0))
     with deploykit.load(zoo_bundle("cnn").path) as cnn:
         guided_acc = (cnn.infer({"image": (guided + 1) / 2})["logits"].argmax(1) == labels).mean()
         unguided_acc = (cnn.infer({"image": (unguided + 1) / 2})["logits"].argmax(1) == labels).mean()
@@ -125,21 +125,21 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
     ({"steps": 0}, "--steps is 0, expected at least 1"),
     ({"steps": 1001}, "trained with 1000 diffusion steps"),
     ({"labels": np.asarray(10)}, "--label 10 is out of range; this model has classes 0..9"),
-    ({"diffusion": DiffusionOptions("ddpm", eta=0.5)}, "--eta is a DDIM option"),
-    ({"diffusion": DiffusionOptions("euler")}, "--scheduler 'euler' does not fit this bundle"),
+    ({"scheduler": "ddpm", "eta": 0.5}, "--eta is a DDIM option"),
+    ({"scheduler": "euler"}, "--scheduler 'euler' does not fit this bundle"),
 ])
 def test_diffusion_sampling_errors(zoo_bundle, kwargs, message) -> None:
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep, pytest.raises(InputError, match=message):
-        dep.sample(2, **kwargs)
+        dep.sample(2, 0, dep.options(**kwargs))
 
 
 def test_latent_diffusion_end_to_end_and_guidance_refused(zoo_bundle) -> None:
     bundle = zoo_bundle("latent-diffusion-digits")
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        a = ort_dep.sample(16, seed=1, diffusion=DiffusionOptions("ddim"))
-        b = torch_dep.sample(16, seed=1, host=True, diffusion=DiffusionOptions("ddim"))
+        a = ort_dep.sample(16, 1, ort_dep.options(scheduler="ddim"))
+        b = torch_dep.sample(16, 1, torch_dep.options(host=True, scheduler="ddim"))
         with pytest.raises(InputError, match="--guidance needs a class-conditional model"):
-            ort_dep.sample(2, diffusion=DiffusionOptions(guidance=2.0))
+            ort_dep.sample(2, 0, ort_dep.options(guidance=2.0))
     assert a.shape == (16, 64) and 0 <= a.min() and a.max() <= 1
     np.testing.assert_allclose(a, b, atol=1e-5)
     train, _ = binarized_digits(load_digits())
@@ -149,9 +149,9 @@ def test_latent_diffusion_end_to_end_and_guidance_refused(zoo_bundle) -> None:
 def test_annealed_langevin_lands_on_the_moons(zoo_bundle) -> None:
     bundle = zoo_bundle("ncsn-moons")
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        host = ort_dep.sample(300, seed=0, steps=30, host=True)
-        graph = ort_dep.sample(300, seed=0, steps=30)
-        reference = torch_dep.sample(300, seed=0, steps=30, host=True)
+        host = ort_dep.sample(300, 0, ort_dep.options(steps=30, host=True))
+        graph = ort_dep.sample(300, 0, ort_dep.options(steps=30))
+        reference = torch_dep.sample(300, 0, torch_dep.options(steps=30, host=True))
     np.testing.assert_allclose(host, reference, atol=1e-4)
     np.testing.assert_allclose(graph, host, atol=1e-4)
     moons = toy_2d("moons", 2000, seed=3)
@@ -182,11 +182,11 @@ def test_iwae_through_ort_equals_torch_with_the_same_noise(zoo_bundle, name) -> 
 def test_vae_label_errors(zoo_bundle) -> None:
     with deploykit.load(zoo_bundle("cvae-digits").path) as dep:
         with pytest.raises(InputError, match="--label 12 is out of range; this model has classes 0..9"):
-            dep.sample(4, labels=np.asarray(12))
+            dep.sample(4, 0, dep.options(labels=np.asarray(12)))
         with pytest.raises(InputError, match="an interpolation needs at least 2 points"):
             dep.interpolate(1)
     with deploykit.load(zoo_bundle("vae-digits").path) as dep, pytest.raises(InputError, match="unconditional"):
-        dep.sample(4, labels=np.asarray(1))
+        dep.sample(4, 0, dep.options(labels=np.asarray(1)))
 
 
 @pytest.mark.parametrize("name", ["rbm-digits", "grbm-digits"])
@@ -200,7 +200,7 @@ def test_gibbs_chain_identical_in_torch_ort_graph_and_host_loop(zoo_bundle, name
         host = gibbs_chain(ort_dep.runner("gibbs"), loop, 16, 200, seed=4, per_call=1)
         reference = gibbs_chain(torch_dep.runner("gibbs"), loop, 16, 200, seed=4)
     assert np.array_equal(graph["h_last"], reference["h_last"]) and np.array_equal(host["h_last"], graph["h_last"])
-    if loop["visible_type"] == "bernoulli":
+    if loop.visible_type == "bernoulli":
         assert np.array_equal(graph["v_last"], reference["v_last"]) and np.array_equal(host["v_last"], graph["v_last"])
     np.testing.assert_allclose(graph["visible_mean"], reference["visible_mean"], atol=1e-5)
     np.testing.assert_allclose(host["visible_mean"], graph["visible_mean"], atol=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.parity import ParityReport, compare_output
+from deploykit.parity import ParityReport, Tolerance, compare_output
 
 
 def test_within_and_outside_tolerance() -> None:
@@ -31,6 +31,14 @@ def test_shape_and_nan_mismatch_fail() -> None:
 def test_report_fails_on_missing_output_and_when_empty() -> None:
     report = ParityReport()
     assert not report.passed
-    report.add("c", {"y": np.zeros(2)}, {}, 1e-6, 0)
+    report.add("c", {"y": np.zeros(2)}, {}, Tolerance(1e-6, 0))
     assert not report.passed
     assert "missing" in report.table()
+
+
+def test_per_output_tolerance_overrides_the_family_default() -> None:
+    tol = Tolerance(1e-6, 0.0, {"log_prob": (1e-3, 0.0)})
+    report = ParityReport()
+    report.add("c", {"x": np.zeros(2), "log_prob": np.zeros(2)}, {"x": np.full(2, 1e-4), "log_prob": np.full(2, 1e-4)}, tol)
+    assert [(r.output, r.passed, r.atol) for r in report.rows] == [("x", False, 1e-6), ("log_prob", True, 1e-3)]
+    assert Tolerance.from_json(tol.to_json()) == tol and "outputs" not in Tolerance(1e-4, 1e-4).to_json()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import deploykit
+from deploykit.backends import make_runners
 from deploykit.models import ZOO
 from deploykit.parity import ParityReport
-from deploykit.runtimes import make_runners
+from deploykit.sources import torch_reference
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +29,14 @@ def test_parity_over_seeds_and_shapes(name: str, zoo_bundle) -> None:
     if "past" in bundle.check_shapes[0]:  # decode after a long cache
         shapes += [{"batch": 4, "seq": 1, "past": 600, "total": 601}]
     report = ParityReport()
-    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
+    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch", modules=torch_reference(bundle))
     for seed in range(10):
         rng = np.random.default_rng(seed)
         for role, ort_runner in ort_runners.items():
             with ort_runner, torch_runners[role] as ref:
                 for dims in [bundle.check_shapes[0] | d for d in shapes]:
                     inputs = ort_runner.spec.random_inputs(rng, dims)
-                    report.add(f"{role} {dims} seed {seed}", ref.infer(inputs), ort_runner.infer(inputs), **bundle.tolerance)
+                    report.add(f"{role} {dims} seed {seed}", ref.infer(inputs), ort_runner.infer(inputs), bundle.tolerance)
     print(f"{name}: worst max abs {max(r.max_abs for r in report.rows):.2e}")
     assert report.passed, report.table()
 
@@ -53,17 +54,17 @@ def test_many_samples_match(name: str, zoo_bundle) -> None:
 def test_sampling_loops_over_seeds(name: str, zoo_bundle) -> None:
     """The stored loop check (streams, tokens per sampling mode, greedy + beam, trajectories, images, audio, flow
     samples and host loops) on 5 more seeds."""
-    from deploykit.runtimes.loops import LOOP_CHECKS
+    from deploykit.runtimes.kinds import kind_of
 
     bundle = zoo_bundle(name)
-    check = LOOP_CHECKS[bundle.loop["kind"]]
-    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch")
+    check = kind_of(bundle.loop).check
+    ort_runners, torch_runners = make_runners(bundle, "ort-cpu"), make_runners(bundle, "torch", modules=torch_reference(bundle))
     report = ParityReport()
     with ExitStack() as stack:
         for runner in (*ort_runners.values(), *torch_runners.values()):
             stack.enter_context(runner)
         for seed in range(1, 6):
             expected, actual = check(torch_runners, bundle.loop, seed), check(ort_runners, bundle.loop, seed)
-            report.add(f"loop seed {seed}", expected, actual, **bundle.tolerance)
+            report.add(f"loop seed {seed}", expected, actual, bundle.tolerance)
     print(f"{name}: worst max abs {max(r.max_abs for r in report.rows):.2e}")
     assert report.passed, report.table()

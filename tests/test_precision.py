@@ -23,7 +23,7 @@ def test_quantized_vit_keeps_accuracy_and_verifies(zoo_bundle, tmp_path: Path, m
     bundle = quantize(source, mode, tmp_path / mode, calibration=8)
     assert {role: sha256_file(g.path) for role, g in source.graphs.items()} == before  # source untouched
     precision = bundle.manifest["precision"]
-    assert precision["mode"] == mode and bundle.tolerance["atol"] >= 2 * precision["measured_max_abs"]
+    assert precision["mode"] == mode and bundle.tolerance.atol >= 2 * precision["measured_max_abs"]
     result = deploykit.verify(bundle, fresh=False)
     assert result.passed and all("top-1 agrees" in r.note for r in result.report.rows)
     digits = load_digits()

@@ -12,7 +12,7 @@ from deploykit.errors import InputError
 from deploykit.exporters.recurrence import OnnxRecurrence, PackedRecurrence
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import digit_strings
-from deploykit.runtimes.loops import CHUNKS, stream_input
+from deploykit.runtimes.recurrent import CHUNKS, stream_input
 from deploykit.runtimes.tokens import MODES, mode_config
 
 LAYERS = [
@@ -126,7 +126,7 @@ def test_generation_ort_equals_torch_200_tokens(zoo_bundle, mode: str) -> None:
 
 def test_stop_token_ends_rows_independently(zoo_bundle) -> None:
     bundle = zoo_bundle("char-lm")
-    newline = bundle.loop["vocab"].index("\n")
+    newline = bundle.loop.vocab.index("\n")
     prompts = ["Beautiful is", "Now is", "Flat"]
     with deploykit.load(bundle.path) as dep:
         free = dep.generate(prompts, mode_config("greedy", 200))
@@ -156,7 +156,7 @@ def test_beam_search_ort_equals_torch(zoo_bundle) -> None:
 def test_vrnn_trajectories_ort_equal_torch(zoo_bundle) -> None:
     bundle = zoo_bundle("vrnn")
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        a, b = ort_dep.sample(16, seed=2, steps=50), torch_dep.sample(16, seed=2, steps=50)
+        a, b = ort_dep.sample(16, 2, ort_dep.options(steps=50)), torch_dep.sample(16, 2, torch_dep.options(steps=50))
     assert a.shape == (16, 50, 2)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     radius = np.linalg.norm(a[:, 5:], axis=-1)

@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from deploykit.backends import BACKENDS, RunnerOptions, make_runners
+from deploykit.backends.ort import PROVIDERS
 from deploykit.bundle import load_bundle
 from deploykit.errors import BackendUnavailableError, DeploykitError, InputError
-from deploykit.runtimes import BACKENDS, RunnerOptions, make_runners
-from deploykit.runtimes.ort import PROVIDERS
+from deploykit.sources import torch_reference
 
 AVAILABLE = set(ort.get_available_providers())
 
@@ -32,12 +33,13 @@ def test_runner_contract(backend: str, tiny_bundle_master: Path, tiny_model, tmp
         pytest.skip(reason)
     bundle = load_bundle(tiny_bundle_master)
     if backend == "tensorrt":  # engines are built into the bundle: use a copy
-        from deploykit.runtimes.tensorrt import EngineRequest, build_engines
+        from deploykit.engines import EngineRequest, build_engines
 
         bundle = load_bundle(shutil.copytree(tiny_bundle_master, tmp_path / "b"))
         build_engines(bundle, EngineRequest())
         bundle = load_bundle(bundle.path)
-    runner = make_runners(bundle, backend, RunnerOptions(threads=1, check_finite=True), model=tiny_model)["model"]
+    modules = torch_reference(bundle, tiny_model) if backend == "torch" else None
+    runner = make_runners(bundle, backend, RunnerOptions(threads=1, check_finite=True), modules)["model"]
     case = bundle.golden[1]
     inputs, expected = case.load()
     with pytest.raises(DeploykitError, match="not active"):
@@ -45,7 +47,7 @@ def test_runner_contract(backend: str, tiny_bundle_master: Path, tiny_model, tmp
     with runner:
         out = runner.infer(inputs)
         assert list(out) == ["logits"] and out["logits"].dtype == np.float32
-        np.testing.assert_allclose(out["logits"], expected["logits"], **bundle.tolerance)
+        np.testing.assert_allclose(out["logits"], expected["logits"], atol=bundle.tolerance.atol, rtol=bundle.tolerance.rtol)
         with pytest.raises(InputError, match=r"input 'x' has dtype float64, expected float32"):
             runner.infer({"x": inputs["x"].astype(np.float64)})
         with pytest.raises(InputError, match=r"input 'x' has shape \[7, 5\], expected \[batch, 6\]"):
@@ -74,4 +76,4 @@ def test_unknown_backend_and_unrebuildable_source(tiny_bundle_master: Path) -> N
     with pytest.raises(InputError, match="unknown backend 'tensorflow'; choose one of 'ort-cpu'"):
         make_runners(bundle, "tensorflow")
     with pytest.raises(InputError, match="in-memory .*TinyMLP, which cannot be rebuilt; pass model="):
-        make_runners(bundle, "torch")
+        torch_reference(bundle)

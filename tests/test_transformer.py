@@ -127,14 +127,14 @@ def test_encoder_decoder_reverses_through_ort_and_beam_matches_torch(zoo_bundle)
 
 
 def test_gpt_beam_search_ort_equals_torch(zoo_bundle) -> None:
-    from deploykit.runtimes.loops import language_model
+    from deploykit.runtimes.kinds import kind_of
     from deploykit.runtimes.tokens import beam_search, encode_text
 
     bundle = zoo_bundle("gpt")
-    vocab = bundle.loop["vocab"]
+    vocab = bundle.loop.vocab
     prompt = encode_text("Beautiful is", vocab)
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        a = beam_search(language_model(ort_dep.runners, bundle.loop), prompt, 4, 40, vocab.index("."))
-        b = beam_search(language_model(torch_dep.runners, bundle.loop), prompt, 4, 40, vocab.index("."))
+        a = beam_search(kind_of(bundle.loop).token_model(ort_dep.runners, bundle.loop), prompt, 4, 40, vocab.index("."))
+        b = beam_search(kind_of(bundle.loop).token_model(torch_dep.runners, bundle.loop), prompt, 4, 40, vocab.index("."))
     assert a[0].tolist() == b[0].tolist() and len(a[0]) > 3
     assert a[1] == pytest.approx(b[1], abs=1e-3)

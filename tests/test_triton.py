@@ -85,10 +85,11 @@ def test_wire_shapes_and_request_arguments() -> None:
     assert to_wire(label, np.arange(3), True).shape == (3, 1)
     assert from_wire(label, np.arange(3).reshape(3, 1), True).shape == (3,)
     assert to_wire(label, np.arange(3), False).shape == (3,)
-    args = sample_arguments({"n": np.array([4], np.int32), "seed": None, "labels": np.array([1, 2]), "steps": np.array([10]),
-                             "scheduler": np.array([b"ddim"], object), "eta": None, "guidance": np.array([2.0], np.float32)})
-    assert args["n"] == 4 and args["seed"] == 0 and args["steps"] == 10 and args["labels"].tolist() == [1, 2]
-    assert args["diffusion"].scheduler == "ddim" and args["diffusion"].guidance == 2.0 and args["diffusion"].eta is None
+    n, seed, given = sample_arguments({"n": np.array([4], np.int32), "seed": None, "labels": np.array([1, 2]),
+                                       "steps": np.array([10]), "scheduler": np.array([b"ddim"], object), "eta": None,
+                                       "guidance": np.array([2.0], np.float32)})
+    assert n == 4 and seed == 0 and given["steps"] == 10 and given["labels"].tolist() == [1, 2]
+    assert given["scheduler"] == "ddim" and given["guidance"] == 2.0 and "eta" not in given
     with pytest.raises(InputError, match="request input 'n' .number of samples. is required"):
         sample_arguments(dict.fromkeys(("n", "seed", "labels", "steps", "scheduler", "eta", "guidance")))
     with pytest.raises(InputError, match="request input 'seed' has 2 values, expected 1"):

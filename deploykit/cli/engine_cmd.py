@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..runtimes.tensorrt import EngineRequest, build_engines, parse_shapes
+from ..engines import EngineRequest, build_engines, parse_shapes
 from . import app, console
 
 SHAPES = "repeatable NAME:DxDx... (default: from the manifest's dynamic axes)"

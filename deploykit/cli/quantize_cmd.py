@@ -25,7 +25,7 @@ def quantize_cmd(
     sizes = ", ".join(f"{role} {g.size_bytes / 1024:.1f} KiB" for role, g in result.graphs.items())
     console.print(
         f"wrote {mode} bundle {out}: {sizes}; max abs error vs torch on the golden inputs "
-        f"{precision['measured_max_abs']:.2e}, tolerance now atol={result.tolerance['atol']:.2e}",
+        f"{precision['measured_max_abs']:.2e}, tolerance now atol={result.tolerance.atol:.2e}",
         highlight=False,
     )
     console.print("accuracy change:\n" + accuracy_table(precision["accuracy"]), highlight=False, markup=False)

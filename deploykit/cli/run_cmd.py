@@ -8,9 +8,9 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from ..api import load
+from ..backends import RunnerOptions
 from ..errors import InputError
-from ..runtimes import RunnerOptions
-from ..runtimes.deployment import load
 from . import app, console
 
 

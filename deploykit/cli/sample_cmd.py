@@ -1,38 +1,29 @@
 """`deploykit sample BUNDLE ...`: run the bundle's sampling loop (torch-free).
 
-Generators, PixelCNN, FVSBN/NADE/MADE, image flows, diffusion, VAEs, RBMs and Hopfield networks write
-an image grid; 2-D flows a density plot with the samples on it; WaveNet a WAV file; VRNNs write
-trajectories; token LMs print text continuing --prompt; seq2seq bundles print the decoding of each
---prompt (greedy or --beam K). Diffusion loops show a progress bar.
+What a bundle samples and how it is written come from its loop kind (runtimes/kinds.py): image
+grids (.png) or arrays (.npy), density plots for 2-D flows, WAV for WaveNet, .npy trajectories for
+VRNNs; token LMs print text continuing --prompt, seq2seq bundles the decoding of each --prompt
+(greedy or --beam K). Loops with a progress callback (diffusion) show a progress bar.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
+from ..api import load
+from ..backends import RunnerOptions
 from ..errors import InputError
-from ..images import save_density_plot, save_samples
-from ..runtimes import RunnerOptions
-from ..runtimes.autoregressive import mu_law_decode, write_wav
-from ..runtimes.deployment import Deployment, load
-from ..runtimes.diffusion import DiffusionOptions
-from ..runtimes.flows import density_grid
-from ..runtimes.loops import LANGUAGE_MODELS, TRANSLATION_MODELS
+from ..runtimes.deployment import Deployment
+from ..runtimes.kinds import OPTION_NAMES
 from ..runtimes.tokens import MODES, encode_text, mode_config
 from . import app, console
 from .progress import progress_bar
 
-
-def _write_text(out: Path, texts: list[str]) -> None:
-    if out.suffix != ".txt":
-        raise InputError(f"--out {out}: text models write .txt files; use a name ending in .txt.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(texts) + "\n")
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -45,37 +36,26 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def _arrays(dep: Deployment, out: Path | None, n: int, seed: int, options: dict[str, object]) -> None:
-    """Samples written as .png (image grid, or a density plot for 2-D flows), .npy or .wav (WaveNet)."""
-    loop = dep.bundle.loop
+def _samples(dep: Deployment, out: Path | None, n: int, seed: int, given: dict[str, Any], interpolate: bool) -> None:
+    """Samples (or a VAE interpolation) written by the bundle kind's writer."""
+    kind = dep.kind
     if out is None:
         raise InputError("--out is needed for this bundle: a .png grid or .npy array (.wav for WaveNet audio).")
-    if loop["kind"] == "wavenet" and out.suffix not in (".wav", ".npy"):
-        raise InputError(f"--out {out}: WaveNet writes audio as .wav (or its mu-law codes as .npy).")
-    if loop["kind"] == "vrnn" and out.suffix != ".npy":
-        raise InputError(f"--out {out}: VRNN trajectories are written as .npy [n, steps, x_dim].")
-    if options.pop("interpolate"):
-        if loop["kind"] != "vae":
-            raise InputError("--interpolate is for VAE bundles (a path between two latents).")
-        samples = dep.interpolate(n, seed, options["labels"])  # type: ignore[arg-type]
+    writer = kind.writer
+    assert writer is not None  # every sampling kind has one (checked at registration)
+    writer.check(out)
+    if interpolate:
+        unknown = set(given) - {"labels"}
+        if unknown:
+            raise InputError(f"{OPTION_NAMES[min(unknown)]} does not apply to --interpolate (a path between two VAE latents).")
+        samples = dep.interpolate(n, seed, given.get("labels"))
+    elif "on_step" in kind.option_fields():
+        with progress_bar("sampling") as on_step:
+            samples = dep.sample(n, seed, kind.make_options(given | {"on_step": on_step}))
     else:
-        with progress_bar("denoising" if loop["kind"] == "diffusion" else "sampling") as on_step:
-            samples = dep.sample(n, seed, on_step=on_step, **options)  # type: ignore[arg-type]
+        samples = dep.sample(n, seed, kind.make_options(given))
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".wav":
-        write_wav(out, mu_law_decode(samples, int(loop["levels"])), int(loop["sample_rate"]))
-    elif loop["kind"] in ("vrnn", "wavenet") or out.suffix == ".npy":
-        np.save(out, samples)
-    elif loop["kind"] == "flow" and list(loop["event_shape"]) == [2]:
-        if out.suffix != ".png":
-            raise InputError(f"--out {out}: 2-D flow samples are written as a .png density plot or as .npy.")
-        extent = float(np.quantile(np.abs(samples), 0.99)) * 1.3
-        save_density_plot(samples, density_grid(dep.runners, loop, extent), extent, out)
-    else:
-        images = samples.reshape(n, *loop["image_shape"]) if "image_shape" in loop else samples
-        if images.ndim != 4:
-            raise InputError(f"--out {out}: these samples are vectors {list(samples.shape[1:])}; write them as .npy.")
-        save_samples(images, out, loop.get("value_range", (0.0, 1.0)))
+    writer.write(out, samples, dep.loop, dep.runners)
     console.print(f"wrote {n} samples {list(samples.shape[1:])} to {out}")
 
 
@@ -87,7 +67,7 @@ def sample_cmd(
     seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)")] = 0,
     label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)")] = None,
     steps: Annotated[int | None, typer.Option(help="VRNN length / WaveNet audio samples / diffusion steps (langevin: per level) / RBM Gibbs steps")] = None,
-    ordering: Annotated[int, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = 0,
+    ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = None,
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
@@ -108,25 +88,29 @@ def sample_cmd(
 ) -> None:
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
-        kind = dep.bundle.loop.get("kind")
-        if kind not in (*LANGUAGE_MODELS, *TRANSLATION_MODELS):
-            diffusion = None if (scheduler, eta, guidance) == (None, None, None) else DiffusionOptions(scheduler, eta, guidance)
-            options = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
-                       "fast": not naive, "size": _size(size), "host": host_loop, "diffusion": diffusion,
-                       "interpolate": interpolate}
-            _arrays(dep, out, n, seed, options | ({} if temperature is None else {"temperature": temperature}))
+        use = dep.kind.use
+        if use == "sample":
+            given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
+                     "fast": False if naive else None, "temperature": temperature, "size": _size(size),
+                     "host": True if host_loop else None, "scheduler": scheduler, "eta": eta, "guidance": guidance}
+            _samples(dep, out, n, seed, {k: v for k, v in given.items() if v is not None}, interpolate)
             return
+        if use not in ("generate", "translate"):
+            dep.require("sample")  # refuses, naming what this bundle can do
+        if out is not None:
+            dep.kind.writer.check(out)
         if not prompt:
             raise InputError("--prompt is needed for text models: the text to continue (LM) or to decode (seq2seq).")
-        if kind in TRANSLATION_MODELS:
+        if use == "translate":
             texts = dep.translate(prompt, beam)
         else:
-            vocab = dep.bundle.loop["vocab"]
+            vocab = dep.loop.vocab
             base = mode_config(mode, max_new_tokens, tuple(int(i) for i in encode_text(stop or "", vocab, "--stop")))
             overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
             config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
             texts = [p + t for p, t in zip(prompt, dep.generate(prompt, config, seed))]
     for source, text in zip(prompt, texts):
-        console.print(f"{source} -> {text}" if kind in TRANSLATION_MODELS else text, highlight=False, markup=False)
+        console.print(f"{source} -> {text}" if use == "translate" else text, highlight=False, markup=False)
     if out is not None:
-        _write_text(out, texts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        dep.kind.writer.write(out, texts, dep.loop, dep.runners)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..runtimes import RunnerOptions
+from ..backends import RunnerOptions
 from ..verify import verify
 from . import app, console
 

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..backends.base import Runner
+from ..backends.ort import OrtRunner
+from ..backends.torch import TorchRunner
 from ..bundle import Bundle, save_golden, write_bundle
 from ..errors import ExportError, ParityError
 from ..parity import ParityReport
-from ..runtimes.base import Runner
-from ..runtimes.loops import LOOP_CHECKS, LOOP_ROLE, structure_problems
-from ..runtimes.ort import OrtRunner
-from ..runtimes.torch_runner import TorchRunner
+from ..runtimes.kinds import LOOP_ROLE, kind_of
 from ..specs import dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import OPSET, export_role, prepare
@@ -60,6 +60,9 @@ def export(
     roles = fam.roles(prepare(model))
     shapes = fam.check_shapes(model)
     loop = fam.loop(model)
+    if loop.kind not in fam.loop_kinds:
+        raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} (a bug in its exporter).")
+    kind = kind_of(loop)
     src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
     def fill(tmp: Path) -> dict[str, Any]:
@@ -85,14 +88,13 @@ def export(
                     expected = refs[name].infer(inputs)
                     save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
                     golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
-                    report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance.atol, fam.tolerance.rtol)
-            if loop["kind"] in LOOP_CHECKS:  # a short seeded run of the sampling loop, torch vs ORT
-                check = LOOP_CHECKS[loop["kind"]]
-                expected = check(refs, loop, 0)
+                    report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance)
+            if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
+                expected = kind.check(refs, loop, 0)
                 save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
                 golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
-                report.add("loop seed=0", expected, check(orts, loop, 0), fam.tolerance.atol, fam.tolerance.rtol)
-            problems = structure_problems(orts, loop)
+                report.add("loop seed=0", expected, kind.check(orts, loop, 0), fam.tolerance)
+            problems = kind.structure(orts, loop) if kind.structure else []
         if problems:
             raise ExportError(f"{type(model).__name__} exported as '{family}' fails a structural check: " + "; ".join(problems))
         if not report.passed:
@@ -103,8 +105,8 @@ def export(
             "graphs": graphs,
             "golden": golden,
             "check_shapes": shapes,
-            "tolerance": {"atol": fam.tolerance.atol, "rtol": fam.tolerance.rtol},
-            "loop": loop,
+            "tolerance": fam.tolerance.to_json(),
+            "loop": loop.to_json(),
             "source": src,
             "tools": _versions(),
         }

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ExportError
-from ..models.autoregressive import check_ordering
+from ..nn.masked import check_ordering
+from ..runtimes.autoregressive import DimensionwiseConfig, NadeConfig, RasterConfig, WavenetConfig
 from ..specs import DimRule, TensorSpec
 from .feedforward import BATCHES
 from .registry import Family, Role, Tolerance, attribute, register
@@ -132,19 +133,18 @@ def _dimensionwise_roles(model: nn.Module) -> dict[str, Role]:
     return roles
 
 
-def _dimensionwise_loop(model: nn.Module) -> dict[str, Any]:
+def _dimensionwise_loop(model: nn.Module) -> DimensionwiseConfig:
     size = int(model.num_inputs)
     orderings = _orderings(model, size, "made", DIMENSIONWISE_PROTOCOL)
     roles = [f"conditionals.{k}" for k in range(len(orderings))] if hasattr(model, "select_mask") else ["conditionals"]
-    loop = {"kind": "dimensionwise", "roles": roles, "orderings": orderings, "distribution": model.distribution,
-            "num_inputs": size}
-    return loop | _image_shape(model)
+    return DimensionwiseConfig(roles=roles, orderings=orderings, distribution=str(model.distribution), num_inputs=size,
+                               **_image_shape(model))
 
 
 def _image_shape(model: nn.Module) -> dict[str, Any]:
     """Optional `image_shape` (C, H, W) so samples of flat models can be written as images."""
     shape = getattr(model, "image_shape", None)
-    return {"image_shape": list(shape), "value_range": [0.0, 1.0]} if shape else {}
+    return {"image_shape": [int(d) for d in shape], "value_range": [0.0, 1.0]} if shape else {}
 
 
 class NadeStep(nn.Module):
@@ -169,10 +169,10 @@ def _nade_roles(model: nn.Module) -> dict[str, Role]:
     }
 
 
-def _nade_loop(model: nn.Module) -> dict[str, Any]:
+def _nade_loop(model: nn.Module) -> NadeConfig:
     size = int(model.num_inputs)
-    return {"kind": "nade", "roles": ["conditionals"], "orderings": _orderings(model, size, "nade", NADE_PROTOCOL),
-            "distribution": "bernoulli", "num_inputs": size, "hidden": int(model.hidden)} | _image_shape(model)
+    return NadeConfig(roles=["conditionals"], orderings=_orderings(model, size, "nade", NADE_PROTOCOL),
+                      distribution="bernoulli", num_inputs=size, hidden=int(model.hidden), **_image_shape(model))
 
 
 def _label(model: nn.Module, family: str, protocol: str) -> tuple[TensorSpec, ...]:
@@ -188,9 +188,9 @@ def _pixelcnn_roles(model: nn.Module) -> dict[str, Role]:
                                  reference=Conditionals(model, "categorical"))}
 
 
-def _pixelcnn_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "raster", "roles": ["conditionals"], "input_shape": list(model.input_shape),
-            "levels": int(model.levels), "num_classes": int(model.num_classes), "value_range": [0, int(model.levels) - 1]}
+def _pixelcnn_loop(model: nn.Module) -> RasterConfig:
+    return RasterConfig(roles=["conditionals"], input_shape=[int(d) for d in model.input_shape], levels=int(model.levels),
+                        num_classes=int(model.num_classes), value_range=[0.0, float(int(model.levels) - 1)])
 
 
 class WaveNetStep(nn.Module):
@@ -226,10 +226,11 @@ def _wavenet_shapes(model: nn.Module) -> list[dict[str, int]]:
     return [{"batch": 1, "time": int(model.receptive_field) + 1}, {"batch": 3, "time": 50}]
 
 
-def _wavenet_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "wavenet", "roles": ["conditionals", "step"], "levels": int(model.levels), "start": int(model.start),
-            "receptive_field": int(model.receptive_field), "queues": [[int(model.residual_channels), int(d)] for d in model.dilations],
-            "num_classes": int(model.num_classes), "sample_rate": int(model.sample_rate)}
+def _wavenet_loop(model: nn.Module) -> WavenetConfig:
+    return WavenetConfig(roles=["conditionals", "step"], levels=int(model.levels), start=int(model.start),
+                         receptive_field=int(model.receptive_field),
+                         queues=[[int(model.residual_channels), int(d)] for d in model.dilations],
+                         num_classes=int(model.num_classes), sample_rate=int(model.sample_rate))
 
 
 # Tolerances, fp32. log_prob sums D (or C*H*W, or T) per-dimension terms, so its absolute error
@@ -239,14 +240,14 @@ def _wavenet_loop(model: nn.Module) -> dict[str, Any]:
 # Sampling loops compare exactly: a flipped sample would show as an error of 1 or more.
 register(Family("fvsbn", "fully visible sigmoid belief net: conditionals graph, dimension-by-dimension sampling",
                 DIMENSIONWISE_PROTOCOL, _dimensionwise_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 1.5e-5
-                _dimensionwise_loop))
+                ("dimensionwise",), _dimensionwise_loop))
 register(Family("made", "MADE with folded masks, one conditionals graph per ordering (order-agnostic ensembles)",
                 DIMENSIONWISE_PROTOCOL, _dimensionwise_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 9.2e-5 (log_prob)
-                _dimensionwise_loop))
+                ("dimensionwise",), _dimensionwise_loop))
 register(Family("nade", "NADE: conditionals graph and an O(H) step graph for sampling", NADE_PROTOCOL,
-                _nade_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), _nade_loop))  # seen 1.5e-5
+                _nade_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), ("nade",), _nade_loop))  # seen 1.5e-5
 register(Family("pixelcnn", "PixelCNN / gated PixelCNN: categorical conditionals, raster-scan sampling",
-                PIXELCNN_PROTOCOL, _pixelcnn_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), _pixelcnn_loop))  # seen 6.1e-5
+                PIXELCNN_PROTOCOL, _pixelcnn_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), ("raster",), _pixelcnn_loop))  # seen 6.1e-5
 register(Family("wavenet", "WaveNet: conditionals graph and a fast-generation step graph with layer queues",
                 WAVENET_PROTOCOL, _wavenet_roles, _wavenet_shapes, Tolerance(1e-4, 1e-4),  # seen 1.2e-2 of ~3e4 nats (4e-7 rel)
-                _wavenet_loop))
+                ("wavenet",), _wavenet_loop))

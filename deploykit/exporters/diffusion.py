@@ -8,6 +8,7 @@ DDIM at any eta and any number of steps, and classifier-free guidance at any sca
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch._higher_order_ops.scan import scan
 
 from ..errors import ExportError
+from ..runtimes.diffusion import DiffusionConfig
 from ..runtimes.schedulers import COLUMNS
 from ..runtimes.schedulers.noise_schedule import SCHEDULES
 from ..specs import TensorSpec
@@ -110,13 +112,11 @@ def _ddpm_roles(model: nn.Module) -> dict[str, Role]:
     return _network_roles(model, _event(model, "ddpm", DENOISER_PROTOCOL), config["training_steps"], classes, "eps")
 
 
-def _ddpm_loop(model: nn.Module) -> dict[str, Any]:
+def _ddpm_loop(model: nn.Module) -> DiffusionConfig:
     event = _event(model, "ddpm", DENOISER_PROTOCOL)
-    loop: dict[str, Any] = {"kind": "diffusion", "event_shape": list(event), "num_classes": int(model.num_classes),
-                            "schedulers": ["ddpm", "ddim"], "schedule": _diffusion_config(model, "ddpm", DENOISER_PROTOCOL)}
-    if len(event) == 3:
-        loop["value_range"] = [-1.0, 1.0]
-    return loop
+    return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedulers=["ddpm", "ddim"],
+                           schedule=_diffusion_config(model, "ddpm", DENOISER_PROTOCOL),
+                           value_range=[-1.0, 1.0] if len(event) == 3 else [0.0, 1.0])
 
 
 def _latent_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
@@ -135,12 +135,12 @@ def _latent_roles(model: nn.Module) -> dict[str, Role]:
     return roles
 
 
-def _latent_loop(model: nn.Module) -> dict[str, Any]:
+def _latent_loop(model: nn.Module) -> DiffusionConfig:
     _, denoiser, _ = _latent_parts(model)
     scale = float(attribute(model, "latent_scale", "latent-diffusion", LATENT_PROTOCOL))
     image = [int(d) for d in attribute(model, "image_shape", "latent-diffusion", LATENT_PROTOCOL)]
-    return _ddpm_loop(denoiser) | {"decoder": {"role": "decoder", "latent_scale": scale}, "image_shape": image,
-                                   "value_range": [0.0, 1.0]}
+    return replace(_ddpm_loop(denoiser), decoder={"role": "decoder", "latent_scale": scale}, image_shape=image,
+                   value_range=[0.0, 1.0])
 
 
 def _score_roles(model: nn.Module) -> dict[str, Role]:
@@ -153,8 +153,8 @@ def _score_loop(model: nn.Module) -> dict[str, Any]:
     if any(b >= a for a, b in pairwise(sigmas)):
         raise ExportError(f"{type(model).__name__}.sigma_values must be descending, got {sigmas}.")
     step = float(attribute(model, "step_size", "ncsn", SCORE_PROTOCOL))
-    return {"kind": "diffusion", "event_shape": list(_event(model, "ncsn", SCORE_PROTOCOL)), "num_classes": 0,
-            "schedulers": ["langevin"], "schedule": {"sigmas": sigmas, "step_size": step}}
+    return DiffusionConfig(event_shape=list(_event(model, "ncsn", SCORE_PROTOCOL)), num_classes=0,
+                           schedulers=["langevin"], schedule={"sigmas": sigmas, "step_size": step})
 
 
 SHAPES = [{"batch": 1, "steps": 2}, {"batch": 5, "steps": 3}]
@@ -163,8 +163,8 @@ SHAPES = [{"batch": 1, "steps": 2}, {"batch": 5, "steps": 3}]
 # scheduler's 1/sqrt(abar_t) and the clip, so the family tolerance is set by the loops.
 register(Family("ddpm", "DDPM/DDIM eps-prediction network (optionally class-conditional with a null label for "
                 "classifier-free guidance): denoiser and in-graph sampler graphs", DENOISER_PROTOCOL, _ddpm_roles,
-                lambda m: SHAPES, Tolerance(1e-4, 1e-4), _ddpm_loop))
+                lambda m: SHAPES, Tolerance(1e-4, 1e-4), ("diffusion",), _ddpm_loop))
 register(Family("latent-diffusion", "latent diffusion: a latent denoiser, its in-graph sampler and the VAE decoder",
-                LATENT_PROTOCOL, _latent_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), _latent_loop))
+                LATENT_PROTOCOL, _latent_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), ("diffusion",), _latent_loop))
 register(Family("ncsn", "noise-conditional score network sampled by annealed Langevin dynamics (host or in-graph)",
-                SCORE_PROTOCOL, _score_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), _score_loop))
+                SCORE_PROTOCOL, _score_roles, lambda m: SHAPES, Tolerance(1e-4, 1e-4), ("diffusion",), _score_loop))

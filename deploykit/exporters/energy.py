@@ -7,13 +7,12 @@ can run it one step per call or all k steps in one.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch._higher_order_ops.scan import scan
 
 from ..errors import ExportError
+from ..runtimes.energy import GibbsConfig, HopfieldConfig
 from ..specs import TensorSpec
 from .feedforward import BATCHES
 from .registry import Family, Role, Tolerance, attribute, register
@@ -57,10 +56,9 @@ def _rbm_roles(model: nn.Module) -> dict[str, Role]:
     return {"gibbs": Role(GibbsScan(model), inputs, ("v_last", "h_last", "visible_mean"), {"batch": 2, "steps": 3}, reference=model)}
 
 
-def _rbm_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "gibbs", "visible": int(model.visible), "hidden": int(model.hidden),
-            "visible_type": model.visible_type, "image_shape": [int(d) for d in model.image_shape],
-            "value_range": [0.0, 1.0]}
+def _rbm_loop(model: nn.Module) -> GibbsConfig:
+    return GibbsConfig(visible=int(model.visible), hidden=int(model.hidden), visible_type=str(model.visible_type),
+                       image_shape=[int(d) for d in model.image_shape], value_range=[0.0, 1.0])
 
 
 def _hopfield_roles(model: nn.Module) -> dict[str, Role]:
@@ -68,16 +66,16 @@ def _hopfield_roles(model: nn.Module) -> dict[str, Role]:
     return {"update": Role(model, (TensorSpec("state", "float32", ("batch", units)),), ("next", "energy"), {"batch": 2})}
 
 
-def _hopfield_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "hopfield", "units": int(model.units), "max_iterations": 4 * int(model.units),
-            "image_shape": [int(d) for d in attribute(model, "image_shape", "hopfield", HOPFIELD_PROTOCOL)],
-            "value_range": [-1.0, 1.0]}
+def _hopfield_loop(model: nn.Module) -> HopfieldConfig:
+    return HopfieldConfig(units=int(model.units), max_iterations=4 * int(model.units),
+                          image_shape=[int(d) for d in attribute(model, "image_shape", "hopfield", HOPFIELD_PROTOCOL)],
+                          value_range=[-1.0, 1.0])
 
 
 # Binary units are compared exactly by the loop checks (the same uniforms and the same probabilities up
 # to ~1e-7 give the same states); the tolerance covers the Gaussian means and the energies.
 register(Family("rbm", "RBM (Bernoulli-Bernoulli or Gaussian-Bernoulli): k-step Gibbs sampling graph, noise injected",
                 RBM_PROTOCOL, _rbm_roles, lambda m: [{"batch": 1, "steps": 1}, {"batch": 7, "steps": 4}],
-                Tolerance(1e-5, 1e-4), _rbm_loop))
+                Tolerance(1e-5, 1e-4), ("gibbs",), _rbm_loop))
 register(Family("hopfield", "Hopfield network: one synchronous update per call, retrieval to a fixed point on the host",
-                HOPFIELD_PROTOCOL, _hopfield_roles, lambda m: BATCHES, Tolerance(1e-5, 1e-5), _hopfield_loop))
+                HOPFIELD_PROTOCOL, _hopfield_roles, lambda m: BATCHES, Tolerance(1e-5, 1e-5), ("hopfield",), _hopfield_loop))

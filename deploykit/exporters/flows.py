@@ -11,14 +11,14 @@ exported as `inverse_step.{k}` so the runtime can run the same loop on the host.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 from torch._higher_order_ops.scan import scan
 
 from ..errors import ExportError
-from ..models.flows import Result, conv1x1, standard_normal_log_prob
+from ..nn.flows import Result, conv1x1, standard_normal_log_prob
+from ..runtimes.flows import FlowConfig
 from ..specs import DimRule, TensorSpec
 from .autoregressive import fold_masks
 from .feedforward import BATCHES
@@ -201,16 +201,15 @@ def _autoregressive_roles(model: nn.Module, family: str) -> dict[str, Role]:
     return roles
 
 
-def _loop(model: nn.Module, family: str, protocol: str) -> dict[str, Any]:
+def _loop(model: nn.Module, family: str, protocol: str) -> FlowConfig:
     shape, squeeze = _event(model, family, protocol)
-    loop: dict[str, Any] = {"kind": "flow", "roles": ["log_prob", "sample"], "event_shape": shape,
-                            "squeeze_factor": squeeze, "levels": int(model.levels)}
-    if len(shape) == 3:
-        loop["value_range"] = [0.0, 1.0] if model.levels else [-3.0, 3.0]
-    if family in ("maf", "iaf"):
-        loop["sequential"] = "sample" if family == "maf" else "log_prob"
-        loop["orderings"] = [list(layer.ordering) for layer in _layers(model, family)]
-    return loop
+    autoregressive = family in ("maf", "iaf")
+    return FlowConfig(
+        roles=["log_prob", "sample"], event_shape=shape, squeeze_factor=squeeze, levels=int(model.levels),
+        value_range=[-3.0, 3.0] if len(shape) == 3 and not model.levels else [0.0, 1.0],
+        sequential=("sample" if family == "maf" else "log_prob") if autoregressive else None,
+        orderings=[list(layer.ordering) for layer in _layers(model, family)] if autoregressive else None,
+    )
 
 
 def _image_shapes(model: nn.Module, family: str) -> list[dict[str, int]]:
@@ -232,10 +231,10 @@ for _name, _description in [
 ]:
     register(Family(_name, _description, COUPLING_PROTOCOL, lambda m, name=_name: _coupling_roles(m, name),
                     lambda m, name=_name: _image_shapes(m, name), Tolerance(1e-4, 1e-4),
-                    lambda m, name=_name: _loop(m, name, COUPLING_PROTOCOL)))
+                    ("flow",), lambda m, name=_name: _loop(m, name, COUPLING_PROTOCOL)))
 register(Family("maf", "MAF: one-pass log_prob graph; sampling as an in-graph scan and per-layer inverse_step graphs",
                 AUTOREGRESSIVE_PROTOCOL, lambda m: _autoregressive_roles(m, "maf"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),
-                lambda m: _loop(m, "maf", AUTOREGRESSIVE_PROTOCOL)))
+                ("flow",), lambda m: _loop(m, "maf", AUTOREGRESSIVE_PROTOCOL)))
 register(Family("iaf", "IAF: one-pass sample graph; density as an in-graph scan and per-layer inverse_step graphs",
                 AUTOREGRESSIVE_PROTOCOL, lambda m: _autoregressive_roles(m, "iaf"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),
-                lambda m: _loop(m, "iaf", AUTOREGRESSIVE_PROTOCOL)))
+                ("flow",), lambda m: _loop(m, "iaf", AUTOREGRESSIVE_PROTOCOL)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..runtimes.generator import GeneratorConfig
+from ..runtimes.graphs import Image2ImageConfig
 from ..specs import TensorSpec
 from .feedforward import BATCHES, spatial_input, spatial_rules, spatial_shapes
 from .registry import Family, Role, Tolerance, attribute, register
@@ -39,11 +41,9 @@ def _cyclegan_roles(model: nn.Module) -> dict[str, Role]:
     return {"model": Role(model, (spatial_input("image", c),), ("translated",), example, dims)}
 
 
-def _generator_loop(model: nn.Module) -> dict[str, object]:
-    loop: dict[str, object] = {"kind": "generator", "latent_dim": int(model.latent_dim), "value_range": VALUE_RANGE}
-    if hasattr(model, "num_classes"):
-        loop["num_classes"] = int(model.num_classes)
-    return loop
+def _generator_loop(model: nn.Module) -> GeneratorConfig:
+    return GeneratorConfig(latent_dim=int(model.latent_dim), num_classes=int(getattr(model, "num_classes", 0)),
+                           value_range=VALUE_RANGE)
 
 
 # Generators end in tanh (|output| <= 1, slope <= 1), so errors stay those of the transposed-conv
@@ -51,9 +51,9 @@ def _generator_loop(model: nn.Module) -> dict[str, object]:
 # summed in another order by ORT. Worst max-abs error over 10 fresh seeds noted beside each
 # (see feedforward.py for how these were measured).
 register(Family("dcgan", "DCGAN generator: z -> image", DCGAN_PROTOCOL, _dcgan_roles,
-                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))  # seen 1.2e-6
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), ("generator",), _generator_loop))  # seen 1.2e-6
 register(Family("cgan", "conditional GAN generator: (z, label) -> image", CGAN_PROTOCOL, _cgan_roles,
-                lambda m: BATCHES, Tolerance(1e-5, 1e-4), _generator_loop))  # seen 1.3e-6
+                lambda m: BATCHES, Tolerance(1e-5, 1e-4), ("generator",), _generator_loop))  # seen 1.3e-6
 register(Family("cyclegan", "CycleGAN-style image-to-image generator", CYCLEGAN_PROTOCOL, _cyclegan_roles,
                 spatial_shapes, Tolerance(2e-5, 1e-4),  # seen 1.7e-6
-                lambda m: {"kind": "image2image", "value_range": VALUE_RANGE}))
+                ("image2image",), lambda m: Image2ImageConfig(value_range=VALUE_RANGE)))

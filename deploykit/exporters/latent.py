@@ -6,11 +6,10 @@ reconstruction and the IWAE estimate all run with noise drawn outside the graph.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from ..runtimes.vae import VaeConfig
 from ..specs import TensorSpec
 from .feedforward import BATCHES
 from .registry import Family, Role, Tolerance, attribute, register
@@ -59,14 +58,13 @@ def _vae_roles(model: nn.Module) -> dict[str, Role]:
     }
 
 
-def _vae_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "vae", "latent_dim": int(model.latent_dim), "input_dim": int(model.input_dim),
-            "num_classes": int(model.num_classes),
-            "image_shape": [int(d) for d in attribute(model, "image_shape", "vae", VAE_PROTOCOL)],
-            "likelihood": "bernoulli", "value_range": [0.0, 1.0]}
+def _vae_loop(model: nn.Module) -> VaeConfig:
+    return VaeConfig(latent_dim=int(model.latent_dim), input_dim=int(model.input_dim), num_classes=int(model.num_classes),
+                     image_shape=[int(d) for d in attribute(model, "image_shape", "vae", VAE_PROTOCOL)],
+                     likelihood="bernoulli", value_range=[0.0, 1.0])
 
 
 # Two small MLPs: errors are those of float32 matmuls (seen ~1e-6 on logits); the IWAE estimate
 # sums 64 Bernoulli log-likelihoods, so the loop check's log p(x) is held to rtol.
 register(Family("vae", "VAE / beta-VAE / conditional VAE: encoder (reparameterization noise as input) and decoder",
-                VAE_PROTOCOL, _vae_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), _vae_loop))
+                VAE_PROTOCOL, _vae_roles, lambda m: BATCHES, Tolerance(1e-4, 1e-4), ("vae",), _vae_loop))

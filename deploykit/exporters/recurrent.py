@@ -7,12 +7,12 @@ user's own nn.RNN/LSTM/GRU run on packed sequences. States are explicit graph in
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..runtimes.graphs import SequenceConfig
+from ..runtimes.recurrent import Seq2SeqConfig, StreamConfig, TokenLMConfig, VrnnConfig
 from ..specs import TensorSpec
 from .recurrence import check_recurrent, recurrence, state_names, state_shape
 from .registry import Family, Role, Tolerance, attribute, register
@@ -99,12 +99,11 @@ def _rnn_roles(model: nn.Module) -> dict[str, Role]:
     return _sequence_roles(model, TensorSpec("x", "float32", (*axes, rnn.input_size)), "y")
 
 
-def _rnn_loop(model: nn.Module) -> dict[str, Any]:
+def _rnn_loop(model: nn.Module) -> StreamConfig | SequenceConfig:
     rnn = model.rnn
     if rnn.bidirectional:
-        return {"kind": "sequence", "batch_first": rnn.batch_first}
-    return {"kind": "stream", "role": "chunk", "input": "x", "output": "y", "states": _state_map(rnn),
-            "batch_first": rnn.batch_first}
+        return SequenceConfig(batch_first=rnn.batch_first)
+    return StreamConfig(role="chunk", input="x", output="y", states=_state_map(rnn), batch_first=rnn.batch_first)
 
 
 def vocabulary(model: nn.Module, name: str, family: str, protocol: str) -> list[str]:
@@ -123,9 +122,9 @@ def _lm_roles(model: nn.Module) -> dict[str, Role]:
     return _sequence_roles(model, tokens, "logits")
 
 
-def _lm_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "token_lm", "role": "chunk", "input": "tokens", "output": "logits",
-            "states": _state_map(model.rnn), "vocab": vocabulary(model, "vocab", "rnn-lm", LM_PROTOCOL)}
+def _lm_loop(model: nn.Module) -> TokenLMConfig:
+    return TokenLMConfig(role="chunk", input="tokens", output="logits", states=_state_map(model.rnn),
+                         vocab=vocabulary(model, "vocab", "rnn-lm", LM_PROTOCOL))
 
 
 class Seq2SeqEncoder(nn.Module):
@@ -202,16 +201,13 @@ def _seq2seq_roles(model: nn.Module) -> dict[str, Role]:
     }
 
 
-def _seq2seq_loop(model: nn.Module) -> dict[str, Any]:
-    return {
-        "kind": "seq2seq",
-        "states": _state_map(model.decoder),
-        "src_vocab": vocabulary(model, "src_vocab", "seq2seq", SEQ2SEQ_PROTOCOL),
-        "tgt_vocab": vocabulary(model, "tgt_vocab", "seq2seq", SEQ2SEQ_PROTOCOL),
-        "bos": int(model.bos),
-        "eos": int(model.eos),
-        "max_target_length": int(model.max_target_length),
-    }
+def _seq2seq_loop(model: nn.Module) -> Seq2SeqConfig:
+    return Seq2SeqConfig(
+        states=_state_map(model.decoder),
+        src_vocab=vocabulary(model, "src_vocab", "seq2seq", SEQ2SEQ_PROTOCOL),
+        tgt_vocab=vocabulary(model, "tgt_vocab", "seq2seq", SEQ2SEQ_PROTOCOL),
+        bos=int(model.bos), eos=int(model.eos), max_target_length=int(model.max_target_length),
+    )
 
 
 class VRNNStep(nn.Module):
@@ -237,9 +233,9 @@ def _vrnn_roles(model: nn.Module) -> dict[str, Role]:
     return {"sample_step": Role(VRNNStep(model), inputs, ("x", "z", "h_next"), {"batch": 2})}
 
 
-def _vrnn_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "vrnn", "role": "sample_step", "steps": int(attribute(model, "steps", "vrnn", VRNN_PROTOCOL)),
-            "x_dim": int(model.x_dim), "z_dim": int(model.z_dim), "hidden_size": int(model.hidden_size)}
+def _vrnn_loop(model: nn.Module) -> VrnnConfig:
+    return VrnnConfig(role="sample_step", steps=int(attribute(model, "steps", "vrnn", VRNN_PROTOCOL)),
+                      x_dim=int(model.x_dim), z_dim=int(model.z_dim), hidden_size=int(model.hidden_size))
 
 
 # Tolerances, fp32, for |ort - torch| <= atol + rtol * |torch|. ORT's fused RNN kernels and torch's
@@ -250,12 +246,12 @@ def _vrnn_loop(model: nn.Module) -> dict[str, Any]:
 # trajectory feeds each sample back through exp(log sigma), so 24 chained steps grow the error.
 # Token loops (generation, beam search) compare ids exactly: a difference of 1 fails any atol here.
 register(Family("rnn", "RNN / LSTM / GRU sequence model: sequence and streaming chunk graphs", RNN_PROTOCOL,
-                _rnn_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-5, 1e-4), _rnn_loop))  # seen 6.0e-7
+                _rnn_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-5, 1e-4), ("stream", "sequence",), _rnn_loop))  # seen 6.0e-7
 register(Family("rnn-lm", "recurrent token language model with a generation loop", LM_PROTOCOL,
-                _lm_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-4, 1e-4), _lm_loop))  # seen 1.9e-5
+                _lm_roles, lambda m: SEQUENCE_SHAPES, Tolerance(1e-4, 1e-4), ("token_lm",), _lm_loop))  # seen 1.9e-5
 register(Family("seq2seq", "encoder-decoder with attention: encoder + decoder step, greedy and beam search",
                 SEQ2SEQ_PROTOCOL, _seq2seq_roles,
                 lambda m: [{"batch": 1, "src_time": 1}, {"batch": 5, "src_time": 7}, {"batch": 3, "src_time": 40}],
-                Tolerance(5e-5, 1e-4), _seq2seq_loop))  # seen 6.4e-6
+                Tolerance(5e-5, 1e-4), ("seq2seq",), _seq2seq_loop))  # seen 6.4e-6
 register(Family("vrnn", "variational RNN: one sampling step with injected noise", VRNN_PROTOCOL,
-                _vrnn_roles, lambda m: [{"batch": 1}, {"batch": 7}], Tolerance(5e-5, 1e-4), _vrnn_loop))  # seen 6.1e-6
+                _vrnn_roles, lambda m: [{"batch": 1}, {"batch": 7}], Tolerance(5e-5, 1e-4), ("vrnn",), _vrnn_loop))  # seen 6.1e-6

@@ -1,4 +1,8 @@
-"""Family registry: one spec per family declaring graphs (roles), shapes to check, tolerance and loop."""
+"""Family registry: one spec per family declaring graphs (roles), shapes to check, tolerance and loop.
+
+The runtime side has the other registry (`runtimes.kinds`): a family names the loop kinds its
+`loop` may return, and registration refuses a kind the runtime does not know.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import ExportError, InputError, choices
+from ..parity import Tolerance
+from ..runtimes.kinds import KINDS, LoopConfig
 from ..specs import DimRule, TensorSpec
 
 
@@ -34,16 +40,9 @@ class Role:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """Parity tolerance: pass when |ort - torch| <= atol + rtol * |torch| elementwise."""
-
-    atol: float
-    rtol: float
-
-
-@dataclass(frozen=True)
 class Family:
-    """How to export one family: roles from a model, shapes verify checks, tolerance, loop config."""
+    """How to export one family: roles from a model, shapes verify checks, tolerance, and the loop config
+    (of one of `loop_kinds`: e.g. an rnn is a 'stream' unless bidirectional, then a 'sequence')."""
 
     name: str
     description: str
@@ -51,14 +50,18 @@ class Family:
     roles: Callable[[nn.Module], dict[str, Role]]
     check_shapes: Callable[[nn.Module], list[dict[str, int]]]
     tolerance: Tolerance
-    loop: Callable[[nn.Module], dict[str, Any]]
+    loop_kinds: tuple[str, ...]
+    loop: Callable[[nn.Module], LoopConfig]
 
 
 FAMILIES: dict[str, Family] = {}
 
 
 def register(family: Family) -> Family:
-    """Add a family to the registry."""
+    """Add a family to the registry; its loop kinds must be registered on the runtime side."""
+    unknown = [k for k in family.loop_kinds if k not in KINDS]
+    if unknown or not family.loop_kinds:
+        raise ValueError(f"family {family.name!r}: loop kinds {unknown or '()'} are not registered in runtimes.kinds")
     FAMILIES[family.name] = family
     return family
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..runtimes.graphs import ClassifierConfig
+from ..runtimes.transformer import EncoderDecoderConfig, FullRecomputeConfig, KVCacheConfig
 from ..specs import DimRule, TensorSpec
 from .feedforward import BATCHES, classifier_roles
 from .recurrent import vocabulary
@@ -86,9 +88,8 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
     return {"decoder_with_past": Role(DecoderWithPast(model), inputs, outputs, example, dims)}
 
 
-def _gpt_loop(model: nn.Module) -> dict[str, Any]:
-    cfg = _gpt_config(model)
-    return {"kind": "kv_cache", "role": "decoder_with_past", "vocab": vocabulary(model, "vocab", "gpt", GPT_PROTOCOL)} | cfg
+def _gpt_loop(model: nn.Module) -> KVCacheConfig:
+    return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model))
 
 
 # prefill (empty past), single-token decode after a long past, a chunk after a short past
@@ -107,9 +108,9 @@ def _nocache_roles(model: nn.Module) -> dict[str, Role]:
     return {"model": Role(model, (tokens,), ("logits",), {"batch": 2, "time": 3})}
 
 
-def _nocache_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "full_recompute", "role": "model", "context": int(model.context),
-            "vocab": vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL)}
+def _nocache_loop(model: nn.Module) -> FullRecomputeConfig:
+    return FullRecomputeConfig(role="model", context=int(model.context),
+                               vocab=vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL))
 
 
 class EncoderWithCross(nn.Module):
@@ -173,8 +174,8 @@ def _encdec_roles(model: nn.Module) -> dict[str, Role]:
     }
 
 
-def _encdec_loop(model: nn.Module) -> dict[str, Any]:
-    return {"kind": "encoder_decoder"} | _encdec_config(model)
+def _encdec_loop(model: nn.Module) -> EncoderDecoderConfig:
+    return EncoderDecoderConfig(**_encdec_config(model))
 
 
 # Tolerances, fp32: LayerNorm, softmax and GELU (erf) are recomputed by ORT's kernels with other
@@ -182,14 +183,14 @@ def _encdec_loop(model: nn.Module) -> dict[str, Any]:
 # trained zoo models (ORT-CPU 1.31 vs torch 2.13), noted beside each, leaves >= 5x headroom.
 # Generated and beam-searched tokens compare exactly.
 register(Family("gpt", "causal decoder with KV cache: prefill and decode from one graph", GPT_PROTOCOL,
-                _gpt_roles, lambda m: GPT_SHAPES, Tolerance(1e-4, 1e-4), _gpt_loop))  # seen 1.7e-5
+                _gpt_roles, lambda m: GPT_SHAPES, Tolerance(1e-4, 1e-4), ("kv_cache",), _gpt_loop))  # seen 1.7e-5
 register(Family("gpt-nocache", "causal decoder without cache: generation recomputes the sequence", NOCACHE_PROTOCOL,
                 _nocache_roles, lambda m: [{"batch": 1, "time": 1}, {"batch": 3, "time": 40}], Tolerance(1e-4, 1e-4),
-                _nocache_loop))  # seen 3.3e-6
+                ("full_recompute",), _nocache_loop))  # seen 3.3e-6
 register(Family("transformer-seq2seq", "encoder-decoder transformer: encoder (cross keys/values once) + decoder with past",
                 ENCDEC_PROTOCOL, _encdec_roles,
                 lambda m: [{"batch": 1, "src_time": 1, "seq": 1, "past": 0}, {"batch": 4, "src_time": 9, "seq": 1, "past": 6},
                            {"batch": 2, "src_time": 30, "seq": 5, "past": 3}],
-                Tolerance(1e-4, 1e-4), _encdec_loop))  # seen 3.1e-6
+                Tolerance(1e-4, 1e-4), ("encoder_decoder",), _encdec_loop))  # seen 3.1e-6
 register(Family("vit", "vision transformer classifier", VIT_PROTOCOL, classifier_roles("image", VIT_PROTOCOL, "vit"),
-                lambda m: BATCHES, Tolerance(1e-4, 1e-3), lambda m: {"kind": "classifier"}))  # seen 6.2e-6
+                lambda m: BATCHES, Tolerance(1e-4, 1e-3), ("classifier",), lambda m: ClassifierConfig()))  # seen 6.2e-6

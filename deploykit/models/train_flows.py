@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..runtimes.flows import bits_from_log_prob
+from ..nn.density import bits_from_log_prob
 from .data import level_digits, load_digits, toy_2d
 from .train import OnStep, _fit
 

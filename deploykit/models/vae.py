@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtimes.flows import HALF_LOG_2PI
+from ..nn.density import HALF_LOG_2PI
 
 
 class VAE(nn.Module):

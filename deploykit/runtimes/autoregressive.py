@@ -2,24 +2,143 @@
 
 Loops draw every uniform (or normal) up front from numpy's PCG64 seeded with `seed`, one per
 dimension and sample, so the same loop over torch and over onnxruntime gives the same samples.
+The four kinds (dimensionwise FVSBN/MADE, NADE, raster PixelCNN, WaveNet) share one config base
+whose methods say how their conditionals graphs read inputs and lay out outputs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..backends.base import Runner
 from ..errors import InputError
-from .base import Runner
-from .generator import check_count, cycle_labels
+from .generator import LabelOptions, check_count, cycle_labels
+from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, Writer, register
 from .tokens import SamplingConfig, pick_tokens
 
-MASKED_KINDS = ("dimensionwise", "nade", "raster", "wavenet")  # loop kinds of masked autoregressive bundles
 CATEGORICAL = SamplingConfig(temperature=1.0)
 BATCH = 256  # rows per graph call when scoring
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskedConfig(ImageLayout):
+    """Shared by the masked autoregressive kinds: conditionals graphs p(x_i | x_<i) named by `roles`."""
+
+    roles: list[str]
+    num_classes: int = 0
+    input_name = "x"  # the conditionals graphs' data input
+
+    def conditionals_roles(self) -> list[str]:
+        """The roles holding p(x_i | x_<i): one per ordering for an ensemble, else just `conditionals`."""
+        return ["conditionals"]
+
+    def probe(self, rng: np.random.Generator, length: int, ordering: int) -> tuple[np.ndarray, np.ndarray]:
+        """(one random input [1, ...], rank [D]: each flat dimension's position in the sampling order)."""
+        base = rng.integers(0, 2, (1, self.num_inputs)).astype(np.float32)
+        return base, np.argsort(self.orderings[ordering])
+
+    def perturb(self, value: np.ndarray) -> np.ndarray:
+        """Another valid value of one dimension."""
+        return 1 - value
+
+    def per_dimension(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Graph outputs of one example as [D, values] in the input's flat dimension order."""
+        return np.stack([v[0] for k, v in out.items() if k != "log_prob"], -1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DimensionwiseConfig(MaskedConfig):
+    """FVSBN / MADE: one conditionals graph per ordering (mask set); bernoulli or gaussian dimensions."""
+
+    kind = "dimensionwise"
+    orderings: list[list[int]]
+    distribution: str
+    num_inputs: int
+
+    def conditionals_roles(self) -> list[str]:
+        """One conditionals graph per ordering."""
+        return list(self.roles)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NadeConfig(MaskedConfig):
+    """NADE: a conditionals graph and the O(H)-per-dimension `step` graph."""
+
+    kind = "nade"
+    orderings: list[list[int]]
+    distribution: str
+    num_inputs: int
+    hidden: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RasterConfig(MaskedConfig):
+    """PixelCNN: categorical pixels of `input_shape` [C, H, W] with `levels` values, raster order, R->G->B."""
+
+    kind = "raster"
+    input_shape: list[int]
+    levels: int
+    input_name = "image"
+
+    def probe(self, rng: np.random.Generator, length: int, ordering: int) -> tuple[np.ndarray, np.ndarray]:
+        """A random image; rank: raster order, channels inside a pixel."""
+        c, h, w = self.input_shape
+        rank = np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+        return rng.integers(0, self.levels, (1, c, h, w)), rank
+
+    def perturb(self, value: np.ndarray) -> np.ndarray:
+        """The next level."""
+        return (value + 1) % self.levels
+
+    def per_dimension(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits [1, L, C, H, W] as [C*H*W, L]."""
+        return np.moveaxis(out["logits"][0], 0, -1).reshape(-1, self.levels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WavenetConfig(MaskedConfig):
+    """WaveNet: mu-law codes with `levels` values; `step` carries one queue [channels, dilation] per layer."""
+
+    kind = "wavenet"
+    levels: int
+    start: int
+    receptive_field: int
+    queues: list[list[int]]
+    sample_rate: int
+    input_name = "audio"
+
+    def probe(self, rng: np.random.Generator, length: int, ordering: int) -> tuple[np.ndarray, np.ndarray]:
+        """A random clip of `length` codes; rank: time."""
+        return rng.integers(0, self.levels, (1, length)), np.arange(length)
+
+    def perturb(self, value: np.ndarray) -> np.ndarray:
+        """Half the code range away."""
+        return (value + self.levels // 2) % self.levels
+
+    def per_dimension(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits [1, L, T] as [T, L]."""
+        return out["logits"][0].T
+
+
+@dataclass(frozen=True)
+class DimensionwiseOptions(SampleOptions):
+    """Which ordering (mask set) of a MADE ensemble samples."""
+
+    ordering: int = 0
+
+
+@dataclass(frozen=True)
+class WavenetOptions(SampleOptions):
+    """Labels (default: cycle), length in samples (default one second), fast generation or naive."""
+
+    labels: np.ndarray | None = None
+    steps: int | None = None
+    fast: bool = True
 
 
 def _bernoulli(logit: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -27,31 +146,26 @@ def _bernoulli(logit: np.ndarray, u: np.ndarray) -> np.ndarray:
     return (u < 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
 
 
-def _label_feeds(loop: Mapping[str, Any], n: int, labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    labels = cycle_labels(n, int(loop.get("num_classes", 0)) or None, labels)
+def _label_feeds(loop: MaskedConfig, n: int, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    labels = cycle_labels(n, loop.num_classes or None, labels)
     return {} if labels is None else {"label": labels}
 
 
-def conditionals_roles(loop: Mapping[str, Any]) -> list[str]:
-    """The roles holding p(x_i | x_<i): one per ordering for an ensemble, else just `conditionals`."""
-    return list(loop["roles"]) if loop["kind"] == "dimensionwise" else ["conditionals"]
-
-
-def mask_role(loop: Mapping[str, Any], ordering: int) -> str:
+def mask_role(loop: DimensionwiseConfig, ordering: int) -> str:
     """The conditionals role of ordering (mask set) `ordering`, or InputError naming the valid ones."""
-    roles = loop["roles"]
+    roles = loop.roles
     if not 0 <= ordering < len(roles):
         raise InputError(f"--ordering {ordering}: this bundle has ordering(s) 0..{len(roles) - 1}.")
     return roles[ordering]
 
 
-def sample_dimensionwise(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int, ordering: int = 0) -> np.ndarray:
+def sample_dimensionwise(runners: Runners, loop: DimensionwiseConfig, n: int, seed: int, ordering: int = 0) -> np.ndarray:
     """[n, D] samples, one full conditionals pass per dimension in the ordering (FVSBN, MADE)."""
     check_count(n)
     runner = runners[mask_role(loop, ordering)]
-    order, size = loop["orderings"][ordering], int(loop["num_inputs"])
+    order, size = loop.orderings[ordering], loop.num_inputs
     rng = np.random.default_rng(seed)
-    gaussian = loop["distribution"] == "gaussian"
+    gaussian = loop.distribution == "gaussian"
     noise = rng.standard_normal((n, size)) if gaussian else rng.random((n, size))
     x = np.zeros((n, size), np.float32)
     for step, i in enumerate(order):
@@ -63,13 +177,13 @@ def sample_dimensionwise(runners: Mapping[str, Runner], loop: Mapping[str, Any],
     return x
 
 
-def sample_nade(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int) -> np.ndarray:
+def sample_nade(runners: Runners, loop: NadeConfig, n: int, seed: int) -> np.ndarray:
     """[n, D] NADE samples by the O(H)-per-dimension recursion over the `step` graph."""
     check_count(n)
-    step, order = runners["step"], loop["orderings"][0]
-    u = np.random.default_rng(seed).random((n, int(loop["num_inputs"])))
+    step, order = runners["step"], loop.orderings[0]
+    u = np.random.default_rng(seed).random((n, loop.num_inputs))
     x = np.zeros((n, len(order)), np.float32)
-    feeds = {"total": np.zeros((n, int(loop["hidden"])), np.float32), "x_prev": np.zeros(n, np.float32)}
+    feeds = {"total": np.zeros((n, loop.hidden), np.float32), "x_prev": np.zeros(n, np.float32)}
     for pos, i in enumerate(order):
         out = step.infer(feeds | {"index": np.array([pos], np.int64)}, checked=pos > 0)
         x[:, i] = _bernoulli(out["logit"], u[:, i])
@@ -78,12 +192,12 @@ def sample_nade(runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, 
 
 
 def sample_raster(
-    runners: Mapping[str, Runner], loop: Mapping[str, Any], n: int, seed: int, labels: np.ndarray | None = None
+    runners: Runners, loop: RasterConfig, n: int, seed: int, labels: np.ndarray | None = None
 ) -> np.ndarray:
     """[n, C, H, W] integer images, pixel by pixel in raster order, R then G then B inside a pixel."""
     check_count(n)
     runner = runners["conditionals"]
-    c, h, w = loop["input_shape"]
+    c, h, w = loop.input_shape
     u = np.random.default_rng(seed).random((n, c, h, w))
     image = np.zeros((n, c, h, w), np.int64)
     feeds = {"image": image} | _label_feeds(loop, n, labels)
@@ -103,8 +217,8 @@ def _check_length(length: int) -> None:
 
 
 def sample_wavenet(
-    runners: Mapping[str, Runner],
-    loop: Mapping[str, Any],
+    runners: Runners,
+    loop: WavenetConfig,
     n: int,
     length: int,
     seed: int,
@@ -122,9 +236,9 @@ def sample_wavenet(
     codes = np.zeros((n, length), np.int64)
     cond = _label_feeds(loop, n, labels)
     if fast:
-        step, layers = runners["step"], range(len(loop["queues"]))
-        feeds = {"sample": np.full(n, int(loop["start"]), np.int64)} | cond
-        feeds |= {f"past_queue.{i}": np.zeros((n, c, d), np.float32) for i, (c, d) in enumerate(loop["queues"])}
+        step, layers = runners["step"], range(len(loop.queues))
+        feeds = {"sample": np.full(n, loop.start, np.int64)} | cond
+        feeds |= {f"past_queue.{i}": np.zeros((n, c, d), np.float32) for i, (c, d) in enumerate(loop.queues)}
         queues = [(f"past_queue.{i}", f"present_queue.{i}") for i in layers]
         for t in range(length):
             out = step.infer(feeds, checked=t > 0)
@@ -133,7 +247,7 @@ def sample_wavenet(
             for past, present in queues:
                 feeds[past] = out[present]
         return codes
-    runner, field = runners["conditionals"], int(loop["receptive_field"])
+    runner, field = runners["conditionals"], loop.receptive_field
     for t in range(length):
         window = np.ascontiguousarray(codes[:, max(0, t - field) : t + 1])  # codes[:, t] is a placeholder it cannot see
         logits = runner.infer({"audio": window} | cond, checked=t > 0)["logits"][:, :, -1]
@@ -161,20 +275,16 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int)
         out.writeframes((np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes())
 
 
-def _input_name(loop: Mapping[str, Any]) -> str:
-    return {"raster": "image", "wavenet": "audio"}.get(loop["kind"], "x")
-
-
 def log_prob(
-    runners: Mapping[str, Runner], loop: Mapping[str, Any], x: np.ndarray, labels: np.ndarray | None = None
+    runners: Runners, loop: MaskedConfig, x: np.ndarray, labels: np.ndarray | None = None
 ) -> np.ndarray:
     """log p(x) per example in nats; an order-agnostic ensemble averages p(x) over its orderings."""
-    if loop.get("num_classes") and labels is None:
-        raise InputError(f"this model is class-conditional ({loop['num_classes']} classes): pass one label per example.")
+    if loop.num_classes and labels is None:
+        raise InputError(f"this model is class-conditional ({loop.num_classes} classes): pass one label per example.")
     extra = _label_feeds(loop, len(x), labels)
-    name = _input_name(loop)
+    name = loop.input_name
     per_role = []
-    for role in conditionals_roles(loop):
+    for role in loop.conditionals_roles():
         parts = [
             runners[role].infer({name: x[i : i + BATCH]} | {k: v[i : i + BATCH] for k, v in extra.items()})["log_prob"]
             for i in range(0, len(x), BATCH)
@@ -185,25 +295,8 @@ def log_prob(
     return top + np.log(np.exp(stacked - top).mean(0))
 
 
-def _perturb(loop: Mapping[str, Any], value: np.ndarray) -> np.ndarray:
-    if loop["kind"] == "raster":
-        return (value + 1) % int(loop["levels"])
-    if loop["kind"] == "wavenet":
-        return (value + int(loop["levels"]) // 2) % int(loop["levels"])
-    return 1 - value
-
-
-def _per_dimension(loop: Mapping[str, Any], out: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Graph outputs of one example as [D, values] in the input's flat dimension order."""
-    if loop["kind"] == "raster":
-        return np.moveaxis(out["logits"][0], 0, -1).reshape(-1, int(loop["levels"]))
-    if loop["kind"] == "wavenet":
-        return out["logits"][0].T
-    return np.stack([v[0] for k, v in out.items() if k != "log_prob"], -1)
-
-
 def dependencies(
-    runner: Runner, loop: Mapping[str, Any], seed: int = 0, length: int = 64, ordering: int = 0
+    runner: Runner, loop: MaskedConfig, seed: int = 0, length: int = 64, ordering: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(changed [D_in, D_out] bool, rank [D]) for one example: which outputs move when each input does.
 
@@ -211,30 +304,89 @@ def dependencies(
     rank[i] is dimension i's position in the sampling order (raster, then R->G->B; time; `ordering`).
     """
     rng = np.random.default_rng(seed)
-    kind = loop["kind"]
-    if kind == "raster":
-        c, h, w = loop["input_shape"]
-        base = rng.integers(0, int(loop["levels"]), (1, c, h, w))
-        rank = np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
-    elif kind == "wavenet":
-        base = rng.integers(0, int(loop["levels"]), (1, length))
-        rank = np.arange(length)
-    else:
-        base = rng.integers(0, 2, (1, int(loop["num_inputs"]))).astype(np.float32)
-        rank = np.argsort(loop["orderings"][ordering])
-    extra = {"label": np.zeros(1, np.int64)} if loop.get("num_classes") else {}
-    name = _input_name(loop)
-    reference = _per_dimension(loop, runner.infer({name: base} | extra))
+    base, rank = loop.probe(rng, length, ordering)
+    extra = {"label": np.zeros(1, np.int64)} if loop.num_classes else {}
+    name = loop.input_name
+    reference = loop.per_dimension(runner.infer({name: base} | extra))
     changed = np.zeros((base.size, base.size), bool)
     for j in range(base.size):
         x = base.copy()
-        x.flat[j] = _perturb(loop, x.flat[j])
-        changed[j] = (_per_dimension(loop, runner.infer({name: x} | extra)) != reference).any(-1)
+        x.flat[j] = loop.perturb(x.flat[j])
+        changed[j] = (loop.per_dimension(runner.infer({name: x} | extra)) != reference).any(-1)
     return changed, rank
 
 
-def autoregressive_violations(runner: Runner, loop: Mapping[str, Any], ordering: int = 0) -> list[tuple[int, int]]:
+def autoregressive_violations(runner: Runner, loop: MaskedConfig, ordering: int = 0) -> list[tuple[int, int]]:
     """(input j, output i) pairs where perturbing x_j changed the conditional of an x_i not after it."""
     changed, rank = dependencies(runner, loop, ordering=ordering)
     j, i = np.nonzero(changed & (rank[None, :] <= rank[:, None]))
     return list(zip(j.tolist(), i.tolist()))
+
+
+def masked_problems(runners: Runners, loop: MaskedConfig) -> list[str]:
+    """Conditionals graphs whose outputs see later inputs."""
+    problems = []
+    for k, role in enumerate(loop.conditionals_roles()):
+        bad = autoregressive_violations(runners[role], loop, k)
+        if bad:
+            problems.append(f"'{role}' is not autoregressive: output(s) change when a later input does, e.g. (input, output) {bad[:3]}")
+    return problems
+
+
+def check_dimensionwise(runners: Runners, loop: DimensionwiseConfig, seed: int) -> dict[str, np.ndarray]:
+    """Four samples per ordering (FVSBN, MADE), one conditionals pass per dimension."""
+    return {f"x.{k}": sample_dimensionwise(runners, loop, 4, seed, k) for k in range(len(loop.roles))}
+
+
+def check_nade(runners: Runners, loop: NadeConfig, seed: int) -> dict[str, np.ndarray]:
+    """Four samples by NADE's step recursion."""
+    return {"x": sample_nade(runners, loop, 4, seed)}
+
+
+def check_raster(runners: Runners, loop: RasterConfig, seed: int) -> dict[str, np.ndarray]:
+    """Four images in raster order (labels cycling for class-conditional models)."""
+    return {"images": sample_raster(runners, loop, 4, seed)}
+
+
+def check_wavenet(runners: Runners, loop: WavenetConfig, seed: int) -> dict[str, np.ndarray]:
+    """Fast generation of two clips past one receptive field, and a short naive run."""
+    length = loop.receptive_field + 44
+    return {"fast": sample_wavenet(runners, loop, 2, length, seed), "naive": sample_wavenet(runners, loop, 1, 40, seed, fast=False)}
+
+
+def write_audio(out: Path, codes: np.ndarray, loop: WavenetConfig, runners: Runners) -> None:
+    """Mu-law codes as one .wav (clips one after another) or as .npy."""
+    if out.suffix == ".npy":
+        np.save(out, codes)
+    else:
+        write_wav(out, mu_law_decode(codes, loop.levels), loop.sample_rate)
+
+
+def _density(runners: Runners, loop: MaskedConfig, x: np.ndarray, labels: np.ndarray | None, host: bool) -> np.ndarray:
+    if host:
+        raise InputError("host=True is for flow bundles (IAF density on the host).")
+    return log_prob(runners, loop, x, labels)
+
+
+register(LoopKind(
+    DimensionwiseConfig, "FVSBN/MADE", "sample", DimensionwiseOptions,
+    sample=lambda runners, loop, n, seed, o: sample_dimensionwise(runners, loop, n, seed, o.ordering),
+    check=check_dimensionwise, structure=masked_problems, writer=IMAGES, log_prob=_density,
+))
+register(LoopKind(
+    NadeConfig, "NADE", "sample", SampleOptions,
+    sample=lambda runners, loop, n, seed, o: sample_nade(runners, loop, n, seed),
+    check=check_nade, structure=masked_problems, writer=IMAGES, log_prob=_density,
+))
+register(LoopKind(
+    RasterConfig, "PixelCNN", "sample", LabelOptions,
+    sample=lambda runners, loop, n, seed, o: sample_raster(runners, loop, n, seed, o.labels),
+    check=check_raster, structure=masked_problems, writer=IMAGES, log_prob=_density,
+))
+register(LoopKind(
+    WavenetConfig, "WaveNet", "sample", WavenetOptions,
+    sample=lambda runners, loop, n, seed, o: sample_wavenet(
+        runners, loop, n, loop.sample_rate if o.steps is None else o.steps, seed, o.labels, o.fast),
+    check=check_wavenet, structure=masked_problems, log_prob=_density, quick={"steps": 400},
+    writer=Writer((".wav", ".npy"), "WaveNet writes audio as .wav (or its mu-law codes as .npy).", write_audio),
+))

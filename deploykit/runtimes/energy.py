@@ -2,32 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..backends.base import Runner
 from ..errors import InputError
-from .base import Runner
 from .generator import check_count
+from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class GibbsConfig(ImageLayout):
+    """An RBM's `gibbs` graph: k Gibbs steps over injected noise; visible units 'bernoulli' or 'gaussian'."""
+
+    kind = "gibbs"
+    visible: int
+    hidden: int
+    visible_type: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HopfieldConfig(ImageLayout):
+    """A Hopfield network's `update` graph: one synchronous update of +-1 states and their energy."""
+
+    kind = "hopfield"
+    units: int
+    max_iterations: int
+
+
+@dataclass(frozen=True)
+class GibbsOptions(SampleOptions):
+    """Chain length (default GIBBS_STEPS) and host=True for one graph call per step."""
+
+    steps: int | None = None
+    host: bool = False
 
 GIBBS_STEPS = 1000  # default chain length of `sample`
 
 
-def gibbs_noise(loop: Mapping[str, Any], n: int, steps: int, seed: int) -> dict[str, np.ndarray]:
+def gibbs_noise(loop: GibbsConfig, n: int, steps: int, seed: int) -> dict[str, np.ndarray]:
     """The chain's start v (uniform in [0, 1)) and injected noise for `steps` steps, all from `seed`."""
     rng = np.random.default_rng(seed)
-    visible, hidden = int(loop["visible"]), int(loop["hidden"])
+    visible, hidden = loop.visible, loop.hidden
     v = rng.random((n, visible), dtype=np.float32)
     hidden_uniforms = rng.random((steps, n, hidden), dtype=np.float32)
     shape = (steps, n, visible)
-    gaussian = loop["visible_type"] == "gaussian"
+    gaussian = loop.visible_type == "gaussian"
     noise = rng.standard_normal(shape, dtype=np.float32) if gaussian else rng.random(shape, dtype=np.float32)
     return {"v": v, "hidden_uniforms": hidden_uniforms, "visible_noise": noise}
 
 
-def gibbs_chain(runner: Runner, loop: Mapping[str, Any], n: int, steps: int, seed: int, per_call: int | None = None
+def gibbs_chain(runner: Runner, loop: GibbsConfig, n: int, steps: int, seed: int, per_call: int | None = None
                 ) -> dict[str, np.ndarray]:
     """`steps` Gibbs steps for `n` chains: {v_last, h_last, visible_mean} after the last step. per_call=None runs all
     steps in one graph call; per_call=1 is the host loop (one call per step), carrying v between calls."""
@@ -43,7 +69,7 @@ def gibbs_chain(runner: Runner, loop: Mapping[str, Any], n: int, steps: int, see
     return out
 
 
-def sample_rbm(runner: Runner, loop: Mapping[str, Any], n: int, seed: int, steps: int | None = None,
+def sample_rbm(runner: Runner, loop: GibbsConfig, n: int, seed: int, steps: int | None = None,
                per_call: int | None = None) -> np.ndarray:
     """E[v | h] after `steps` Gibbs steps (default GIBBS_STEPS): pixel probabilities or Gaussian means [n, visible]."""
     return gibbs_chain(runner, loop, n, GIBBS_STEPS if steps is None else steps, seed, per_call)["visible_mean"]
@@ -59,15 +85,15 @@ class Retrieval:
     energy: np.ndarray
 
 
-def retrieve(runner: Runner, loop: Mapping[str, Any], states: np.ndarray, max_iterations: int | None = None) -> Retrieval:
+def retrieve(runner: Runner, loop: HopfieldConfig, states: np.ndarray, max_iterations: int | None = None) -> Retrieval:
     """Synchronous updates until every state is a fixed point or max_iterations (default: the bundle's) pass.
     States that reached their fixed point stop counting iterations; the others are reported unconverged."""
-    units = int(loop["units"])
+    units = loop.units
     s = np.asarray(states, np.float32).reshape(len(states), -1)
     if s.shape[1] != units or not np.isin(s, (-1.0, 1.0)).all():
         raise InputError(f"states must be [batch, {units}] of -1/+1 values; got {list(s.shape)}"
                          f"{'' if np.isin(s, (-1.0, 1.0)).all() else ' with other values'}.")
-    limit = int(loop["max_iterations"]) if max_iterations is None else max_iterations
+    limit = loop.max_iterations if max_iterations is None else max_iterations
     iterations = np.zeros(len(s), np.int64)
     for _ in range(limit):
         out = runner.infer({"state": s})
@@ -80,7 +106,31 @@ def retrieve(runner: Runner, loop: Mapping[str, Any], states: np.ndarray, max_it
     return Retrieval(s, iterations, (out["next"] == s).all(1), out["energy"])
 
 
-def random_states(loop: Mapping[str, Any], n: int, seed: int) -> np.ndarray:
+def random_states(loop: HopfieldConfig, n: int, seed: int) -> np.ndarray:
     """`n` random +-1 states from `seed`."""
     check_count(n)
-    return np.where(np.random.default_rng(seed).random((n, int(loop["units"]))) < 0.5, -1.0, 1.0).astype(np.float32)
+    return np.where(np.random.default_rng(seed).random((n, loop.units)) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+def check_gibbs(runners: Runners, loop: GibbsConfig, seed: int) -> dict[str, np.ndarray]:
+    """A 25-step chain of four samples, in one graph call and one call per step."""
+    graph, host = (gibbs_chain(runners["gibbs"], loop, 4, 25, seed, per_call) for per_call in (None, 1))
+    return {f"{k}.graph": v for k, v in graph.items()} | {f"{k}.host": v for k, v in host.items()}
+
+
+def check_hopfield(runners: Runners, loop: HopfieldConfig, seed: int) -> dict[str, np.ndarray]:
+    """Retrieval from eight random states: final states, update counts, energies."""
+    found = retrieve(runners["update"], loop, random_states(loop, 8, seed))
+    return {"states": found.states, "iterations": found.iterations, "energy": found.energy}
+
+
+register(LoopKind(
+    GibbsConfig, "RBM", "sample", GibbsOptions,
+    sample=lambda runners, loop, n, seed, o: sample_rbm(runners["gibbs"], loop, n, seed, o.steps, 1 if o.host else None),
+    check=check_gibbs, writer=IMAGES,
+))
+register(LoopKind(
+    HopfieldConfig, "Hopfield", "sample", SampleOptions,
+    sample=lambda runners, loop, n, seed, o: retrieve(runners["update"], loop, random_states(loop, n, seed)).states,
+    check=check_hopfield, writer=IMAGES,
+))

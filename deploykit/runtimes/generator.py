@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.base import Runner
 from ..errors import InputError
-from .base import Runner
+from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorConfig(ImageLayout):
+    """A generator graph `model`: z [latent_dim] (and a label when num_classes > 0) -> image."""
+
+    kind = "generator"
+    latent_dim: int
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class LabelOptions(SampleOptions):
+    """Class labels for a conditional model: one, broadcast, or one per sample (default: cycle 0..K-1)."""
+
+    labels: np.ndarray | None = None
 
 
 def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
@@ -38,7 +54,7 @@ def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.n
 
 def sample_generator(
     runner: Runner,
-    loop: Mapping[str, Any],
+    loop: GeneratorConfig,
     n: int,
     seed: int,
     labels: np.ndarray | None = None,
@@ -46,8 +62,8 @@ def sample_generator(
 ) -> np.ndarray:
     """`n` images from a generator graph; conditional generators cycle labels 0..K-1 unless given."""
     check_count(n)
-    labels = cycle_labels(n, loop.get("num_classes"), labels)
-    z = draw_latents(n, int(loop["latent_dim"]), seed)
+    labels = cycle_labels(n, loop.num_classes, labels)
+    z = draw_latents(n, loop.latent_dim, seed)
     images = []
     for start in range(0, n, batch_size):
         feeds = {"z": z[start : start + batch_size]}
@@ -55,3 +71,15 @@ def sample_generator(
             feeds["label"] = np.ascontiguousarray(labels[start : start + batch_size])
         images.append(runner.infer(feeds)[runner.spec.output_names()[0]])
     return np.concatenate(images)
+
+
+def check_generator(runners: Runners, loop: GeneratorConfig, seed: int) -> dict[str, np.ndarray]:
+    """Eight samples (labels cycling for conditional generators)."""
+    return {"images": sample_generator(runners["model"], loop, 8, seed)}
+
+
+register(LoopKind(
+    GeneratorConfig, "generator", "sample", LabelOptions,
+    sample=lambda runners, loop, n, seed, o: sample_generator(runners["model"], loop, n, seed, o.labels),
+    check=check_generator, writer=IMAGES,
+))

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputError, choices
+from .kinds import LoopConfig, Runners, kind_of
 
 
 class TokenModel(Protocol):
@@ -218,3 +219,56 @@ def mode_config(mode: str, max_new_tokens: int, stop: tuple[int, ...] = ()) -> S
         raise InputError(f"unknown sampling mode {mode!r}; choose one of {choices(MODES)}.")
     base = MODES[mode]
     return SamplingConfig(base.temperature, base.top_k, base.top_p, max_new_tokens, stop)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LanguageModelConfig(LoopConfig):
+    """Shared by language-model kinds: the graph role, the vocabulary (token strings), the context if bounded."""
+
+    role: str
+    vocab: list[str]
+    context: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationConfig(LoopConfig):
+    """Shared by encoder-decoder kinds: source and target vocabularies, bos / eos ids, the longest decoding."""
+
+    src_vocab: list[str]
+    tgt_vocab: list[str]
+    bos: int
+    eos: int
+    max_target_length: int
+
+
+GENERATED = 200  # tokens per sampling mode
+PROMPT_LENGTHS = (3, 11)  # two prompts of different lengths for the language-model check
+
+
+def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """Rows of different lengths as one int64 array, -1 after each row's end."""
+    out = np.full((len(rows), width), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """GENERATED tokens (fewer if the context is shorter) for two prompts of different lengths, every mode."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, len(loop.vocab), size=n) for n in PROMPT_LENGTHS]
+    longest = max(PROMPT_LENGTHS)
+    count = GENERATED if loop.context is None else min(GENERATED, loop.context - longest)
+    lm = kind_of(loop).token_model(runners, loop)
+    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count) for mode in MODES}
+
+
+def check_translation(runners: Runners, loop: TranslationConfig, seed: int) -> dict[str, np.ndarray]:
+    """Greedy (batched) and beam-4 decoding of four random sources."""
+    rng = np.random.default_rng(seed)
+    sources = [rng.integers(0, len(loop.src_vocab), size=n) for n in (1, 4, 9, 12)]
+    model = kind_of(loop).token_model(runners, loop)
+    width = loop.max_target_length
+    greedy = generate(model, sources, mode_config("greedy", width, (loop.eos,)))
+    beams = [beam_search(model, s, 4, width, loop.eos)[0] for s in sources]
+    return {"greedy": _padded(greedy, width), "beam4": _padded(beams, width)}

@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.base import Runner
 from ..errors import InputError
-from .base import Runner
-from .tokens import check_prompts, pad_prompts
+from .kinds import TEXT, LoopKind, Runners, register
+from .tokens import (
+    LanguageModelConfig,
+    TranslationConfig,
+    check_language_model,
+    check_prompts,
+    check_translation,
+    pad_prompts,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KVCacheConfig(LanguageModelConfig):
+    """A causal decoder's `decoder_with_past` graph: past_key_values.{i}.key/value [batch, heads, past, head_dim]."""
+
+    kind = "kv_cache"
+    context: int
+    layers: int
+    heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullRecomputeConfig(LanguageModelConfig):
+    """A causal `model` graph without cache: every step reruns the sequence."""
+
+    kind = "full_recompute"
+    context: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderDecoderConfig(TranslationConfig):
+    """A transformer `encoder` (cross keys/values once) and `decoder_with_past` with a self-attention cache."""
+
+    kind = "encoder_decoder"
+    layers: int
+    heads: int
+    head_dim: int
 
 
 def _context_full(context: int) -> InputError:
@@ -26,10 +63,10 @@ class CachedLM:
     and position_ids count only real tokens, so each row decodes as if it were alone.
     """
 
-    def __init__(self, runner: Runner, loop: Mapping[str, Any]) -> None:
+    def __init__(self, runner: Runner, loop: KVCacheConfig) -> None:
         self.runner, self.loop = runner, loop
-        self.vocab_size, self.context = len(loop["vocab"]), int(loop["context"])
-        self.names = [f"past_key_values.{i}.{p}" for i in range(int(loop["layers"])) for p in ("key", "value")]
+        self.vocab_size, self.context = len(loop.vocab), loop.context
+        self.names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
         self.feeds: dict[str, np.ndarray] = {}
         self.next_position = np.zeros(0, np.int64)
 
@@ -44,7 +81,7 @@ class CachedLM:
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
         tokens, mask = pad_prompts(prompts, left=True)
         positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
-        empty = np.zeros((len(prompts), int(self.loop["heads"]), 0, int(self.loop["head_dim"])), np.float32)
+        empty = np.zeros((len(prompts), self.loop.heads, 0, self.loop.head_dim), np.float32)
         self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
         self.next_position = lengths.copy()
         return self._run(tokens, positions, checked=False)
@@ -72,9 +109,9 @@ class FullRecomputeLM:
     real token never see the pads after it.
     """
 
-    def __init__(self, runner: Runner, loop: Mapping[str, Any]) -> None:
+    def __init__(self, runner: Runner, loop: FullRecomputeConfig) -> None:
         self.runner, self.loop = runner, loop
-        self.vocab_size, self.context = len(loop["vocab"]), int(loop["context"])
+        self.vocab_size, self.context = len(loop.vocab), loop.context
         self.buffer = np.zeros((0, self.context), np.int64)  # preallocated: rows x context
         self.lengths = np.zeros(0, np.int64)
 
@@ -108,10 +145,10 @@ class EncoderDecoderLM:
     """TokenModel over `encoder` + `decoder_with_past` graphs: start() encodes the sources once (cross
     keys/values) and runs bos; each step then decodes one token per row against the self-attention cache."""
 
-    def __init__(self, runners: Mapping[str, Runner], loop: Mapping[str, Any]) -> None:
+    def __init__(self, runners: Runners, loop: EncoderDecoderConfig) -> None:
         self.encoder, self.decoder, self.loop = runners["encoder"], runners["decoder_with_past"], loop
-        self.vocab_size = len(loop["tgt_vocab"])
-        layers = int(loop["layers"])
+        self.vocab_size = len(loop.tgt_vocab)
+        layers = loop.layers
         self.past = [f"past_key_values.{i}.{p}" for i in range(layers) for p in ("key", "value")]
         self.cross = [f"cross.{i}.{p}" for i in range(layers) for p in ("key", "value")]
         self.feeds: dict[str, np.ndarray] = {}
@@ -127,21 +164,29 @@ class EncoderDecoderLM:
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Encode the (right-padded) sources, then run bos."""
-        check_prompts(prompts, len(self.loop["src_vocab"]), "source")
+        check_prompts(prompts, len(self.loop.src_vocab), "source")
         src, mask = pad_prompts(prompts)
         cross = self.encoder.infer({"src": src, "src_mask": mask})
-        heads, head_dim = int(self.loop["heads"]), int(self.loop["head_dim"])
+        heads, head_dim = self.loop.heads, self.loop.head_dim
         empty = np.zeros((len(prompts), heads, 0, head_dim), np.float32)
         self.feeds = {"src_mask": mask} | {n: cross[n] for n in self.cross} | {n: empty for n in self.past}
         self.position = 0
-        return self._run(np.full(len(prompts), int(self.loop["bos"]), np.int64), checked=False)
+        return self._run(np.full(len(prompts), self.loop.bos, np.int64), checked=False)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Decode one token per row."""
-        if self.position > int(self.loop["max_target_length"]):
-            raise InputError(f"decoding went past max_target_length {self.loop['max_target_length']}.")
+        if self.position > self.loop.max_target_length:
+            raise InputError(f"decoding went past max_target_length {self.loop.max_target_length}.")
         return self._run(tokens, checked=True)
 
     def select(self, rows: np.ndarray) -> None:
         """Reorder caches, cross keys/values and the source mask along the batch."""
         self.feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self.feeds.items()}
+
+
+register(LoopKind(KVCacheConfig, "KV-cache LM", "generate", check=check_language_model, writer=TEXT,
+                  token_model=lambda runners, loop: CachedLM(runners[loop.role], loop)))
+register(LoopKind(FullRecomputeConfig, "full-recompute LM", "generate", check=check_language_model, writer=TEXT,
+                  token_model=lambda runners, loop: FullRecomputeLM(runners[loop.role], loop)))
+register(LoopKind(EncoderDecoderConfig, "encoder-decoder", "translate", check=check_translation, writer=TEXT,
+                  token_model=EncoderDecoderLM))

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import make_runners
 from ..bundle import Bundle, load_bundle, staging
 from ..errors import InputError, choices
-from ..runtimes import make_runners
-from ..runtimes.deployment import SAMPLED, Deployment
+from ..runtimes.deployment import Deployment
+from ..runtimes.kinds import kind_of
 from ..specs import GraphSpec, TensorSpec
 
 MARKER = "deploykit-triton.json"
@@ -49,7 +50,6 @@ LOOP_INPUTS = {
     "eta": ("TYPE_FP32", [1], "DDIM eta"),
     "guidance": ("TYPE_FP32", [1], "classifier-free guidance scale"),
 }
-STEP_KINDS = ("vrnn", "wavenet", "diffusion", "gibbs")
 
 
 @dataclass(frozen=True)
@@ -159,13 +159,13 @@ def write_repository(
         raise InputError(f"bundle {b.path} is packed for edge devices (ORT format); write a repository from the "
                          "ONNX bundle it came from.")
     name = model_name(options.name or b.path.name)
-    loop_kind = b.loop.get("kind")
+    kind = kind_of(b.loop)
     record: dict[str, Any] = {
         "bundle": str(b.path.resolve()), "family": b.family, "options": asdict(options) | {"name": name},
         "graph_models": {}, "loop_model": None,
     }
     models = {role: model_name(f"{name}_{role}") for role in b.graphs}
-    has_loop = loop_kind in SAMPLED
+    has_loop = kind.sample is not None
     # one copy of the bundle for the Python-backend models, inside a model directory (Triton treats
     # every directory at the root as a model)
     bundle_dir = f"{name if has_loop else next(iter(models.values()))}/1/bundle"
@@ -189,11 +189,11 @@ def write_repository(
             record["graph_models"][role] = {"model": gname, "batched": batchable(graph.spec)}
         if has_loop:
             with Deployment(b, make_runners(b)) as local:
-                probe = local.sample(1, 0, steps=2 if loop_kind in STEP_KINDS else None)
-            host = loop_kind == "diffusion"  # per-step calls batch across concurrent loops; in-graph elsewhere
+                probe = local.sample(1, 0, local.options(**kind.quick))
+            host = bool(kind.serving.get("host"))  # per-step calls batch across concurrent loops; in-graph elsewhere
             params = {"bundle": "1/bundle", "graphs": json.dumps(record["graph_models"]), "host_loop": str(host).lower()}
             (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(cls="LoopModel"))
             (tmp / name / "config.pbtxt").write_text(loop_config(name, probe, options, params))
-            record["loop_model"] = {"model": name, "kind": loop_kind, "host_loop": host, "output_dtype": str(probe.dtype)}
+            record["loop_model"] = {"model": name, "kind": kind.name, "host_loop": host, "output_dtype": str(probe.dtype)}
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import make_runners
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, InputError
-from ..runtimes import make_runners
 from ..runtimes.deployment import Deployment
 from . import batchable, to_wire
-from .models import sample_arguments
+from .models import loop_samples
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ def graph_requests(bundle: Bundle, role: str, count: int, seed: int = 0) -> list
     return requests
 
 
-def loop_requests(bundle: Bundle, count: int, host: bool, steps: int | None = None, **diffusion: Any) -> list[Request]:
+def loop_requests(bundle: Bundle, count: int, steps: int | None = None, **diffusion: Any) -> list[Request]:
     """`count` loop requests (n = 1..4, seed = i, labels where conditional) with the local loop's samples."""
-    classes = bundle.loop.get("num_classes")
+    classes = getattr(bundle.loop, "num_classes", 0)
     requests = []
     with Deployment(bundle, make_runners(bundle)) as local:
         for i in range(count):
@@ -93,7 +93,7 @@ def loop_requests(bundle: Bundle, count: int, host: bool, steps: int | None = No
                 "eta": np.array([diffusion["eta"]], np.float32) if "eta" in diffusion else None,
                 "guidance": np.array([diffusion["guidance"]], np.float32) if "guidance" in diffusion else None,
             }
-            samples = local.sample(**sample_arguments(value), host=host)
+            samples = loop_samples(local, value)
             requests.append(Request({k: v for k, v in value.items() if v is not None}, {"samples": samples}))
     return requests
 

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.base import Runner, RunnerOptions
+from ..backends.ort import OrtRunner
 from ..bundle import load_bundle
 from ..errors import DeploykitError, InputError
-from ..runtimes.base import Runner, RunnerOptions
 from ..runtimes.deployment import Deployment
-from ..runtimes.diffusion import DiffusionOptions
-from ..runtimes.ort import OrtRunner
 from ..specs import GraphSpec
 from . import from_wire, to_wire
 
@@ -134,7 +133,6 @@ class LoopModel:
         runners: dict[str, Runner] = {
             role: BLSRunner(role, g.spec, graphs[role]["model"], graphs[role]["batched"]) for role, g in bundle.graphs.items()
         }
-        self.host = params.get("host_loop") == "true"
         self.deployment = Deployment(bundle, runners).__enter__()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -145,7 +143,7 @@ class LoopModel:
             value = {k: (t.as_numpy() if (t := pb.get_input_tensor_by_name(request, k)) is not None else None)
                      for k in ("n", "seed", "labels", "steps", "scheduler", "eta", "guidance")}
             try:
-                samples = self.deployment.sample(**sample_arguments(value), host=self.host)
+                samples = loop_samples(self.deployment, value)
                 responses.append(pb.InferenceResponse([pb.Tensor("samples", np.ascontiguousarray(samples))]))
             except DeploykitError as exc:
                 responses.append(_error(exc))
@@ -156,8 +154,16 @@ class LoopModel:
         self.deployment.__exit__(None, None, None)
 
 
-def sample_arguments(value: dict[str, np.ndarray | None]) -> dict[str, Any]:
-    """Deployment.sample keyword arguments from a loop request's tensors (absent ones: None)."""
+def loop_samples(deployment: Deployment, value: dict[str, np.ndarray | None]) -> np.ndarray:
+    """The samples a loop request asks for, with the options its kind fixes when served (LoopKind.serving)."""
+    n, seed, given = sample_arguments(value)
+    kind = deployment.kind
+    options = kind.make_options(given | dict(kind.serving), {k: f"request input '{k}'" for k in given})
+    return deployment.sample(n, seed, options)
+
+
+def sample_arguments(value: dict[str, np.ndarray | None]) -> tuple[int, int, dict[str, Any]]:
+    """(n, seed, the sampling options the request sets) from a loop request's tensors (absent ones: None)."""
     def scalar(name: str) -> Any:
         array = value[name]
         if array is None:
@@ -169,12 +175,11 @@ def sample_arguments(value: dict[str, np.ndarray | None]) -> dict[str, Any]:
     if value["n"] is None:
         raise InputError("request input 'n' (number of samples) is required.")
     scheduler = scalar("scheduler")
-    options = {"scheduler": scheduler.decode() if isinstance(scheduler, bytes) else scheduler,
-               "eta": scalar("eta"), "guidance": scalar("guidance")}
-    return {
-        "n": int(scalar("n")),
-        "seed": int(scalar("seed") or 0),
+    given = {
         "labels": None if value["labels"] is None else value["labels"].astype(np.int64).reshape(-1),
         "steps": None if value["steps"] is None else int(scalar("steps")),
-        "diffusion": DiffusionOptions(**options) if any(v is not None for v in options.values()) else None,
+        "scheduler": scheduler.decode() if isinstance(scheduler, bytes) else scheduler,
+        "eta": scalar("eta"),
+        "guidance": scalar("guidance"),
     }
+    return int(scalar("n")), int(scalar("seed") or 0), {k: v for k, v in given.items() if v is not None}

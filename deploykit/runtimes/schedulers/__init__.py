@@ -14,7 +14,7 @@ One file per algorithm: ddpm.py, ddim.py, langevin.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,15 +65,14 @@ def check_steps(steps: int, most: int | None, what: str) -> None:
                          f"a loop can take at most {most} (fewer are strided).")
 
 
-def make_scheduler(name: str, loop: Mapping[str, Any], **options: Any) -> Scheduler:
-    """Scheduler `name` configured from a diffusion bundle's loop plus `options` (e.g. eta);
-    InputError for one the bundle cannot run."""
+def make_scheduler(name: str, allowed: Sequence[str], schedule: Mapping[str, Any], **options: Any) -> Scheduler:
+    """Scheduler `name` configured from a diffusion bundle's `schedule` plus `options` (e.g. eta);
+    InputError for one not in the bundle's `allowed` schedulers."""
     from .ddim import DDIMScheduler
     from .ddpm import DDPMScheduler
     from .langevin import AnnealedLangevin
 
     known: dict[str, type[Scheduler]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "langevin": AnnealedLangevin}
-    allowed = list(loop["schedulers"])
     if name not in allowed:
         raise InputError(f"--scheduler {name!r} does not fit this bundle; choose one of {choices(allowed)}.")
-    return known[name]({**loop["schedule"], **options})
+    return known[name]({**schedule, **options})
