@@ -12,6 +12,7 @@ from pathlib import Path
 
 import deploykit
 from deploykit.errors import DeploykitError
+from deploykit.models import test_split
 from deploykit.precision import QUANT_MODES, quantize
 from deploykit.sources import resolve
 
@@ -28,7 +29,7 @@ def main() -> None:
         source = deploykit.export(resolved.model, resolved.family, work / name, source=resolved.source)
         for mode in QUANT_MODES:
             try:
-                q = quantize(source, mode, work / f"{name}-{mode}", calibration=16)
+                q = quantize(source, mode, work / f"{name}-{mode}", calibration=16, labelled=test_split(name))
             except DeploykitError as exc:
                 print(f"{name:<12} {mode:<13} refused: {str(exc)[:100]}", flush=True)
                 continue

@@ -53,7 +53,7 @@ def main() -> None:
     with TritonServer([work / r.path.name for r in (generator, diffusion)], args.python) as server:
         for model, requests, bundle in plans:
             before = server_counts(server.url, graph_models)
-            report = run_load(server.url, model, requests, args.clients, **bundle.tolerance)
+            report = run_load(server.url, model, requests, args.clients, bundle.tolerance)
             after = server_counts(server.url, graph_models)
             report.requests_per_execution = {
                 m: (after[m][0] - before[m][0]) / (after[m][1] - before[m][1]) for m in graph_models if after[m] != before[m]

@@ -27,24 +27,15 @@ from .runtimes.kinds import LOOP_ROLE, kind_of
 from .specs import GraphSpec
 
 QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
-DIGIT_CLASSIFIERS = ("mlp", "cnn", "vit")  # zoo families trained on scikit-learn's digits
+Labelled = tuple[np.ndarray, np.ndarray]  # held-out inputs of a classifier's first graph input, their labels
 
 
-def _digits() -> Any:
-    """The digits test split, or None where scikit-learn is absent (a runtime-only install)."""
-    try:
-        from .models.data import load_digits
-
-        return load_digits()
-    except ImportError:
-        return None
-
-
-def accuracy_change(source: Bundle, quantized: Bundle, n: int = 64) -> list[dict[str, Any]]:
+def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None = None, n: int = 64
+                    ) -> list[dict[str, Any]]:
     """What lower precision costs in user terms, measured on the two bundles (no torch).
 
-    Classifiers: test accuracy on digits for the zoo's digit classifiers, else top-1 agreement with
-    fp32 on random inputs. Sampling loops: the same seeded samples from both, mean and max abs
+    Classifiers: accuracy on `labelled` data when given (the CLI passes the zoo's test split for
+    zoo classifiers), else top-1 agreement with fp32 on random inputs. Sampling loops: the same seeded samples from both, mean and max abs
     difference. Densities (flows, masked autoregressive models): mean NLL of the fp32 model's own
     samples under each bundle.
     """
@@ -52,14 +43,15 @@ def accuracy_change(source: Bundle, quantized: Bundle, n: int = 64) -> list[dict
     loop = source.loop
     kind = kind_of(loop)
     with load(source.path) as full, load(quantized.path) as low:
-        logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names() and g.spec.inputs[0].name == "image"]
-        if logits and kind.sample is None:  # classifiers; PixelCNN's per-pixel logits are a sampler's
+        logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
+        if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
             role = logits[0]
-            digits = _digits() if source.family in DIGIT_CLASSIFIERS and source.source.get("zoo") else None
-            if digits is not None:
-                accuracy = [float((d.infer({"image": digits.x_test}, role)["logits"].argmax(1) == digits.y_test).mean())
+            if labelled is not None:
+                name = source.graphs[role].spec.inputs[0].name
+                accuracy = [float((d.infer({name: labelled[0]}, role)["logits"].argmax(1) == labelled[1]).mean())
                             for d in (full, low)]
-                rows.append({"metric": "test accuracy (digits)", "fp32": accuracy[0], "quantized": accuracy[1]})
+                rows.append({"metric": f"test accuracy ({len(labelled[1])} labelled examples)", "fp32": accuracy[0],
+                             "quantized": accuracy[1]})
             else:
                 feeds = source.graphs[role].spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
                 top = [d.infer(feeds, role)["logits"].argmax(1) for d in (full, low)]
@@ -135,9 +127,10 @@ def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: lis
 
 def quantize(
     bundle: str | os.PathLike[str] | Bundle, mode: str, out: str | os.PathLike[str], calibration: int = 32,
-    force: bool = False,
+    force: bool = False, labelled: Labelled | None = None,
 ) -> Bundle:
-    """A new bundle at `out` with every graph converted to `mode` (fp16, int8-dynamic or int8-static)."""
+    """A new bundle at `out` with every graph converted to `mode` (fp16, int8-dynamic or int8-static); the
+    accuracy change is measured on `labelled` (inputs, labels) for classifiers when given."""
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if mode not in QUANT_MODES:
         raise InputError(f"unknown precision mode {mode!r}; choose one of {choices(QUANT_MODES)}.")
@@ -183,6 +176,6 @@ def quantize(
         return manifest
 
     def measure(staged: Bundle) -> dict[str, Any]:
-        return {"precision": staged.manifest["precision"] | {"accuracy": accuracy_change(b, staged)}}
+        return {"precision": staged.manifest["precision"] | {"accuracy": accuracy_change(b, staged, labelled)}}
 
     return write_bundle(out, fill, force=force, check=measure)

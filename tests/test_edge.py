@@ -27,12 +27,10 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 import deploykit
-from deploykit.runtimes.diffusion import DiffusionOptions
 bundle, out = sys.argv[1], sys.argv[2]
-options = dict(scheduler="ddim", guidance=3.0) if "ddpm" in bundle else {}
+diffusion = {"steps": 10, "scheduler": "ddim", "guidance": 3.0} if "ddpm" in bundle else {}
 with deploykit.load(bundle) as dep:
-    kwargs = {"steps": 10, "diffusion": options, "labels": np.arange(4) % 10} if options else {"labels": np.arange(4)}
-    np.save(out, dep.sample(4, 3, dep.options(**kwargs)))
+    np.save(out, dep.sample(4, 3, dep.options(labels=np.arange(4), **diffusion)))
 result = deploykit.verify(bundle)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print(json.dumps({"passed": result.passed, "rows": len(result.report.rows), "loaded": loaded}))

@@ -7,8 +7,21 @@ from typing import Annotated
 
 import typer
 
-from ..precision import QUANT_MODES, accuracy_table, quantize
+from ..bundle import load_bundle
+from ..precision import QUANT_MODES, Labelled, accuracy_table, quantize
 from . import app, console
+
+
+def _zoo_test_split(bundle: Path) -> Labelled | None:
+    """The zoo's held-out split for a bundle exported from a zoo classifier (needs the zoo: torch, scikit-learn)."""
+    zoo = load_bundle(bundle).source.get("zoo")
+    if zoo is None:
+        return None
+    try:
+        from ..models import test_split
+    except ImportError:  # a runtime-only install: accuracy falls back to top-1 agreement with fp32
+        return None
+    return test_split(zoo)
 
 
 @app.command("quantize")
@@ -20,7 +33,7 @@ def quantize_cmd(
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
 ) -> None:
     """Write a new bundle with fp16 or int8 graphs; its tolerance is widened from the error measured here."""
-    result = quantize(bundle, mode, out, calibration, force)
+    result = quantize(bundle, mode, out, calibration, force, _zoo_test_split(bundle))
     precision = result.manifest["precision"]
     sizes = ", ".join(f"{role} {g.size_bytes / 1024:.1f} KiB" for role, g in result.graphs.items())
     console.print(

@@ -25,7 +25,6 @@ from . import app, console
 from .progress import progress_bar
 
 
-
 def _size(text: str | None) -> tuple[int, int] | None:
     """'HxW' as (H, W)."""
     if text is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -162,6 +163,17 @@ ZOO: dict[str, ZooEntry] = {
                  transformer.ViT, _classifier(500, False)),
     ]
 }
+
+
+DIGIT_CLASSIFIERS = {"mlp": True, "cnn": False, "vit": False}  # zoo classifiers of the digits -> flat inputs
+
+
+def test_split(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(inputs, labels) of the held-out digits a zoo classifier is scored on; None for other zoo models."""
+    if name not in DIGIT_CLASSIFIERS:
+        return None
+    digits = load_digits()
+    return (digits.x_test.reshape(len(digits.x_test), -1) if DIGIT_CLASSIFIERS[name] else digits.x_test), digits.y_test
 
 
 def get_entry(name: str) -> ZooEntry:

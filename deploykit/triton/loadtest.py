@@ -18,6 +18,7 @@ import numpy as np
 from ..backends import make_runners
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, InputError
+from ..parity import Tolerance
 from ..runtimes.deployment import Deployment
 from . import batchable, to_wire
 from .models import loop_samples
@@ -120,8 +121,8 @@ def server_counts(url: str, models: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def run_load(url: str, model: str, requests: list[Request], clients: int, atol: float, rtol: float) -> LoadReport:
-    """Send every request once from `clients` concurrent clients; count errors and mismatches."""
+def run_load(url: str, model: str, requests: list[Request], clients: int, tolerance: Tolerance) -> LoadReport:
+    """Send every request once from `clients` concurrent clients; count errors and outputs outside `tolerance`."""
     if clients < 1 or not requests:
         raise InputError(f"--clients is {clients} with {len(requests)} requests; expected at least 1 of each.")
     http = _tritonclient()
@@ -145,7 +146,7 @@ def run_load(url: str, model: str, requests: list[Request], clients: int, atol: 
                     continue
                 elapsed = (time.perf_counter() - start) * 1e3
                 got = {k: result.as_numpy(k) for k in request.expected}
-                same = all(got[k].shape == v.shape and np.allclose(got[k], v, atol=atol, rtol=rtol)
+                same = all(got[k].shape == v.shape and np.allclose(got[k], v, atol=tolerance.of(k)[0], rtol=tolerance.of(k)[1])
                            for k, v in request.expected.items())
                 errs = [float(np.max(np.abs(got[k].astype(np.float64) - v), initial=0.0)) if got[k].shape == v.shape
                         else float("inf") for k, v in request.expected.items()]
