@@ -20,12 +20,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import BundleError, InputError
+from .onnx_refs import ProtobufError, external_locations
 from .parity import Tolerance
 from .specs import GraphSpec
 
@@ -106,7 +108,7 @@ class Bundle:
             GoldenCase(c["role"], c["case"], dict(c["dims"]), self.path / c["file"]) for c in self.manifest["golden"]
         ]
 
-    @property
+    @cached_property
     def loop(self) -> LoopConfig:
         """The loop config, typed by its kind (what `sample` needs: latent size, value range...)."""
         from .runtimes.kinds import parse_loop  # the registry sits above the bundle layer
@@ -152,34 +154,16 @@ def _check_file(root: Path, entry: Mapping[str, Any], what: str) -> None:
         )
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of an ONNX graph: initializers and node attributes, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _tensors(sub)
-
-
 def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
-    """Refuse ONNX external-data locations that leave the bundle (checked with onnx when installed)."""
+    """Refuse ONNX external-data locations that leave the bundle (read from the protobuf, no `onnx` import)."""
     if graph_path.suffix == ".ort":  # ORT format (pack --edge) keeps every initializer inline
         return
     try:
-        import onnx
-    except ImportError:  # runtime-only install: checksums plus the manifest's declared list still hold
-        return
-    try:
-        model = onnx.load(str(graph_path), load_external_data=False)
-    except Exception as exc:
+        locations = external_locations(graph_path)
+    except ProtobufError as exc:
         raise BundleError(f"bundle {root}: graph '{role}' could not be parsed ({exc}); it is corrupt or truncated.") from exc
-    for tensor in _tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            _inside(graph_path.parent, location, f"external data of graph '{role}'")
+    for location in locations:
+        _inside(graph_path.parent, location, f"external data of graph '{role}'")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -213,7 +197,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     for case in manifest["golden"]:
         _check_file(root, case, f"golden case '{case['role']}.{case['case']}'")
     bundle = Bundle(root, manifest)
-    bundle.loop  # noqa: B018  (validates the loop config against its kind)
+    _ = bundle.loop  # the loop config is validated here (and cached for the bundle's users)
     return bundle
 
 

@@ -66,7 +66,7 @@ class Tolerance:
 
     def of(self, output: str) -> tuple[float, float]:
         """(atol, rtol) for one output."""
-        return tuple(self.outputs.get(output, (self.atol, self.rtol)))  # type: ignore[return-value]
+        return self.outputs.get(output, (self.atol, self.rtol))
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (per-output overrides only when there are any)."""

@@ -99,6 +99,18 @@ def test_external_data_escaping_the_bundle(tiny_bundle: Path, tmp_path: Path) ->
     onnx.save(model, str(path))
     refresh_checksum(tiny_bundle)
     refuses(tiny_bundle, "points outside the bundle")
+    # the same refusal where onnx is not installed: load reads the references from the protobuf itself
+    script = ("import sys; sys.modules['onnx'] = None\nimport deploykit\n"
+              "try:\n    deploykit.load(sys.argv[1])\nexcept deploykit.BundleError as e:\n    print(e)\n"
+              "print('onnx' in sys.modules and sys.modules['onnx'] is not None)")
+    run = subprocess.run([sys.executable, "-c", script, str(tiny_bundle)], capture_output=True, text=True, check=True)
+    assert "points outside the bundle" in run.stdout and run.stdout.strip().endswith("False"), run.stdout + run.stderr
+
+
+def test_load_does_not_import_onnx(tiny_bundle: Path) -> None:
+    script = "import sys, deploykit\nwith deploykit.load(sys.argv[1]):\n    pass\nprint('onnx' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", script, str(tiny_bundle)], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False", run.stderr
 
 
 def test_declared_file_outside_the_bundle(tiny_bundle: Path) -> None:

@@ -27,7 +27,11 @@ BATCH = 256  # rows per graph call when scoring
 
 @dataclass(frozen=True, kw_only=True)
 class MaskedConfig(ImageLayout):
-    """Shared by the masked autoregressive kinds: conditionals graphs p(x_i | x_<i) named by `roles`."""
+    """Shared by the masked autoregressive kinds: conditionals graphs p(x_i | x_<i) named by `roles`.
+
+    The default methods serve the binary vector kinds (FVSBN/MADE and NADE, whose configs carry
+    `orderings` and `num_inputs`); PixelCNN and WaveNet override them.
+    """
 
     roles: list[str]
     num_classes: int = 0

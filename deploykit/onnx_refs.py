@@ -1,0 +1,107 @@
+"""External-data references of an ONNX file, read straight from the protobuf wire format (no `onnx` import).
+
+Loading a bundle must not pay for `import onnx` (seconds, mostly its ml_dtypes extension) just to
+check where a graph's tensors live. This walks ModelProto -> graphs -> tensors (initializers,
+node attributes, subgraphs, functions), skipping every payload by its length, over an mmap of the
+file, so it stays cheap for graphs of any size. Field numbers are those of onnx.proto3.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from pathlib import Path
+
+EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+# message -> {field number: the message it holds} for the fields that can lead to a tensor
+_MODEL = {7: "graph", 25: "function"}
+_GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
+_FUNCTION = {7: "node"}
+_NODE = {5: "attribute"}
+_ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
+_SPARSE = {1: "tensor", 2: "tensor"}
+CHILDREN = {"model": _MODEL, "graph": _GRAPH, "function": _FUNCTION, "node": _NODE, "attribute": _ATTRIBUTE,
+            "sparse": _SPARSE}
+
+
+class ProtobufError(ValueError):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ProtobufError("truncated or malformed varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of one message: ints for varints, views for length-delimited fields."""
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield number, wire, value
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise ProtobufError("a length-delimited field runs past the end")
+            yield number, wire, data[pos : pos + size]
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ProtobufError(f"wire type {wire} (field {number}) is not valid here")
+    if pos != len(data):
+        raise ProtobufError("a fixed-size field runs past the end")
+
+
+def _tensor_location(data: memoryview) -> str | None:
+    """The external-data `location` of a TensorProto stored externally, else None."""
+    external, location = False, ""
+    for number, wire, value in _fields(data):
+        if number == 14 and wire == 0:
+            external = value == EXTERNAL
+        elif number == 13 and wire == 2:
+            entry = dict((n, bytes(v).decode("utf-8", "replace")) for n, w, v in _fields(value) if w == 2)
+            if entry.get(1) == "location":
+                location = entry.get(2, "")
+    return location if external else None
+
+
+def _walk(data: memoryview, message: str) -> Iterator[str]:
+    for number, wire, value in _fields(data):
+        child = CHILDREN[message].get(number)
+        if child is None or wire != 2:
+            continue
+        if child == "tensor":
+            location = _tensor_location(value)
+            if location is not None:
+                yield location
+        else:
+            yield from _walk(value, child)
+
+
+def external_locations(path: Path) -> list[str]:
+    """The external-data locations (relative paths as written) of every tensor in the ONNX file at `path`."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            raise ProtobufError("the file is empty")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    problem = ""
+    try:
+        locations = list(_walk(memoryview(mapped), "model"))
+    except ProtobufError as exc:  # raised again below, once the views into the map are gone
+        problem = str(exc)
+    mapped.close()
+    if problem:
+        raise ProtobufError(problem)
+    return locations
