@@ -146,10 +146,18 @@ class DataDependent(torch.nn.Module):
         return x
 
 
-def test_failed_export_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="could not export role 'model' of DataDependent"):
+def test_failed_export_leaves_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ExportError, match="could not export role 'model' of DataDependent") as info:
         deploykit.export(DataDependent(), "mlp", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+    message = str(info.value)
+    line = next(i for i, text in enumerate(Path(__file__).read_text().splitlines(), 1) if "if x.sum() > 0" in text)
+    assert f"test_bundle.py:{line} in forward" in message and "data-dependent" in message  # the cause and the user's line
+    assert "\x1b[" not in message and len(message.splitlines()) == 3
+    log = Path(re.search(r"torch's full output: (\S+)\.", message).group(1))
+    assert "GuardOnDataDependentSymNode" in log.read_text()  # the whole cause chain, beside torch's own output
+    captured = capfd.readouterr()
+    assert "def forward" not in captured.out + captured.err  # no graph dump in the terminal
 
 
 def test_unknown_family_and_protocol_violations(tiny_model, tmp_path: Path) -> None:

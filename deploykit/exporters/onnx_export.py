@@ -5,7 +5,13 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import os
+import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +60,71 @@ def example_inputs(role: Role) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(s.random(rng, role.example)) for s in role.inputs)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+LIBRARY = tuple(f"{Path(p).parent}{os.sep}" for p in (torch.__file__, onnx.__file__, Path(__file__).parent.parent / "x"))
+
+
+@contextmanager
+def _output_to(log: Path) -> Iterator[None]:
+    """Send everything written to the process's stdout and stderr (torch's graph dumps included) to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as handle, redirect_stdout(handle), redirect_stderr(handle):
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            handle.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first."""
+    seen: list[BaseException] = [exc]
+    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None and nxt not in seen:
+        seen.append(nxt)
+    return seen
+
+
+def _user_frame(chain: list[BaseException]) -> str:
+    """'file:line in function: code' of the innermost frame outside torch, onnx and deploykit, or ''."""
+    found = ""
+    for exc in chain:  # frames torch quotes in its messages ("The following call raised this error")
+        for path, line, func, code in USER_FRAME.findall(ANSI.sub("", str(exc))):
+            if not path.startswith(LIBRARY) and "site-packages" not in path:
+                found = f"{path}:{line} in {func}: {code.strip()}"
+    if found:
+        return found
+    tb = chain[-1].__traceback__
+    while tb is not None:  # else the innermost traceback frame in the user's files
+        path = tb.tb_frame.f_code.co_filename
+        if not path.startswith(LIBRARY) and "site-packages" not in path and not path.startswith("<"):
+            found = f"{path}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return found
+
+
+def export_failure(name: str, module: nn.Module, exc: BaseException, log: Path) -> ExportError:
+    """ExportError for a failed torch.onnx export: the deepest cause's first line (no ANSI codes), the user's
+    file:line where torch points at one, and the log holding torch's full output."""
+    chain = _chain(exc)
+    lines = [ln.strip() for ln in ANSI.sub("", str(chain[-1])).splitlines() if ln.strip()]
+    cause = f"{type(chain[-1]).__name__}: {lines[0][:300]}" if lines else type(chain[-1]).__name__
+    where = _user_frame(chain)
+    return ExportError(
+        f"torch.onnx could not export role '{name}' of {type(module).__name__}: {cause}"
+        + (f"\n  at {where}" if where else "")
+        + f"\n  torch's full output: {log}. Check that forward() has no data-dependent Python control flow on "
+        "tensor values (see https://pytorch.org/docs/stable/generated/exportdb/index.html)."
+    )
+
+
 def _output_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     specs = []
     for out in model.graph.output:
@@ -72,8 +143,11 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
         dynamic = (*dynamic[:fixed], dynamic[fixed:])
     for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):  # progress chatter and benign warnings
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    fd, log_name = tempfile.mkstemp(prefix=f"deploykit-export-{name}-", suffix=".log")
+    os.close(fd)
+    log = Path(log_name)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _output_to(log):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 role.module,
@@ -87,11 +161,10 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
                 verbose=False,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
-        raise ExportError(
-            f"torch.onnx could not export role '{name}' of {type(role.module).__name__}: {first}. "
-            "Check that forward() has no data-dependent Python control flow on tensor values."
-        ) from exc
+        with open(log, "a") as handle:
+            handle.write("\n".join(ANSI.sub("", f"{type(e).__name__}: {e}") for e in _chain(exc)) + "\n")
+        raise export_failure(name, role.module, exc, log) from exc
+    log.unlink()
     program.save(str(path))
     model = onnx.load(str(path))
     try:
