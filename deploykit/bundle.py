@@ -6,6 +6,7 @@ Layout::
     BUNDLE/graphs/<role>.onnx          (+ external data files, if any, also under graphs/)
     BUNDLE/golden/<role>.<case>.npz    torch outputs on fixed inputs, recorded at export
     BUNDLE/golden/loop.0.npz           a seeded run of the sampling loop over the torch modules
+    BUNDLE/tokenizer.json              a language model's tokenizer (`tokenizers` format), when exported with one
 
 Bundles hold no pickles: golden vectors are .npz read with allow_pickle=False.
 """
@@ -116,6 +117,11 @@ class Bundle:
         return parse_loop(self.manifest["loop"], f"bundle {self.path}: loop")
 
     @property
+    def tokenizer(self) -> Path | None:
+        """The bundle's tokenizer.json (Hugging Face `tokenizers` format), if it carries one."""
+        return self.path / self.manifest["tokenizer"]["file"] if "tokenizer" in self.manifest else None
+
+    @property
     def tolerance(self) -> Tolerance:
         """Parity tolerance of this family (per output where the family sets one)."""
         return Tolerance.from_json(self.manifest["tolerance"])
@@ -154,8 +160,9 @@ def _check_file(root: Path, entry: Mapping[str, Any], what: str) -> None:
         )
 
 
-def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
-    """Refuse ONNX external-data locations that leave the bundle (read from the protobuf, no `onnx` import)."""
+def _check_external_data(root: Path, graph_path: Path, role: str, declared: set[Path]) -> None:
+    """Refuse ONNX external-data locations that leave the bundle or that the manifest does not list with a
+    checksum (read from the protobuf, no `onnx` import)."""
     if graph_path.suffix == ".ort":  # ORT format (pack --edge) keeps every initializer inline
         return
     try:
@@ -163,7 +170,10 @@ def _check_external_data(root: Path, graph_path: Path, role: str) -> None:
     except ProtobufError as exc:
         raise BundleError(f"bundle {root}: graph '{role}' could not be parsed ({exc}); it is corrupt or truncated.") from exc
     for location in locations:
-        _inside(graph_path.parent, location, f"external data of graph '{role}'")
+        target = _inside(graph_path.parent, location, f"external data of graph '{role}'")
+        if target not in declared:
+            raise BundleError(f"bundle {root}: graph '{role}' reads external data '{location}', which the manifest does "
+                              "not list with a checksum; re-export the bundle.")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -191,11 +201,15 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             raise BundleError(f"bundle {root}: {MANIFEST} lacks '{key}'; re-export the bundle.")
     for role, entry in manifest["graphs"].items():
         _check_file(root, entry, f"graph '{role}'")
+        declared = set()
         for extra in entry.get("external_data", []):
             _check_file(root, extra, f"external data of graph '{role}'")
-        _check_external_data(root, root / entry["file"], role)
+            declared.add(_inside(root, extra["file"], f"external data of graph '{role}'"))
+        _check_external_data(root, root / entry["file"], role, declared)
     for case in manifest["golden"]:
         _check_file(root, case, f"golden case '{case['role']}.{case['case']}'")
+    if "tokenizer" in manifest:
+        _check_file(root, manifest["tokenizer"], "tokenizer")
     bundle = Bundle(root, manifest)
     _ = bundle.loop  # the loop config is validated here (and cached for the bundle's users)
     return bundle
@@ -241,8 +255,8 @@ def finish_manifest(root: Path, manifest: dict[str, Any]) -> None:
         for item in [entry, *entry.get("external_data", [])]:
             item["sha256"] = sha256_file(root / item["file"])
             item["bytes"] = (root / item["file"]).stat().st_size
-    for case in manifest["golden"]:
-        case["sha256"] = sha256_file(root / case["file"])
+    for item in [*manifest["golden"], *([manifest["tokenizer"]] if "tokenizer" in manifest else [])]:
+        item["sha256"] = sha256_file(root / item["file"])
     manifest["schema_version"] = SCHEMA_VERSION
     _write_manifest(root, manifest)
 

@@ -35,6 +35,11 @@ class TensorSpec:
     Bounded inputs take values in [low, high); for integers `high` may name a symbolic dim, meaning
     values up to and including that dim (e.g. per-row lengths bounded by 'time'). Unbounded floats
     are drawn standard normal, bounded ones uniform (e.g. dequantized pixels in [0, 1)).
+
+    `padding` marks a 0/1 attention mask [batch, positions] drawn the way real batches look: each
+    row left-padded by 0..dims[padding] zeros (row 0 by the most), ones after. With padding='past'
+    only cached positions are padding, so every new query sees at least itself: no row of the
+    check is an all-hidden (undefined) attention row.
     """
 
     name: str
@@ -42,6 +47,7 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     high: int | str | None = None
     low: int = 0
+    padding: str | None = None
 
     def shape_text(self) -> str:
         """The shape as users read it, e.g. '[batch, 3, height, width]'."""
@@ -64,6 +70,11 @@ class TensorSpec:
     def random(self, rng: np.random.Generator, dims: Mapping[str, int]) -> np.ndarray:
         """A random array for this spec: uniform in its range, standard normal for unbounded floats."""
         shape = self.bind(dims)
+        if self.padding is not None:
+            pads = rng.integers(0, int(dims[self.padding]) + 1, size=shape[0])
+            if pads.size:
+                pads[0] = int(dims[self.padding])
+            return (np.arange(shape[-1])[None, :] >= pads[:, None]).astype(self.dtype)
         if self.high is not None and not self.is_integer():
             return rng.uniform(self.low, float(self.high), size=shape).astype(self.dtype)
         if self.is_integer():
@@ -80,12 +91,15 @@ class TensorSpec:
             out["high"] = self.high
         if self.low:
             out["low"] = self.low
+        if self.padding is not None:
+            out["padding"] = self.padding
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         """Inverse of to_json."""
-        return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"), data.get("low", 0))
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"), data.get("low", 0),
+                   data.get("padding"))
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,34 @@ def test_unknown_loop_kind_is_a_bundle_error(zoo_bundle, tmp_path: Path) -> None
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="loop kind 'loop-from-the-future' is unknown to this deploykit .*upgrade deploykit"):
         deploykit.verify(bundle, fresh=False)
+
+
+class Wide(torch.nn.Module):
+    input_shape = (6,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) -> None:
+    """Above the threshold (here 0 bytes) weights go to graphs/<role>.onnx.data, listed with its sha256."""
+    model = Wide().eval()
+    bundle = deploykit.export(model, "mlp", tmp_path / "ext", external_threshold=0)
+    [extra] = bundle.manifest["graphs"]["model"]["external_data"]
+    data = bundle.path / extra["file"]
+    assert data.is_file() and extra["sha256"] == sha256_file(data) and extra["bytes"] == data.stat().st_size
+    assert bundle.graphs["model"].path.stat().st_size < data.stat().st_size  # the weights are not in the graph
+    assert deploykit.verify(bundle, model=model, fresh=True, seed=0).passed
+    with deploykit.load(bundle.path) as dep:
+        assert dep.infer({"x": np.ones((2, 6), np.float32)})["logits"].shape == (2, 3)
+    blob = bytearray(data.read_bytes())
+    blob[0] ^= 1
+    data.write_bytes(bytes(blob))
+    refuses(bundle.path, "external data of graph 'model' file 'graphs/model.onnx.data' has sha256")
+    edit_manifest(bundle.path, lambda m: m["graphs"]["model"].pop("external_data"))
+    refuses(bundle.path, "reads external data 'model.onnx.data', which the manifest does not list")

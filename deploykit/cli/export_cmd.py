@@ -17,15 +17,23 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="bundle directory to create")],
     family: Annotated[str | None, typer.Option(help="family (required for package.module:factory)")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
+    external_data_mb: Annotated[float, typer.Option(help="graphs with more weights than this (MiB) keep them in "
+                                                         "external-data files in the bundle")] = 1024.0,
+    tokenizer: Annotated[Path | None, typer.Option(help="language models: a tokenizer.json the bundle carries "
+                                                        "for text generation")] = None,
 ) -> None:
     """Export a model to an ONNX bundle; fails, writing nothing, if ORT does not match torch."""
     from ..bundle import check_destination
+    from ..errors import InputError
     from ..exporters import export
     from ..sources import resolve
 
+    if not 0 <= external_data_mb < float("inf"):
+        raise InputError(f"--external-data-mb is {external_data_mb}, expected a size in MiB >= 0 (0: always external).")
     check_destination(out, force)
     with progress_bar(f"training {source} (first use)") as on_step:
         resolved = resolve(source, family, on_step)
-    bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source)
+    bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
+                    external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
     console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")

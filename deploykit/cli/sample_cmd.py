@@ -20,9 +20,17 @@ from ..backends import RunnerOptions
 from ..errors import InputError
 from ..runtimes.deployment import Deployment
 from ..runtimes.kinds import OPTION_NAMES
-from ..runtimes.tokens import MODES, encode_text, mode_config
+from ..runtimes.tokens import MODES, mode_config
 from . import app, console
 from .progress import progress_bar
+
+
+def _ids(text: str) -> np.ndarray:
+    """'15496,11,995' as token ids."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise InputError(f"--prompt-ids {text!r}: expected comma-separated token ids >= 0, e.g. 15496,11,995.")
+    return np.asarray([int(p) for p in parts], np.int64)
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -69,6 +77,7 @@ def sample_cmd(
     ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = None,
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
+    prompt_ids: Annotated[list[str] | None, typer.Option(help="LM: a prompt as token ids, e.g. 15496,11; repeat for a batch")] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
     size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
@@ -98,16 +107,19 @@ def sample_cmd(
             dep.require("sample")  # refuses, naming what this bundle can do
         if out is not None:
             dep.kind.writer.check(out)
-        if not prompt:
-            raise InputError("--prompt is needed for text models: the text to continue (LM) or to decode (seq2seq).")
+        if bool(prompt) == bool(prompt_ids) or (prompt_ids and use == "translate"):
+            raise InputError("give --prompt (text to continue or to decode) or, for language models, --prompt-ids "
+                             "(token ids), one of the two.")
         if use == "translate":
             texts = dep.translate(prompt, beam)
         else:
-            vocab = dep.loop.vocab
-            base = mode_config(mode, max_new_tokens, tuple(int(i) for i in encode_text(stop or "", vocab, "--stop")))
+            codec = dep.codec()
+            base = mode_config(mode, max_new_tokens, tuple(int(i) for i in codec.encode(stop or "", "--stop")))
             overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
             config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-            texts = [p + t for p, t in zip(prompt, dep.generate(prompt, config, seed))]
+            ids = [_ids(p) for p in prompt_ids] if prompt_ids else [codec.encode(p) for p in prompt]
+            prompt = prompt or [codec.decode(i) for i in ids]
+            texts = [p + codec.decode(t) for p, t in zip(prompt, dep.generate_ids(ids, config, seed))]
     for source, text in zip(prompt, texts):
         console.print(f"{source} -> {text}" if use == "translate" else text, highlight=False, markup=False)
     if out is not None:

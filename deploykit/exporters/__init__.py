@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shutil
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..parity import ParityReport
 from ..runtimes.kinds import LOOP_ROLE, kind_of
 from ..specs import dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
-from .onnx_export import OPSET, export_role, prepare
+from .onnx_export import EXTERNAL_DATA_THRESHOLD, OPSET, export_role, prepare
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 
 __all__ = ["FAMILIES", "Family", "Role", "Tolerance", "export", "get_family", "torch_modules"]
@@ -38,6 +39,25 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
+    """A tokenizer.json that `tokenizers` reads and whose ids fit the model's vocabulary; else ExportError."""
+    if use != "generate":
+        raise ExportError(f"--tokenizer is for language models; family '{family}' does not generate text.")
+    if not path.is_file():
+        raise ExportError(f"tokenizer '{path}' does not exist; give the tokenizer.json saved beside the model.")
+    try:
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+    except ImportError as exc:
+        raise ExportError("a tokenizer needs the tokenizers package: `pip install tokenizers`.") from exc
+    except Exception as exc:  # tokenizers raises plain Exceptions for malformed files
+        raise ExportError(f"tokenizer '{path}' could not be read by tokenizers ({exc}); give a tokenizer.json.") from exc
+    if size > len(loop.vocab):
+        raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
+    return path
+
+
 def torch_modules(family: str, model: nn.Module) -> dict[str, nn.Module]:
     """Role -> torch module exactly as exported (eval mode, parametrizations folded)."""
     return {name: role.torch_module for name, role in get_family(family).roles(prepare(model)).items()}
@@ -50,11 +70,16 @@ def export(
     force: bool = False,
     source: dict[str, Any] | None = None,
     opset: int = OPSET,
+    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    tokenizer: str | os.PathLike[str] | None = None,
 ) -> Bundle:
     """Export `model` as a bundle at `out`: graphs, golden vectors, manifest; fails if ORT != torch.
 
     `source` records how to rebuild the torch original (set by the CLI); without it, fresh-input
-    verify needs the model passed in again.
+    verify needs the model passed in again. Graphs whose weights exceed `external_threshold` bytes
+    keep them in ONNX external-data files inside the bundle (needed above protobuf's 2 GB). A language
+    model may bring its `tokenizer` (a Hugging Face tokenizer.json): the bundle carries it and text
+    generation encodes and decodes with it.
     """
     fam = get_family(family)
     roles = fam.roles(prepare(model))
@@ -63,11 +88,15 @@ def export(
     if loop.kind not in fam.loop_kinds:
         raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} (a bug in its exporter).")
     kind = kind_of(loop)
+    if tokenizer is not None:
+        tokenizer = _check_tokenizer(Path(tokenizer), family, kind.use, loop)
     src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
     def fill(tmp: Path) -> dict[str, Any]:
         (tmp / "graphs").mkdir()
         (tmp / "golden").mkdir()
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         graphs: dict[str, Any] = {}
         golden: list[dict[str, Any]] = []
         report = ParityReport()
@@ -75,8 +104,10 @@ def export(
         orts: dict[str, Runner] = {}
         for name, role in roles.items():
             path = tmp / "graphs" / f"{name}.onnx"
-            spec, found_opset = export_role(name, role, path, opset)
+            spec, found_opset, data_files = export_role(name, role, path, opset, external_threshold)
             graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
+            if data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
+                graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in data_files]
             refs[name], orts[name] = TorchRunner(name, spec, role.torch_module), OrtRunner(name, spec, path)
         with ExitStack() as stack:
             for runner in (*refs.values(), *orts.values()):
@@ -109,6 +140,6 @@ def export(
             "loop": loop.to_json(),
             "source": src,
             "tools": _versions(),
-        }
+        } | ({"tokenizer": {"file": "tokenizer.json"}} if tokenizer is not None else {})
 
     return write_bundle(out, fill, force=force)

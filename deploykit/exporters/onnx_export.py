@@ -26,6 +26,7 @@ from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
 
 OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs whose weights exceed this (bytes) keep them in a `<graph>.onnx.data` file
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -134,8 +135,19 @@ def _output_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int]:
-    """Export one role to `path`; return its spec (outputs read back from the graph) and opset."""
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (shared tensors once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def export_role(
+    name: str, role: Role, path: Path, opset: int = OPSET, external_threshold: int = EXTERNAL_DATA_THRESHOLD
+) -> tuple[GraphSpec, int, list[str]]:
+    """Export one role to `path`: its spec (outputs read back from the graph), opset, and the external-data files
+    written beside it (relative to `path`'s folder; weights above `external_threshold` bytes go there).
+
+    The checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
     dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
     fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
@@ -165,14 +177,29 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
             handle.write("\n".join(ANSI.sub("", f"{type(e).__name__}: {e}") for e in _chain(exc)) + "\n")
         raise export_failure(name, role.module, exc, log) from exc
     log.unlink()
-    program.save(str(path))
-    model = onnx.load(str(path))
+    external = weight_bytes(role.module) > external_threshold
+    program.save(str(path), external_data=external)
+    del program
     try:
-        onnx.checker.check_model(model, full_check=True)
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as exc:
         raise ExportError(f"exported graph for role '{name}' failed the ONNX checker: {exc}") from exc
-    onnx.save(model, str(path))
+    model = onnx.load(str(path), load_external_data=False)
     spec = GraphSpec(role.inputs, _output_specs(model), role.dims)
     opset_found = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return spec, int(opset_found)
+    data_files = sorted({entry.value for tensor in _initializers(model.graph) for entry in tensor.external_data
+                         if entry.key == "location"})
+    unused = path.with_name(path.name + ".data")  # torch keeps tensors under 1 KiB inline: the file may hold none
+    if unused.name not in data_files:
+        unused.unlink(missing_ok=True)
+    return spec, int(opset_found), data_files
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers of a graph and its subgraphs (Scan / Loop bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _initializers(sub)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..runtimes.graphs import ClassifierConfig
+from ..runtimes.tokens import lm_fields
 from ..runtimes.transformer import EncoderDecoderConfig, FullRecomputeConfig, KVCacheConfig
 from ..specs import DimRule, TensorSpec
 from .feedforward import BATCHES, classifier_roles
@@ -23,7 +24,8 @@ from .registry import Family, Role, Tolerance, attribute, register
 GPT_PROTOCOL = (
     "`vocab` (str or list of tokens), `context` (max positions), `layers`, `heads`, `head_dim` and "
     "forward_cached(tokens [B, T], position_ids [B, T], attention_mask [B, P + T] (1 = attend), "
-    "past: list of (key, value) [B, heads, P, head_dim] per layer) -> (logits [B, T, vocab], presents)."
+    "past: list of (key, value) [B, heads, P, head_dim] per layer) -> (logits [B, T, vocab], presents); "
+    "optionally `eos_token_id` (generation stops there)."
 )
 NOCACHE_PROTOCOL = (
     "`vocab` and `context`; forward(tokens [B, T]) -> logits [B, T, vocab], causal (position t sees tokens <= t). "
@@ -79,7 +81,7 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
     inputs = (
         TensorSpec("input_ids", "int64", ("batch", "seq"), high=vocab),
         TensorSpec("position_ids", "int64", ("batch", "seq"), high=cfg["context"]),
-        TensorSpec("attention_mask", "int64", ("batch", "total"), high=2),
+        TensorSpec("attention_mask", "int64", ("batch", "total"), high=2, padding="past"),  # left-padded cache
         *(TensorSpec(n, "float32", ("batch", cfg["heads"], "past", cfg["head_dim"])) for n in past_names(cfg["layers"])),
     )
     outputs = ("logits", *past_names(cfg["layers"], "present"))
@@ -89,7 +91,8 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
 
 
 def _gpt_loop(model: nn.Module) -> KVCacheConfig:
-    return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model))
+    return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model),
+                         **lm_fields(model))
 
 
 # prefill (empty past), single-token decode after a long past, a chunk after a short past
@@ -110,7 +113,7 @@ def _nocache_roles(model: nn.Module) -> dict[str, Role]:
 
 def _nocache_loop(model: nn.Module) -> FullRecomputeConfig:
     return FullRecomputeConfig(role="model", context=int(model.context),
-                               vocab=vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL))
+                               vocab=vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL), **lm_fields(model))
 
 
 class EncoderWithCross(nn.Module):

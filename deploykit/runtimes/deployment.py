@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -15,8 +17,11 @@ from .flows import FlowConfig, bits_per_dim
 from .kinds import LoopConfig, LoopKind, Use, kind_of
 from .recurrent import Stream
 from .tokens import (
+    CharCodec,
+    Codec,
     LanguageModelConfig,
     SamplingConfig,
+    TokenizerCodec,
     TranslationConfig,
     beam_search,
     decode_tokens,
@@ -112,13 +117,28 @@ class Deployment:
         """Bits per dimension of integer images under a dequantized image flow, per example."""
         return bits_per_dim(self.runners, self._config(FlowConfig), pixels, seed)
 
-    def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
-        """Continue each text prompt with a language model (recurrent, KV-cached or full recompute)."""
+    def codec(self) -> Codec:
+        """Text <-> ids of a language-model bundle: its tokenizer.json when it carries one, else its character vocabulary."""
         loop = self.require("generate")
         assert isinstance(loop, LanguageModelConfig)
-        ids = [encode_text(p, loop.vocab) for p in prompts]
-        out = generate(self.kind.token_model(self.runners, loop), ids, config, seed)
-        return [decode_tokens(t, loop.vocab) for t in out]
+        path = self.bundle.tokenizer
+        return CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab))
+
+    def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
+        """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""
+        codec = self.codec()
+        out = self.generate_ids([codec.encode(p) for p in prompts], config, seed)
+        return [codec.decode(t) for t in out]
+
+    def generate_ids(self, prompts: Sequence[Sequence[int] | np.ndarray], config: SamplingConfig, seed: int = 0
+                     ) -> list[np.ndarray]:
+        """New token ids after each prompt of ids; stops at the model's EOS id and at `config.stop`."""
+        loop = self.require("generate")
+        assert isinstance(loop, LanguageModelConfig)
+        if loop.eos is not None and loop.eos not in config.stop:
+            config = replace(config, stop=(*config.stop, loop.eos))
+        ids = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
+        return generate(self.kind.token_model(self.runners, loop), ids, config, seed)
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
         """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""

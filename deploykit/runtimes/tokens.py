@@ -8,12 +8,13 @@ onnxruntime picks the same tokens from the same seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ..errors import InputError, choices
+from ..errors import BackendUnavailableError, InputError, choices
 from .kinds import LoopConfig, Runners, kind_of
 
 
@@ -182,6 +183,56 @@ def decode_tokens(ids: np.ndarray, vocab: Sequence[str]) -> str:
     return "".join(vocab[int(i)] for i in ids if len(vocab[int(i)]) == 1)
 
 
+class Codec(Protocol):
+    """Text <-> token ids for a language model."""
+
+    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
+        """Token ids (int64) of `text`; InputError naming `what` when it cannot be encoded."""
+
+    def decode(self, ids: np.ndarray) -> str:
+        """Text of token ids."""
+
+
+@dataclass(frozen=True)
+class CharCodec:
+    """A character vocabulary: one token per character (multi-character special tokens are never produced)."""
+
+    vocab: Sequence[str]
+
+    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
+        """Ids of the characters of `text`."""
+        return encode_text(text, self.vocab, what)
+
+    def decode(self, ids: np.ndarray) -> str:
+        """The characters of `ids`."""
+        return decode_tokens(ids, self.vocab)
+
+
+class TokenizerCodec:
+    """A bundle's tokenizer.json run by the `tokenizers` package (Rust, no torch, no transformers)."""
+
+    def __init__(self, path: Path, vocab_size: int) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise BackendUnavailableError("this bundle carries a tokenizer.json, which needs the tokenizers package: "
+                                          "`pip install tokenizers` (or deploykit[text]).") from exc
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
+        """Ids of `text` (no special tokens added); InputError for ids the model's vocabulary lacks."""
+        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+        if ids.size and ids.max() >= self.vocab_size:
+            raise InputError(f"{what} {text!r} encodes to id {int(ids.max())}, outside the model's vocabulary of "
+                             f"{self.vocab_size}; the bundle's tokenizer does not match its model.")
+        return ids
+
+    def decode(self, ids: np.ndarray) -> str:
+        """Text of `ids` (special tokens skipped)."""
+        return str(self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True))
+
+
 def check_prompts(
     prompts: Sequence[np.ndarray], vocab_size: int, what: str = "prompt", context: int | None = None
 ) -> np.ndarray:
@@ -223,11 +274,16 @@ def mode_config(mode: str, max_new_tokens: int, stop: tuple[int, ...] = ()) -> S
 
 @dataclass(frozen=True, kw_only=True)
 class LanguageModelConfig(LoopConfig):
-    """Shared by language-model kinds: the graph role, the vocabulary (token strings), the context if bounded."""
+    """Shared by language-model kinds: the graph role, the vocabulary (token strings), the context if bounded,
+    and the export-time loop check replayed by verify: `check_tokens` per mode in `check_modes` (the
+    defaults are those of bundles exported before these fields existed)."""
 
     role: str
     vocab: list[str]
     context: int | None = None
+    eos: int | None = None  # generation stops at this id (besides any stop tokens asked for)
+    check_tokens: int = 200
+    check_modes: list[str] = field(default_factory=lambda: list(MODES))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,8 +297,18 @@ class TranslationConfig(LoopConfig):
     max_target_length: int
 
 
-GENERATED = 200  # tokens per sampling mode
+# The loop check new exports record: greedy (argmax) and top-p (a seeded categorical draw) are the two code paths
+# of the token loop; 32 tokens after two left-padded prompts exercise prefill and decode.
+CHECK_MODES = ["greedy", "top-p"]
+CHECK_TOKENS = 32
 PROMPT_LENGTHS = (3, 11)  # two prompts of different lengths for the language-model check
+
+
+def lm_fields(model: object) -> dict[str, object]:
+    """Fields every language-model config an export records now: the model's optional `eos_token_id`, and the
+    loop check (CHECK_TOKENS per mode in CHECK_MODES)."""
+    eos = getattr(model, "eos_token_id", None)
+    return {"eos": None if eos is None else int(eos), "check_tokens": CHECK_TOKENS, "check_modes": list(CHECK_MODES)}
 
 
 def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
@@ -254,13 +320,14 @@ def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """GENERATED tokens (fewer if the context is shorter) for two prompts of different lengths, every mode."""
+    """check_tokens tokens (fewer if the context is shorter) for two prompts of different lengths, per check mode."""
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, len(loop.vocab), size=n) for n in PROMPT_LENGTHS]
     longest = max(PROMPT_LENGTHS)
-    count = GENERATED if loop.context is None else min(GENERATED, loop.context - longest)
+    count = loop.check_tokens if loop.context is None else min(loop.check_tokens, loop.context - longest)
     lm = kind_of(loop).token_model(runners, loop)
-    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count) for mode in MODES}
+    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count)
+            for mode in loop.check_modes}
 
 
 def check_translation(runners: Runners, loop: TranslationConfig, seed: int) -> dict[str, np.ndarray]:
