@@ -1,4 +1,5 @@
-"""Where a torch model comes from: `zoo:NAME[@CHECKPOINT]`, a checkpoint path, or `package.module:factory`."""
+"""Where a torch model comes from: `zoo:NAME[@CHECKPOINT]`, `hf:DIR` (a save_pretrained folder), a checkpoint
+path, or `package.module:factory`."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 @dataclass(frozen=True)
 class Resolved:
-    """A model ready to export, its family and the JSON record that rebuilds it."""
+    """A model ready to export, its family, the JSON record that rebuilds it, and the tokenizer.json it came with."""
 
     model: Any
     family: str
     source: dict[str, Any]
+    tokenizer: Path | None = None
 
 
 def _from_checkpoint(path: Path, family: str | None) -> Resolved:
@@ -59,6 +61,14 @@ def _import_factory(ref: str) -> Callable[[], Any]:
 def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], None] | None = None) -> Resolved:
     """Turn a CLI source string into a model (training a zoo model first if it is not cached)."""
     torch = import_torch()
+    if spec.startswith("hf:"):
+        from .exporters.hf import load_hf
+
+        if family not in (None, "gpt"):
+            raise InputError(f"hf:DIR exports causal language models as family 'gpt', not '{family}'; drop --family.")
+        folder = Path(spec[3:]).resolve()
+        hf = load_hf(folder)
+        return Resolved(hf.model, "gpt", {"kind": "hf", "path": str(folder), "fingerprint": hf.fingerprint}, hf.tokenizer)
     if spec.startswith("zoo:"):
         from .models import get_entry, trained
 
@@ -81,8 +91,8 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     if Path(spec).is_file():
         return _from_checkpoint(Path(spec), family)
     raise InputError(
-        f"source '{spec}' is not a zoo name, an existing checkpoint or a `package.module:factory`; "
-        "try `zoo:cnn`, `runs/cnn.pt` or `my_pkg.models:build_model`."
+        f"source '{spec}' is not a zoo name, a hf:DIR folder, an existing checkpoint or a `package.module:factory`; "
+        "try `zoo:cnn`, `hf:models/gpt2`, `runs/cnn.pt` or `my_pkg.models:build_model`."
     )
 
 
@@ -95,6 +105,15 @@ def rebuild(source: dict[str, Any]) -> Any:
         if sha256_file(path) != source["sha256"]:
             raise InputError(f"the source checkpoint '{path}' changed since export; re-export the bundle.")
         return _from_checkpoint(path, None).model
+    if source.get("kind") == "hf":
+        from .exporters.hf import fingerprint, load_hf
+
+        folder = Path(source["path"])
+        if not (folder / "config.json").is_file():
+            raise InputError(f"the source folder '{folder}' is not on this machine; pass the model (or --source).")
+        if fingerprint(folder) != source["fingerprint"]:
+            raise InputError(f"the source folder '{folder}' changed since export; re-export the bundle.")
+        return load_hf(folder).model
     if source.get("kind") == "factory":
         return _import_factory(source["ref"])()
     raise InputError(

@@ -70,3 +70,21 @@ def tiny_bundle(tiny_bundle_master: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_bundle_master, tmp_path / "bundle"))
+
+
+@pytest.fixture(scope="session")
+def bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer.json (300 tokens, <|endoftext|> special) trained on the Zen of Python."""
+    import codecs
+    import this
+
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(codecs.decode(this.s, "rot13").splitlines(), trainer)
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tok.save(str(path))
+    return path

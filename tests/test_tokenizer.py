@@ -3,13 +3,11 @@ token-id generation, EOS, the CLI, and the torch-free runtime (tokenizers only).
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import re
 import subprocess
 import sys
-import this
 from pathlib import Path
 
 import pytest
@@ -21,23 +19,6 @@ from deploykit.models.transformer import GPT
 from deploykit.runtimes.tokens import mode_config
 
 tokenizers = pytest.importorskip("tokenizers")
-TEXT = codecs.decode(this.s, "rot13")  # the Zen of Python, shipped with every Python
-EOS = "<|endoftext|>"
-
-
-@pytest.fixture(scope="module")
-def bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GPT-2-style byte-level BPE tokenizer (300 tokens, EOS special token) trained here, saved as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXT.splitlines(), trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
 
 
 def _gpt(bpe: Path, eos: int | None = None) -> GPT:

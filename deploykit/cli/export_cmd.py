@@ -13,7 +13,8 @@ from .progress import progress_bar
 
 @app.command("export")
 def export_cmd(
-    source: Annotated[str, typer.Argument(help="zoo:NAME[@CHECKPOINT], a checkpoint path, or package.module:factory")],
+    source: Annotated[str, typer.Argument(help="zoo:NAME[@CHECKPOINT], hf:DIR (a save_pretrained folder), a checkpoint "
+                                              "path, or package.module:factory")],
     out: Annotated[Path, typer.Option(help="bundle directory to create")],
     family: Annotated[str | None, typer.Option(help="family (required for package.module:factory)")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
@@ -34,6 +35,6 @@ def export_cmd(
     with progress_bar(f"training {source} (first use)") as on_step:
         resolved = resolve(source, family, on_step)
     bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
-                    external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer)
+                    external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer or resolved.tokenizer)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
     console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")

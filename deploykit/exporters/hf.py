@@ -1,0 +1,116 @@
+"""`hf:DIR`: a causal language model saved with transformers' `save_pretrained`, exported through the `gpt`
+family's KV-cache loop as it is published (its default attention, sdpa included).
+
+The folder is read as it is (config.json, weights, tokenizer.json when present); nothing is fetched.
+GPT-2 and Llama-style models (RoPE, RMSNorm, grouped-query attention, SwiGLU) are covered by the
+tests; any AutoModelForCausalLM whose cache is a transformers DynamicCache goes the same way.
+transformers is needed only here (`pip install deploykit[hf]`); the bundle runs without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, InputError
+
+WEIGHTS = ("*.safetensors", "*.bin")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise BackendUnavailableError("hf:DIR needs transformers: `pip install deploykit[hf]`.") from exc
+    transformers.logging.set_verbosity_error()  # load reports and deprecation notes stay out of the terminal
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM behind the gpt protocol: forward_cached over per-layer (key, value) tensors
+    [batch, kv_heads, past, head_dim], rebuilt into the model's DynamicCache inside the graph."""
+
+    def __init__(self, model: nn.Module, vocab: list[str]) -> None:
+        super().__init__()
+        config = model.config
+        self.model, self.vocab = model, vocab
+        self.context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0))
+        if not self.context:
+            raise InputError(f"{type(model).__name__}'s config has no max_position_embeddings / n_positions; "
+                             "deploykit needs the context length.")
+        self.layers = int(config.num_hidden_layers)
+        self.heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        eos = getattr(config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        if isinstance(eos, int) and 0 <= eos < len(vocab):
+            self.eos_token_id = eos
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
+
+    def forward_cached(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       past: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits [B, T, vocab] and the presents (past + new) per layer."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (key, value) in enumerate(past):
+            cache.update(key, value, layer)
+        out = self.model(input_ids=tokens, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
+                         **{self._cache_arg: cache})
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        if hasattr(cache, "layers"):
+            presents = [(layer.keys, layer.values) for layer in cache.layers]
+        else:  # transformers 4.x
+            presents = list(zip(cache.key_cache, cache.value_cache))
+        return out.logits, presents
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, and a fingerprint of the folder."""
+
+    model: HFCausalLM
+    tokenizer: Path | None
+    fingerprint: str
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 over config.json and the weight files' names and sizes (cheap at any model size)."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for pattern in WEIGHTS:
+        for path in sorted(folder.glob(pattern)):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def load_hf(folder: str | Path) -> HFSource:
+    """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family; InputError naming what is missing."""
+    root = Path(folder)
+    if not (root / "config.json").is_file():
+        raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
+                         "(config.json, model.safetensors, tokenizer.json).")
+    if not any(any(root.glob(p)) for p in WEIGHTS):
+        raise InputError(f"hf:{folder}: no weights (*.safetensors or *.bin) beside config.json; nothing is downloaded.")
+    transformers = _transformers()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=torch.float32)
+    except (ValueError, OSError, KeyError) as exc:
+        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it ({exc}).") from exc
+    tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
+    size = int(model.config.vocab_size)
+    names: list[str] = []
+    if tokenizer is not None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer))
+        names = [tok.id_to_token(i) or "" for i in range(min(size, tok.get_vocab_size(with_added_tokens=True)))]
+    vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
+    return HFSource(HFCausalLM(model.eval(), vocab), tokenizer, fingerprint(root))

@@ -1,0 +1,98 @@
+"""hf:DIR: GPT-2 and Llama-style causal LMs saved with save_pretrained (random weights from small configs, nothing
+downloaded) export with their default attention and generate token for token like transformers' generate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deploykit
+from deploykit.errors import InputError
+from deploykit.runtimes.tokens import mode_config
+from deploykit.sources import resolve
+
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = ["Beautiful is better", "Now"]
+
+
+def _save(kind: str, folder: Path, bpe: Path) -> Path:
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                         bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config)
+    else:  # RoPE, RMSNorm, SwiGLU, grouped-query attention (2 key/value heads for 4 query heads)
+        config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                          bos_token_id=0, eos_token_id=0)
+        model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    shutil.copyfile(bpe, folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def exported(request: pytest.FixtureRequest, bpe: Path, tmp_path_factory: pytest.TempPathFactory):
+    folder = _save(request.param, tmp_path_factory.mktemp(request.param) / "model", bpe)
+    resolved = resolve(f"hf:{folder}")
+    bundle = deploykit.export(resolved.model, resolved.family, folder.parent / "bundle", source=resolved.source,
+                              tokenizer=resolved.tokenizer)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    return request.param, bundle, reference
+
+
+def test_default_attention_exports_and_greedy_tokens_equal_transformers_generate(exported) -> None:
+    kind, bundle, reference = exported
+    assert reference.config._attn_implementation == "sdpa"  # as published, no eager switch
+    assert (bundle.loop.heads, bundle.loop.head_dim) == ({"gpt2": 4, "llama": 2}[kind], 8)  # Llama's cache: KV heads
+    with deploykit.load(bundle.path) as dep:
+        codec = dep.codec()
+        ids = [codec.encode(p) for p in PROMPTS]
+        ours = dep.generate_ids(ids, mode_config("greedy", 16))  # one left-padded batch of two prompts
+        texts = dep.generate(PROMPTS, mode_config("greedy", 16))
+    for prompt, got, text in zip(ids, ours, texts):
+        with torch.no_grad():
+            full = reference.generate(torch.from_numpy(prompt)[None], max_new_tokens=16, do_sample=False,
+                                      eos_token_id=None, pad_token_id=0)
+        want = full[0, len(prompt):].numpy()
+        stop = np.flatnonzero(want == 0)  # deploykit stops at EOS (id 0 here); transformers was told not to
+        np.testing.assert_array_equal(got, want[: stop[0]] if stop.size else want)
+        assert text == codec.decode(got)
+
+
+def test_verify_rebuilds_from_the_folder(exported) -> None:
+    _, bundle, _ = exported
+    result = deploykit.verify(bundle, fresh=True, seed=3)
+    assert result.passed, result.report.table()
+    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+
+
+def test_hf_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no config.json there; give a folder written by save_pretrained"):
+        resolve(f"hf:{tmp_path}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match=r"no weights \(\*.safetensors or \*.bin\)"):
+        resolve(f"hf:{tmp_path}")
+    with pytest.raises(InputError, match="as family 'gpt', not 'cnn'"):
+        resolve(f"hf:{tmp_path}", "cnn")
+
+
+def test_cli_exports_a_folder_as_it_is(bpe: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = _save("gpt2", tmp_path / "gpt2", bpe)
+    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"hf:{folder}", "--out", tmp_path / "b"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "exported hf:" in run.stdout and "as 'gpt'" in run.stdout, run.stderr
+    assert "Loading weights" not in run.stderr + run.stdout  # transformers' progress bars stay quiet
+    bundle = deploykit.load_bundle(tmp_path / "b")
+    assert bundle.tokenizer is not None and bundle.source["kind"] == "hf" and bundle.loop.eos == 0
+    sample = subprocess.run([sys.executable, "-m", "deploykit", "sample", tmp_path / "b", "--prompt", "Now", "--mode",
+                             "greedy", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0 and sample.stdout.startswith("Now"), sample.stderr
