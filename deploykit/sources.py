@@ -91,7 +91,7 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     if Path(spec).is_file():
         return _from_checkpoint(Path(spec), family)
     raise InputError(
-        f"source '{spec}' is not a zoo name, a hf:DIR folder, an existing checkpoint or a `package.module:factory`; "
+        f"source '{spec}' is not a zoo name, an existing checkpoint, a hf:DIR folder or a `package.module:factory`; "
         "try `zoo:cnn`, `hf:models/gpt2`, `runs/cnn.pt` or `my_pkg.models:build_model`."
     )
 

@@ -240,3 +240,11 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) 
     refuses(bundle.path, "external data of graph 'model' file 'graphs/model.onnx.data' has sha256")
     edit_manifest(bundle.path, lambda m: m["graphs"]["model"].pop("external_data"))
     refuses(bundle.path, "reads external data 'model.onnx.data', which the manifest does not list")
+
+
+def test_export_restores_the_users_training_state(tmp_path: Path) -> None:
+    model = Wide().train()
+    model.net[0].weight.requires_grad_(False)  # a frozen layer stays frozen, the rest trainable
+    deploykit.export(model, "mlp", tmp_path / "b")
+    assert all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]

@@ -23,7 +23,7 @@ from ..parity import ParityReport
 from ..runtimes.kinds import LOOP_ROLE, kind_of
 from ..specs import dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
-from .onnx_export import EXTERNAL_DATA_THRESHOLD, OPSET, export_role, prepare
+from .onnx_export import EXTERNAL_DATA_THRESHOLD, OPSET, export_role, exportable, prepare, weight_bytes
 from .registry import FAMILIES, Family, Role, Tolerance, get_family
 
 __all__ = ["FAMILIES", "Family", "Role", "Tolerance", "export", "get_family", "torch_modules"]
@@ -37,6 +37,12 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "absent"
     return out
+
+
+# Golden vectors per role: every check shape while they fit in 5 % of the role's weights (at least 16 MiB),
+# else the first ones; the rest are still compared at export and by fresh-input verify.
+GOLDEN_SHARE = 0.05
+GOLDEN_MIN_BYTES = 16 << 20
 
 
 def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
@@ -82,64 +88,71 @@ def export(
     generation encodes and decodes with it.
     """
     fam = get_family(family)
-    roles = fam.roles(prepare(model))
-    shapes = fam.check_shapes(model)
-    loop = fam.loop(model)
-    if loop.kind not in fam.loop_kinds:
-        raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} (a bug in its exporter).")
-    kind = kind_of(loop)
-    if tokenizer is not None:
-        tokenizer = _check_tokenizer(Path(tokenizer), family, kind.use, loop)
-    src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
-
-    def fill(tmp: Path) -> dict[str, Any]:
-        (tmp / "graphs").mkdir()
-        (tmp / "golden").mkdir()
+    with exportable(model) as ready:  # the user's module (restored after) unless weights must be folded
+        roles = fam.roles(ready)  # first: it checks the family's protocol and names what is missing
+        shapes = fam.check_shapes(model)
+        loop = fam.loop(model)
+        if loop.kind not in fam.loop_kinds:
+            raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} "
+                              "(a bug in its exporter).")
+        kind = kind_of(loop)
         if tokenizer is not None:
-            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-        graphs: dict[str, Any] = {}
-        golden: list[dict[str, Any]] = []
-        report = ParityReport()
-        refs: dict[str, Runner] = {}
-        orts: dict[str, Runner] = {}
-        for name, role in roles.items():
-            path = tmp / "graphs" / f"{name}.onnx"
-            spec, found_opset, data_files = export_role(name, role, path, opset, external_threshold)
-            graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
-            if data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
-                graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in data_files]
-            refs[name], orts[name] = TorchRunner(name, spec, role.torch_module), OrtRunner(name, spec, path)
-        with ExitStack() as stack:
-            for runner in (*refs.values(), *orts.values()):
-                stack.enter_context(runner)
-            for name in roles:
-                for index, dims in enumerate(shapes):
-                    case = dims_label(dims)
-                    inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
-                    expected = refs[name].infer(inputs)
-                    save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
-                    golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
-                    report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance)
-            if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
-                expected = kind.check(refs, loop, 0)
-                save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
-                golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
-                report.add("loop seed=0", expected, kind.check(orts, loop, 0), fam.tolerance)
-            problems = kind.structure(orts, loop) if kind.structure else []
-        if problems:
-            raise ExportError(f"{type(model).__name__} exported as '{family}' fails a structural check: " + "; ".join(problems))
-        if not report.passed:
-            raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
-        return {
-            "family": family,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "graphs": graphs,
-            "golden": golden,
-            "check_shapes": shapes,
-            "tolerance": fam.tolerance.to_json(),
-            "loop": loop.to_json(),
-            "source": src,
-            "tools": _versions(),
-        } | ({"tokenizer": {"file": "tokenizer.json"}} if tokenizer is not None else {})
+            tokenizer = _check_tokenizer(Path(tokenizer), family, kind.use, loop)
+        src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
-    return write_bundle(out, fill, force=force)
+        def fill(tmp: Path) -> dict[str, Any]:
+            (tmp / "graphs").mkdir()
+            (tmp / "golden").mkdir()
+            if tokenizer is not None:
+                shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            graphs: dict[str, Any] = {}
+            golden: list[dict[str, Any]] = []
+            report = ParityReport()
+            refs: dict[str, Runner] = {}
+            orts: dict[str, Runner] = {}
+            for name, role in roles.items():
+                path = tmp / "graphs" / f"{name}.onnx"
+                spec, found_opset, data_files = export_role(name, role, path, opset, external_threshold)
+                graphs[name] = {"file": f"graphs/{name}.onnx", "opset": found_opset, "spec": spec.to_json()}
+                if data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
+                    graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in data_files]
+                refs[name], orts[name] = TorchRunner(name, spec, role.torch_module), OrtRunner(name, spec, path)
+            with ExitStack() as stack:
+                for runner in (*refs.values(), *orts.values()):
+                    stack.enter_context(runner)
+                for name, role in roles.items():
+                    budget, stored = max(GOLDEN_MIN_BYTES, GOLDEN_SHARE * weight_bytes(role.module)), 0
+                    for index, dims in enumerate(shapes):  # every shape is compared; the first ones that fit are stored
+                        case = dims_label(dims)
+                        inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
+                        expected = refs[name].infer(inputs)
+                        report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance)
+                        size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
+                        if index and stored + size > budget:
+                            continue
+                        stored += size
+                        save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
+                        golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
+                if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
+                    expected = kind.check(refs, loop, 0)
+                    save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
+                    golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
+                    report.add("loop seed=0", expected, kind.check(orts, loop, 0), fam.tolerance)
+                problems = kind.structure(orts, loop) if kind.structure else []
+            if problems:
+                raise ExportError(f"{type(model).__name__} exported as '{family}' fails a structural check: " + "; ".join(problems))
+            if not report.passed:
+                raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
+            return {
+                "family": family,
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "graphs": graphs,
+                "golden": golden,
+                "check_shapes": shapes,
+                "tolerance": fam.tolerance.to_json(),
+                "loop": loop.to_json(),
+                "source": src,
+                "tools": _versions(),
+            } | ({"tokenizer": {"file": "tokenizer.json"}} if tokenizer is not None else {})
+
+        return write_bundle(out, fill, force=force)

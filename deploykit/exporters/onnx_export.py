@@ -55,6 +55,33 @@ def prepare(model: nn.Module) -> nn.Module:
     return model
 
 
+def _folds(model: nn.Module) -> bool:
+    """Whether `model` has parametrizations or legacy weight norm that export must fold into plain weights."""
+    return any(parametrize.is_parametrized(m) or any(type(h).__name__ == "WeightNorm" for h in m._forward_pre_hooks.values())
+               for m in model.modules())
+
+
+@contextmanager
+def exportable(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` ready to export: eval mode, no gradients, parametrizations folded.
+
+    A copy (`prepare`) only when there is something to fold; otherwise the module itself, with its
+    training flags and requires_grad restored afterwards, so a 100M+ model is not held twice."""
+    if _folds(model):
+        yield prepare(model)
+        return
+    training = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for module, flag in training.items():
+            module.training = flag
+        for param, flag in grads.items():
+            param.requires_grad_(flag)
+
+
 def example_inputs(role: Role) -> tuple[torch.Tensor, ...]:
     """Deterministic example tensors at the role's example dims."""
     rng = np.random.default_rng(0)
