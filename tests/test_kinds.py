@@ -58,7 +58,7 @@ def test_loop_configs_round_trip_and_reject_malformed_json(zoo_bundle, tmp_path:
 
 def test_options_name_the_flag_and_the_kinds_it_is_for(zoo_bundle) -> None:
     with deploykit.load(zoo_bundle("dcgan").path) as dep:
-        with pytest.raises(InputError, match="--host-loop is for diffusion, RBM and flow bundles; this 'generator' "
+        with pytest.raises(InputError, match="--host-loop is for diffusion, flow and RBM bundles; this 'generator' "
                                              "bundle takes --label"):
             dep.options(host=True)
         with pytest.raises(InputError, match="samples with LabelOptions, not FlowOptions"):

@@ -181,7 +181,7 @@ class LoopKind:
         for key in given:
             if key not in allowed:
                 label = names.get(key, key)
-                users = [k.title for k in KINDS.values() if key in k.option_fields()]
+                users = sorted((k.title for k in KINDS.values() if key in k.option_fields()), key=str.lower)
                 takes = ", ".join(names.get(f, f) for f in allowed) or "no sampling options"
                 where = f"is for {_joined(users)} bundles" if users else "is not a sampling option"
                 raise InputError(f"{label} {where}; this '{self.name}' bundle takes {takes}.")
