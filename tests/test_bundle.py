@@ -234,6 +234,10 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) 
     assert deploykit.verify(bundle, model=model, fresh=True, seed=0).passed
     with deploykit.load(bundle.path) as dep:
         assert dep.infer({"x": np.ones((2, 6), np.float32)})["logits"].shape == (2, 3)
+    from deploykit.precision import quantize
+
+    half = quantize(bundle, "fp16", tmp_path / "half")  # converted graphs are written whole
+    assert "external_data" not in half.manifest["graphs"]["model"] and deploykit.verify(half, fresh=False).passed
     blob = bytearray(data.read_bytes())
     blob[0] ^= 1
     data.write_bytes(bytes(blob))
