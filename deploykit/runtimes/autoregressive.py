@@ -359,11 +359,8 @@ def check_wavenet(runners: Runners, loop: WavenetConfig, seed: int) -> dict[str,
 
 
 def write_audio(out: Path, codes: np.ndarray, loop: WavenetConfig, runners: Runners) -> None:
-    """Mu-law codes as one .wav (clips one after another) or as .npy."""
-    if out.suffix == ".npy":
-        np.save(out, codes)
-    else:
-        write_wav(out, mu_law_decode(codes, loop.levels), loop.sample_rate)
+    """Mu-law codes as one .wav, clips one after another."""
+    write_wav(out, mu_law_decode(codes, loop.levels), loop.sample_rate)
 
 
 def _density(runners: Runners, loop: MaskedConfig, x: np.ndarray, labels: np.ndarray | None, host: bool) -> np.ndarray:

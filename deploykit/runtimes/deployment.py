@@ -43,6 +43,7 @@ class Deployment:
         self.loop = bundle.loop
         self.kind: LoopKind = kind_of(self.loop)
         self.runners = runners
+        self._codec: Codec | None = None
 
     def runner(self, role: str | None = None) -> Runner:
         """The runner of `role` (optional when the bundle has a single graph)."""
@@ -118,11 +119,14 @@ class Deployment:
         return bits_per_dim(self.runners, self._config(FlowConfig), pixels, seed)
 
     def codec(self) -> Codec:
-        """Text <-> ids of a language-model bundle: its tokenizer.json when it carries one, else its character vocabulary."""
+        """Text <-> ids of a language-model bundle: its tokenizer.json when it carries one, else its character vocabulary
+        (read once per deployment)."""
         loop = self.require("generate")
         assert isinstance(loop, LanguageModelConfig)
-        path = self.bundle.tokenizer
-        return CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab))
+        if self._codec is None:
+            path = self.bundle.tokenizer
+            self._codec = CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab))
+        return self._codec
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""

@@ -181,8 +181,8 @@ def round_trip_error(runners: Mapping[str, Runner], loop: FlowConfig, seed: int 
 
 
 def write_flow(out: Path, samples: np.ndarray, loop: FlowConfig, runners: Runners) -> None:
-    """2-D flows: a .png density plot with the samples on it; image flows: a grid; either as .npy."""
-    if out.suffix == ".png" and loop.event_shape == [2]:
+    """2-D flows: a .png density plot with the samples on it; image flows: a grid."""
+    if loop.event_shape == [2]:
         from ..images import save_density_plot
 
         extent = float(np.quantile(np.abs(samples), 0.99)) * 1.3

@@ -95,34 +95,35 @@ class ImageLayout(LoopConfig):
 
 @dataclass(frozen=True)
 class Writer:
-    """How `deploykit sample --out` writes a kind's output: allowed suffixes, the hint when another is given, the writer."""
+    """How `deploykit sample --out` writes a kind's output: allowed suffixes, the hint when another is given, and
+    `render` for every suffix but .npy (arrays are saved as they are)."""
 
     suffixes: tuple[str, ...]
     hint: str
-    write: Callable[[Path, Any, Any, Runners], None]  # (out, samples, config, runners)
+    render: Callable[[Path, Any, Any, Runners], None] | None = None  # (out, samples, config, runners)
 
     def check(self, out: Path) -> None:
         """InputError for an --out this writer cannot write (checked before sampling)."""
         if out.suffix not in self.suffixes:
             raise InputError(f"--out {out}: {self.hint}")
 
+    def write(self, out: Path, samples: Any, config: LoopConfig, runners: Runners) -> None:
+        """Write samples to `out` (checked by `check`): .npy as the array, other suffixes by `render`."""
+        if out.suffix == ".npy":
+            np.save(out, samples)
+        else:
+            assert self.render is not None, f"{self.suffixes} lists a suffix without a renderer"
+            self.render(out, samples, config, runners)
+
 
 def write_images(out: Path, samples: np.ndarray, config: ImageLayout, runners: Runners) -> None:
-    """Samples as .npy, or as a .png grid when they are images (or flat with the config's image_shape)."""
+    """A .png grid of the samples when they are images (or flat with the config's image_shape)."""
     from ..images import save_samples
 
-    if out.suffix == ".npy":
-        np.save(out, samples)
-        return
     images = samples.reshape(len(samples), *config.image_shape) if config.image_shape else samples
     if images.ndim != 4:
         raise InputError(f"--out {out}: these samples are vectors {list(samples.shape[1:])}; write them as .npy.")
     save_samples(images, out, config.value_range)
-
-
-def write_array(out: Path, samples: np.ndarray, config: LoopConfig, runners: Runners) -> None:
-    """Samples as .npy."""
-    np.save(out, samples)
 
 
 def write_text(out: Path, texts: list[str], config: LoopConfig, runners: Runners) -> None:

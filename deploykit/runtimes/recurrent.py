@@ -9,7 +9,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..errors import InputError
-from .kinds import TEXT, LoopConfig, LoopKind, Runners, SampleOptions, Writer, register, write_array
+from .kinds import TEXT, LoopConfig, LoopKind, Runners, SampleOptions, Writer, register
 from .tokens import (
     LanguageModelConfig,
     TranslationConfig,
@@ -237,5 +237,5 @@ register(LoopKind(Seq2SeqConfig, "seq2seq", "translate", check=check_translation
 register(LoopKind(
     VrnnConfig, "VRNN", "sample", VrnnOptions,
     sample=lambda runners, loop, n, seed, o: sample_vrnn(runners[loop.role], loop, n, o.steps, seed),
-    check=check_vrnn, writer=Writer((".npy",), "VRNN trajectories are written as .npy [n, steps, x_dim].", write_array),
+    check=check_vrnn, writer=Writer((".npy",), "VRNN trajectories are written as .npy [n, steps, x_dim]."),
 ))
