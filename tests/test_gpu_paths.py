@@ -22,6 +22,7 @@ from deploykit.bundle import load_bundle
 from deploykit.cli import main
 from deploykit.engines import EngineRequest, build_engines, default_shapes, parse_shapes
 from deploykit.errors import BackendUnavailableError, InputError
+from deploykit.runtimes.schedulers import COLUMNS
 from deploykit.runtimes.tokens import mode_config
 
 TRT_MISSING = [m for m in ("tensorrt", "polygraphy", "cuda") if importlib.util.find_spec(m) is None]
@@ -36,7 +37,7 @@ def test_default_profile_comes_from_the_dynamic_axes(zoo_bundle) -> None:
     assert denoiser["t"] == {"min": [1], "opt": [batch], "max": [32]}
     sampler = default_shapes(ddpm, ddpm.graphs["sampler"].spec)
     steps = max(c["steps"] for c in ddpm.check_shapes)
-    assert sampler["coefficients"]["max"] == [4 * steps, 7] and sampler["guidance"]["min"] == [1]
+    assert sampler["coefficients"]["max"] == [4 * steps, len(COLUMNS)] and sampler["guidance"]["min"] == [1]
     glow = zoo_bundle("glow-digits")
     x = default_shapes(glow, glow.graphs["sample"].spec)["z"]
     assert x["min"][2] == 4 and x["max"][2] % 4 == 0 and x["max"][2] >= 4 * 8  # height: a multiple of the squeeze

@@ -17,55 +17,55 @@ from deploykit.runtimes.diffusion import network_output
 from deploykit.runtimes.schedulers import make_scheduler
 from deploykit.runtimes.schedulers.ddim import DDIMScheduler
 from deploykit.runtimes.schedulers.ddpm import DDPMScheduler
-from deploykit.runtimes.schedulers.noise_schedule import alphas_cumprod, betas
+from deploykit.runtimes.schedulers.noise_schedule import alphas_cumprod, betas, zoo_config
 
 # Whole-loop tolerances. Measured on the zoo DDPM (fp32, 8 samples): one denoiser call differs by
 # ~1e-6; the final sample of DDPM-1000 by 1.3e-6 and of guided DDIM-50 (w = 3) by 1.9e-5. Guidance
 # multiplies the cond - uncond difference, and deterministic DDIM carries every call's error to the
 # end, so the guided loop is held to 1e-4, DDPM to 2e-5.
 DDPM_LOOP_ATOL, GUIDED_DDIM_ATOL = 2e-5, 1e-4
-CONFIGS = [{"schedule": s, "training_steps": t, "clip_sample": c} for s in ("linear", "cosine") for t in (1000, 50)
-           for c in (0.0, 1.0)]
+CONFIGS = [zoo_config(s, t, c) for s in ("linear", "cosine") for t in (1000, 50) for c in (0.0, 1.0)]
 
 
 def _draw(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['schedule']}-T{c['training_steps']}-clip{c['clip_sample']}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['beta_schedule']}-T{c['num_train_timesteps']}-clip{c['clip_sample']}")
 def test_ddim_at_eta_one_is_ddpm_and_ddpm_is_the_textbook_posterior(config) -> None:
     ddpm, ddim = DDPMScheduler(config), DDIMScheduler(config | {"eta": 1.0})
     ddpm.set_timesteps(10)
     ddim.set_timesteps(10)
     x, eps, noise = _draw((6, 3), 0), _draw((6, 3), 1), _draw((6, 3), 2)
-    for t in ddpm.timesteps:
-        np.testing.assert_allclose(ddpm.step(eps, t, x, noise), ddim.step(eps, t, x, noise), atol=2e-5)
-    full = DDPMScheduler(config | {"clip_sample": 0.0})
-    full.set_timesteps(config["training_steps"])
-    beta, bar = betas(config["schedule"], config["training_steps"]), alphas_cumprod(config["schedule"], config["training_steps"])
-    for t in (full.timesteps[0], 7, 1):  # Ho et al. eq. 11: mean = (x - beta / sqrt(1 - abar) eps) / sqrt(alpha)
+    for i in range(len(ddpm.timesteps)):
+        np.testing.assert_allclose(ddpm.step(eps, i, x, noise), ddim.step(eps, i, x, noise), atol=2e-5)
+    full = DDPMScheduler(config | {"clip_sample": False})
+    total = config["num_train_timesteps"]
+    full.set_timesteps(total)
+    beta, bar = betas(config), alphas_cumprod(config)
+    for t in (total - 1, 7, 1):  # Ho et al. eq. 11: mean = (x - beta / sqrt(1 - abar) eps) / sqrt(alpha)
         mean = (x - beta[t] / np.sqrt(1 - bar[t]) * eps) / np.sqrt(1 - beta[t])
         sigma = np.sqrt(beta[t] * (1 - bar[t - 1]) / (1 - bar[t]))
-        np.testing.assert_allclose(full.step(eps, t, x, noise), mean + sigma * noise, rtol=1e-4, atol=1e-4)
-    assert np.array_equal(full.step(eps, 0, x, noise), full.step(eps, 0, x, noise * 0))  # no noise on the last step
+        np.testing.assert_allclose(full.step(eps, total - 1 - t, x, noise), mean + sigma * noise, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(full.step(eps, total - 1, x, noise), full.step(eps, total - 1, x, noise * 0))  # no noise at t = 0
 
 
 def test_deterministic_ddim_is_the_textbook_update() -> None:
-    config = {"schedule": "cosine", "training_steps": 1000, "clip_sample": 0.0}
+    config = zoo_config("cosine", 1000, 0.0)
     ddim = DDIMScheduler(config)
     ddim.set_timesteps(20)
-    bar = alphas_cumprod("cosine", 1000)
+    bar = alphas_cumprod(config)
     x, eps = _draw((4, 2), 3), _draw((4, 2), 4)
     t, prev = int(ddim.timesteps[3]), int(ddim.timesteps[4])
     x0 = (x - np.sqrt(1 - bar[t]) * eps) / np.sqrt(bar[t])
     expected = np.sqrt(bar[prev]) * x0 + np.sqrt(1 - bar[prev]) * eps
-    np.testing.assert_allclose(ddim.step(eps, t, x, _draw((4, 2), 5)), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ddim.step(eps, 3, x, _draw((4, 2), 5)), expected, rtol=1e-4, atol=1e-5)
     assert list(ddim.timesteps[:3]) == [950, 900, 850] and ddim.timesteps[-1] == 0
-    assert betas("cosine", 1000).max() <= 0.999 and np.all(np.diff(bar) < 0)
+    assert betas(config).max() <= 0.999 and np.all(np.diff(bar) < 0)
 
 
 def test_scheduler_errors_name_the_option_and_the_limit() -> None:
-    allowed, schedule = ["ddpm", "ddim"], {"schedule": "linear", "training_steps": 1000, "clip_sample": 1.0}
+    allowed, schedule = ["ddpm", "ddim"], zoo_config("linear", 1000, 1.0)
     with pytest.raises(InputError, match="--steps is 0, expected at least 1"):
         make_scheduler("ddpm", allowed, schedule).set_timesteps(0)
     with pytest.raises(InputError, match="--steps is 1001, but this model was trained with 1000"):
@@ -80,7 +80,7 @@ def test_denoiser_step_parity_on_noised_digits(zoo_bundle) -> None:
     """One eps call per timestep on real x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, every label and the null label."""
     bundle = zoo_bundle("ddpm-digits")
     x0 = load_digits().x_test[:11] * 2 - 1
-    bar = alphas_cumprod("linear", 1000)
+    bar = alphas_cumprod(zoo_config("linear", 1000, 1.0))
     labels = np.arange(11)  # 10 is the null label
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
         for t in (999, 500, 100, 10, 0):
@@ -125,8 +125,10 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
     ({"steps": 0}, "--steps is 0, expected at least 1"),
     ({"steps": 1001}, "trained with 1000 diffusion steps"),
     ({"labels": np.asarray(10)}, "--label 10 is out of range; this model has classes 0..9"),
-    ({"scheduler": "ddpm", "eta": 0.5}, "--eta is a DDIM option"),
-    ({"scheduler": "euler"}, "--scheduler 'euler' does not fit this bundle"),
+    ({"scheduler": "ddpm", "eta": 0.5}, "--eta is an option of ddim; add --scheduler ddim"),
+    ({"scheduler": "ddim", "karras": True}, "--karras is an option of euler, euler-a, heun, dpm\\+\\+2m"),
+    ({"scheduler": "lms"}, "--scheduler 'lms' does not fit this bundle"),
+    ({"guidance": float("nan")}, "--guidance is nan, expected a finite scale"),
 ])
 def test_diffusion_sampling_errors(zoo_bundle, kwargs, message) -> None:
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep, pytest.raises(InputError, match=message):

@@ -82,9 +82,11 @@ def sample_cmd(
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
     size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
     host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM: run the loop on the host, one graph call per step, instead of in the graph")] = False,
-    scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm or ddim (score networks: langevin); default: the bundle's first")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm, ddim, euler, euler-a, heun or dpm++2m (score networks: langevin); default: the bundle's first")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)")] = None,
-    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale (1 = conditional, 0 = unconditional)")] = None,
+    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="euler, euler-a, heun, dpm++2m: Karras sigmas (default: the scheduler config's)")] = None,
+    clipped_model_output: Annotated[bool | None, typer.Option("--clipped-model-output/--no-clipped-model-output", help="DDIM: re-derive eps from the clipped x0 (default: the bundle's; diffusers: off)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale >= 0 (1 = conditional, 0 = unconditional, typical 5-9)")] = None,
     interpolate: Annotated[bool, typer.Option(help="VAE: decode --n points along the path between two seeded latents")] = False,
     top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens")] = None,
     top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass")] = None,
@@ -100,7 +102,8 @@ def sample_cmd(
         if use == "sample":
             given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
                      "fast": False if naive else None, "temperature": temperature, "size": _size(size),
-                     "host": True if host_loop else None, "scheduler": scheduler, "eta": eta, "guidance": guidance}
+                     "host": True if host_loop else None, "scheduler": scheduler, "eta": eta, "karras": karras,
+                     "clipped_model_output": clipped_model_output, "guidance": guidance}
             _samples(dep, out, n, seed, {k: v for k, v in given.items() if v is not None}, interpolate)
             return
         if use not in ("generate", "translate"):

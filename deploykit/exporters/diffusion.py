@@ -1,9 +1,10 @@
 """Diffusion and score families: DDPM/DDIM eps-prediction networks, latent diffusion and NCSN score networks.
 
-Each bundle holds the network as a `denoiser` graph (one step; the numpy schedulers in
+Each bundle holds the network as a `denoiser` graph (one call; the numpy schedulers in
 runtimes/schedulers run the loop on the host) and a `sampler` graph: the whole loop as a torch
-scan (ONNX Scan) over the scheduler's table of per-step coefficients, so one graph serves DDPM,
-DDIM at any eta and any number of steps, and classifier-free guidance at any scale.
+scan (ONNX Scan) over the scheduler's table of per-call coefficients, carrying the sample and one
+history buffer, so one graph serves DDPM, DDIM at any eta, Euler, Euler ancestral, Heun and
+DPM-Solver++(2M) (Karras sigmas or not) at any number of steps, and classifier-free guidance at any scale.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import torch
 from torch import nn
 from torch._higher_order_ops.scan import scan
 
-from ..errors import ExportError
+from ..errors import ExportError, InputError
 from ..runtimes.diffusion import DiffusionConfig
-from ..runtimes.schedulers import COLUMNS
-from ..runtimes.schedulers.noise_schedule import SCHEDULES
+from ..runtimes.schedulers import COLUMNS, SCHEDULERS
+from ..runtimes.schedulers.noise_schedule import PREDICTIONS, scheduler_config, training_steps, zoo_config
 from ..specs import TensorSpec
 from .latent import DecoderGraph
 from .registry import Family, Role, Tolerance, attribute, register
 
 DENOISER_PROTOCOL = (
-    "forward(x [batch, *event_shape], t int64 [batch][, label int64 [batch]]) -> eps of x's shape; attributes "
-    "`event_shape`, `training_steps`, `schedule` ('linear' or 'cosine'), `clip_sample` (bound on the predicted x0, "
-    "0 for none) and `num_classes` (0: unconditional; otherwise label num_classes is the null label of "
-    "classifier-free guidance)."
+    "forward(x [batch, *event_shape], t [batch][, label int64 [batch]]) -> the prediction (eps, v or x0) of x's "
+    "shape; attributes `event_shape`, `num_classes` (0: unconditional; otherwise label num_classes is the null label "
+    "of classifier-free guidance) and either `scheduler_config` (a diffusers scheduler config dict: betas, "
+    "prediction_type, spacing, clipping) or `training_steps`, `schedule` ('linear' or 'cosine') and `clip_sample` "
+    "(bound on the predicted x0, 0 for none; eps prediction). Optional `timestep_dtype` ('int64', the default, or "
+    "'float32' for networks that take fractional timesteps)."
 )
 LATENT_PROTOCOL = (
     "`vae` with decode(z [batch, latent_dim]) -> Bernoulli logits [batch, D] and `latent_dim`, `denoiser` following "
@@ -41,11 +44,12 @@ SCORE_PROTOCOL = (
 )
 
 
-def affine_update(x: torch.Tensor, out: torch.Tensor, noise: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """The schedulers' step (see runtimes/schedulers) in torch: row = (a, b, clip, p, q, r, s)."""
-    a, b, clip, p, q, r, s = row.unbind(0)
-    x0 = torch.minimum(torch.maximum((x - a * out) * b, -clip), clip)
-    return p * x0 + q * x + r * out + s * noise
+def affine_update(x: torch.Tensor, h: torch.Tensor, out: torch.Tensor, noise: torch.Tensor, row: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedulers' step (see runtimes/schedulers) in torch: (x_next, h_next) by a row of COLUMNS."""
+    _, cx, co, clip, p, q, r, s, u, hp, hq = row.unbind(0)
+    x0 = torch.minimum(torch.maximum(cx * x + co * out, -clip), clip)
+    return p * x0 + q * x + r * out + s * noise + u * h, hp * x0 + hq * x
 
 
 def guided_output(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
@@ -59,63 +63,89 @@ def guided_output(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torc
 
 
 class SamplerGraph(nn.Module):
-    """x_T -> x_0: scan over (timesteps [steps], coefficients [steps, 7], noise [steps, batch, ...]).
-
-    """
+    """(x, history) -> (x, history) after scanning over (timesteps [steps], coefficients [steps, COLUMNS],
+    noise [steps, batch, ...]); the network sees cin * x at each call."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, coefficients: torch.Tensor,
-                label: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, history: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                coefficients: torch.Tensor, label: torch.Tensor | None = None, guidance: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         labels = None if label is None else torch.stack([label, torch.full_like(label, int(self.net.num_classes))]).flatten(0, 1)
 
-        def body(x: torch.Tensor, step: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            t, row, z = step
-            out = guided_output(self.net, x, t.expand(x.shape[0]), labels, guidance)
-            return affine_update(x, out, z, row), row[:1].clone()
+        def body(carry: tuple[torch.Tensor, torch.Tensor], step: tuple[torch.Tensor, ...]
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+            (x, h), (t, row, z) = carry, step
+            out = guided_output(self.net, x * row[0], t.expand(x.shape[0]), labels, guidance)
+            return affine_update(x, h, out, z, row), row[:1].clone()
 
-        return scan(body, x, (timesteps, coefficients, noise))[0]
+        x, h = scan(body, (x, history), (timesteps, coefficients, noise))[0]
+        return x, h
 
 
 def _event(model: nn.Module, family: str, protocol: str) -> tuple[int, ...]:
     return tuple(int(d) for d in attribute(model, "event_shape", family, protocol))
 
 
-def _network_roles(net: nn.Module, event: tuple[int, ...], t_high: int, classes: int, output: str) -> dict[str, Role]:
+def _network_roles(net: nn.Module, event: tuple[int, ...], t_high: int, classes: int, output: str,
+                   t_dtype: str = "int64") -> dict[str, Role]:
     """`denoiser` (one call) and `sampler` (the whole loop) roles of a network."""
     x = TensorSpec("x", "float32", ("batch", *event))
-    t = TensorSpec("t", "int64", ("batch",), high=t_high)
-    loop_in = (x, TensorSpec("noise", "float32", ("steps", "batch", *event)), TensorSpec("timesteps", "int64", ("steps",), high=t_high),
+    t = TensorSpec("t", t_dtype, ("batch",), high=t_high)
+    loop_in = (x, TensorSpec("history", "float32", ("batch", *event)),
+               TensorSpec("noise", "float32", ("steps", "batch", *event)),
+               TensorSpec("timesteps", t_dtype, ("steps",), high=t_high),
                TensorSpec("coefficients", "float32", ("steps", len(COLUMNS))))
     net_in: tuple[TensorSpec, ...] = (x, t)
-    if classes:
+    if classes:  # guidance has no upper bound: the loop checks it is finite and >= 0 (--guidance)
         label = TensorSpec("label", "int64", ("batch",), high=classes + 1)
         net_in, loop_in = (*net_in, label), (*loop_in, TensorSpec("label", "int64", ("batch",), high=classes),
-                                              TensorSpec("guidance", "float32", (1,), low=0, high=4))
+                                              TensorSpec("guidance", "float32", (1,)))
     return {"denoiser": Role(net, net_in, (output,), {"batch": 2}),
-            "sampler": Role(SamplerGraph(net), loop_in, ("sample",), {"batch": 2, "steps": 3})}
+            "sampler": Role(SamplerGraph(net), loop_in, ("sample", "history_out"), {"batch": 2, "steps": 3})}
 
 
-def _diffusion_config(net: nn.Module, family: str, protocol: str) -> dict[str, Any]:
-    schedule = str(attribute(net, "schedule", family, protocol))
-    if schedule not in SCHEDULES:
-        raise ExportError(f"{type(net).__name__}.schedule is {schedule!r}; family '{family}' supports {list(SCHEDULES)}.")
-    return {"schedule": schedule, "training_steps": int(attribute(net, "training_steps", family, protocol)),
-            "clip_sample": float(attribute(net, "clip_sample", family, protocol))}
+def _schedule(net: nn.Module, family: str, protocol: str) -> dict[str, Any]:
+    """The network's diffusers scheduler config: its own `scheduler_config`, or the zoo-style attributes'."""
+    given = getattr(net, "scheduler_config", None)
+    if given is None:
+        config = zoo_config(str(attribute(net, "schedule", family, protocol)),
+                            int(attribute(net, "training_steps", family, protocol)),
+                            float(attribute(net, "clip_sample", family, protocol)))
+    else:
+        config = dict(given)
+    try:
+        return scheduler_config(config) | ({"_class_name": config["_class_name"]} if "_class_name" in config else {})
+    except InputError as exc:
+        raise ExportError(f"{type(net).__name__}: {exc}") from exc
+
+
+def _timestep_dtype(net: nn.Module) -> str:
+    dtype = str(getattr(net, "timestep_dtype", "int64"))
+    if dtype not in ("int64", "float32"):
+        raise ExportError(f"{type(net).__name__}.timestep_dtype is {dtype!r}; use 'int64' or 'float32'.")
+    return dtype
 
 
 def _ddpm_roles(model: nn.Module) -> dict[str, Role]:
-    config = _diffusion_config(model, "ddpm", DENOISER_PROTOCOL)
+    config = _schedule(model, "ddpm", DENOISER_PROTOCOL)
     classes = int(attribute(model, "num_classes", "ddpm", DENOISER_PROTOCOL))
-    return _network_roles(model, _event(model, "ddpm", DENOISER_PROTOCOL), config["training_steps"], classes, "eps")
+    output = PREDICTIONS[config.get("prediction_type", "epsilon")]
+    return _network_roles(model, _event(model, "ddpm", DENOISER_PROTOCOL), training_steps(config), classes, output,
+                          _timestep_dtype(model))
 
 
 def _ddpm_loop(model: nn.Module) -> DiffusionConfig:
+    """Every DDPM-family sampler, the config's own scheduler class first (DDPM when it names none of them)."""
     event = _event(model, "ddpm", DENOISER_PROTOCOL)
-    return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedulers=["ddpm", "ddim"],
-                           schedule=_diffusion_config(model, "ddpm", DENOISER_PROTOCOL),
+    config = _schedule(model, "ddpm", DENOISER_PROTOCOL)
+    own = config.pop("_class_name", None)
+    names = [n for n in SCHEDULERS if n != "langevin"]
+    first = next((n for n in names if SCHEDULERS[n].diffusers_class == own), "ddpm")
+    return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedule=config,
+                           schedulers=[first] + [n for n in names if n != first], columns=list(COLUMNS),
                            value_range=[-1.0, 1.0] if len(event) == 3 else [0.0, 1.0])
 
 
@@ -154,7 +184,7 @@ def _score_loop(model: nn.Module) -> dict[str, Any]:
         raise ExportError(f"{type(model).__name__}.sigma_values must be descending, got {sigmas}.")
     step = float(attribute(model, "step_size", "ncsn", SCORE_PROTOCOL))
     return DiffusionConfig(event_shape=list(_event(model, "ncsn", SCORE_PROTOCOL)), num_classes=0,
-                           schedulers=["langevin"], schedule={"sigmas": sigmas, "step_size": step})
+                           schedulers=["langevin"], schedule={"sigmas": sigmas, "step_size": step}, columns=list(COLUMNS))
 
 
 SHAPES = [{"batch": 1, "steps": 2}, {"batch": 5, "steps": 3}]

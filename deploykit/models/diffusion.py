@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtimes.schedulers.noise_schedule import alphas_cumprod
+from ..runtimes.schedulers.noise_schedule import alphas_cumprod, zoo_config
 from .vae import VAE
 
 
@@ -68,7 +68,8 @@ class DiffusionConfig:
 
     def alphas_cumprod(self) -> torch.Tensor:
         """alpha-bar_t as float32 [T], from the same numpy schedule the samplers use."""
-        return torch.from_numpy(alphas_cumprod(self.schedule, self.training_steps).astype(np.float32))
+        config = zoo_config(self.schedule, self.training_steps, self.clip_sample)
+        return torch.from_numpy(alphas_cumprod(config).astype(np.float32))
 
 
 class UNetDenoiser(nn.Module, DiffusionConfig):

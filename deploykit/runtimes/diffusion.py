@@ -1,7 +1,8 @@
-"""Denoising loops over a diffusion bundle (numpy only): DDPM, DDIM and annealed Langevin, with
-classifier-free guidance, on the host (one `denoiser` call per step) or in the graph (`sampler`).
+"""Denoising loops over a diffusion bundle (numpy only): DDPM, DDIM, Euler, Euler ancestral, Heun,
+DPM-Solver++(2M) and annealed Langevin, with classifier-free guidance, on the host (one `denoiser` call
+per network call) or in the graph (`sampler`).
 
-All randomness is drawn up front from one seed: x_T, then one standard normal draw per step. The
+All randomness is drawn up front from one seed: x_T, then one standard normal draw per network call. The
 same seed therefore gives the same injected noise to the host loop, the in-graph loop and the same
 loop run over the torch model, which is how whole trajectories are compared.
 """
@@ -9,16 +10,17 @@ loop run over the torch model, which is how whole trajectories are compared.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..backends.base import Runner
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from .generator import check_count, cycle_labels
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
-from .schedulers import Scheduler, make_scheduler
+from .schedulers import COLUMNS, LEGACY_COLUMNS, SCHEDULERS, Scheduler, make_scheduler
+from .schedulers.noise_schedule import scheduler_config
 from .vae import sigmoid
 
 
@@ -26,10 +28,11 @@ from .vae import sigmoid
 class DiffusionConfig(ImageLayout):
     """`denoiser` (x, t[, label]) -> eps or score and `sampler` (the whole loop in one ONNX Scan) over event_shape.
 
-    `schedulers` lists the schedulers the network was trained for (the first is the default),
-    `schedule` is their shared config (saved like a diffusers scheduler config). Conditional models
-    have num_classes > 0 and a null label num_classes for classifier-free guidance. Latent diffusion
-    adds `decoder`: {"role", "latent_scale"}, the graph that maps the denoised latent to pixels.
+    `schedulers` lists the samplers the bundle offers (the first is the default), `schedule` is their shared
+    config (a diffusers scheduler config; Langevin: sigmas and step size). Conditional models have
+    num_classes > 0 and a null label num_classes for classifier-free guidance. Latent diffusion adds
+    `decoder`: {"role", "latent_scale"}, the graph that maps the denoised latent to pixels. `columns` names the
+    coefficient columns the sampler graph takes (bundles before Euler/Heun/DPM-Solver: LEGACY_COLUMNS).
     """
 
     kind = "diffusion"
@@ -38,20 +41,22 @@ class DiffusionConfig(ImageLayout):
     schedule: dict[str, Any]
     num_classes: int = 0
     decoder: dict[str, Any] | None = None
+    columns: list[str] = field(default_factory=lambda: list(LEGACY_COLUMNS))
 
 OnStep = Callable[[int, int], None] | None
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "langevin": 100}  # None: every training step
 PROGRESS_CHUNKS = 20  # the in-graph loop runs in this many calls when a progress callback is given
 
 
 @dataclass(frozen=True)
 class DiffusionOptions(SampleOptions):
     """How to denoise: labels (default: cycle), steps (default: the scheduler's), host loop or the sampler
-    graph, scheduler (default: the bundle's first), DDIM eta, guidance scale w, CFG batching, progress.
+    graph, scheduler (default: the bundle's first), DDIM eta and use_clipped_model_output, Karras sigmas
+    (Euler, Euler ancestral, Heun, DPM-Solver++), guidance scale w, CFG batching, progress. None: the
+    scheduler config's choice.
 
-    guidance w: eps = eps(uncond) + w (eps(cond) - eps(uncond)); 1 is plain conditional sampling,
-    0 unconditional. batched=False runs cond and uncond as two calls (for comparison). on_step(done,
-    total) reports progress (the in-graph loop then runs in PROGRESS_CHUNKS calls).
+    guidance w: out = out(uncond) + w (out(cond) - out(uncond)); 1 is plain conditional sampling,
+    0 unconditional, any finite w >= 0 is accepted. batched=False runs cond and uncond as two calls (for
+    comparison). on_step(done, total) reports progress (the in-graph loop then runs in PROGRESS_CHUNKS calls).
     """
 
     labels: np.ndarray | None = None
@@ -59,6 +64,8 @@ class DiffusionOptions(SampleOptions):
     host: bool = False
     scheduler: str | None = None
     eta: float | None = None
+    karras: bool | None = None
+    clipped_model_output: bool | None = None
     guidance: float | None = None
     batched: bool = True
     on_step: OnStep = None
@@ -67,29 +74,44 @@ class DiffusionOptions(SampleOptions):
 def scheduler_for(loop: DiffusionConfig, options: DiffusionOptions) -> Scheduler:
     """The configured scheduler with its timesteps set (options.steps: the scheduler's default when None)."""
     name = options.scheduler or loop.schedulers[0]
-    if options.eta is not None and name != "ddim":
-        raise InputError(f"--eta is a DDIM option; add --scheduler ddim (this run uses {name}).")
-    scheduler = make_scheduler(name, loop.schedulers, loop.schedule, **({} if options.eta is None else {"eta": options.eta}))
-    default = DEFAULT_STEPS[name] or int(loop.schedule["training_steps"])
+    config = scheduler_config(loop.schedule)
+    scheduler = make_scheduler(name, loop.schedulers, config, eta=options.eta, karras=options.karras,
+                               clipped_model_output=options.clipped_model_output)
+    default = SCHEDULERS[name].default_steps or int(config.get("num_train_timesteps", 1000))
     scheduler.set_timesteps(default if options.steps is None else options.steps)
     return scheduler
 
 
 def check_labels(loop: DiffusionConfig, n: int, labels: np.ndarray | None, guidance: float | None
                  ) -> tuple[np.ndarray | None, float]:
-    """(labels [n] or None, guidance scale), or InputError for labels out of range or guidance without classes."""
+    """(labels [n] or None, guidance scale), or InputError for labels out of range, guidance without classes
+    or a guidance scale that is negative or not finite."""
     classes = loop.num_classes
     if guidance is not None and not classes:
         raise InputError("--guidance needs a class-conditional model trained with a null label; this bundle is "
                          "unconditional. Drop --guidance.")
+    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
+        raise InputError(f"--guidance is {guidance}, expected a finite scale >= 0 (0: unconditional, "
+                         "1: conditional, 5-9: typical classifier-free guidance).")
     return cycle_labels(n, classes, labels), 1.0 if guidance is None else float(guidance)
 
 
-def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: int, labels: np.ndarray | None,
+def timestep_feed(spec_dtype: str, timesteps: np.ndarray) -> np.ndarray:
+    """Timesteps in the graph's t dtype: float32 as they are, integers rounded (Karras and linspace timesteps
+    are fractional; an integer-t network sees the nearest one)."""
+    dtype = np.dtype(spec_dtype)
+    return np.round(timesteps).astype(dtype) if np.issubdtype(dtype, np.integer) else timesteps.astype(dtype)
+
+
+def _dtype_of(net: Runner, name: str) -> str:
+    return next(s.dtype for s in net.spec.inputs if s.name == name)
+
+
+def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: float, labels: np.ndarray | None,
                    guidance: float, batched: bool = True) -> np.ndarray:
     """One denoiser evaluation at timestep t; with labels, classifier-free guidance (w = 1: conditional only)."""
     output = net.spec.output_names()[0]
-    steps = np.full(len(x), t, np.int64)
+    steps = timestep_feed(_dtype_of(net, "t"), np.full(len(x), t, np.float64))
     if labels is None:
         return net.infer({"x": x, "t": steps})[output]
     null = np.full_like(labels, loop.num_classes)
@@ -106,7 +128,7 @@ def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: int, la
 
 
 def draw_noise(loop: DiffusionConfig, scheduler: Scheduler, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x_T [n, *event] scaled by the scheduler's initial sigma, per-step noise [steps, n, *event]) from `seed`."""
+    """(x_T [n, *event] scaled by the scheduler's initial sigma, per-call noise [calls, n, *event]) from `seed`."""
     rng = np.random.default_rng(seed)
     event = tuple(loop.event_shape)
     start = rng.standard_normal((n, *event), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
@@ -115,8 +137,8 @@ def draw_noise(loop: DiffusionConfig, scheduler: Scheduler, n: int, seed: int) -
 
 def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options: DiffusionOptions = DiffusionOptions()
             ) -> np.ndarray:
-    """The loop's final x [n, *event]: on the host (one denoiser call per step, two for unbatched CFG) or
-    in the sampler graph (one call, or PROGRESS_CHUNKS calls carrying x when on_step is given)."""
+    """The loop's final x [n, *event]: on the host (one denoiser call per network call, two for unbatched CFG)
+    or in the sampler graph (one call, or PROGRESS_CHUNKS calls carrying x and the history when on_step is given)."""
     check_count(n)
     scheduler = scheduler_for(loop, options)
     labels, guidance = check_labels(loop, n, options.labels, options.guidance)
@@ -125,17 +147,27 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     total = len(scheduler.timesteps)
     if options.host:
         for i, t in enumerate(scheduler.timesteps):
-            out = network_output(runners["denoiser"], loop, x, int(t), labels, guidance, options.batched)
-            x = scheduler.step(out, int(t), x, noise[i])
+            out = network_output(runners["denoiser"], loop, scheduler.scale_model_input(x, i), float(t), labels,
+                                 guidance, options.batched)
+            x = scheduler.step(out, i, x, noise[i])
             if on_step:
                 on_step(i + 1, total)
         return x
+    sampler = runners["sampler"]
+    legacy = tuple(loop.columns) == LEGACY_COLUMNS
+    if not legacy and tuple(loop.columns) != COLUMNS:
+        raise BundleError(f"loop: sampler columns {loop.columns} are unknown to this deploykit; upgrade it or re-export.")
+    table = scheduler.legacy_table() if legacy else scheduler.table
+    timesteps = timestep_feed(_dtype_of(sampler, "timesteps"), scheduler.timesteps)
+    state = {} if legacy else {"history": np.zeros_like(x)}
     chunk = total if on_step is None else -(-total // PROGRESS_CHUNKS)
     extra = {} if labels is None else {"label": labels, "guidance": np.asarray([guidance], np.float32)}
     for start in range(0, total, chunk):
         part = slice(start, start + chunk)
-        feeds = {"x": x, "noise": noise[part], "timesteps": scheduler.timesteps[part], "coefficients": scheduler.table[part]}
-        x = runners["sampler"].infer(feeds | extra)["sample"]
+        feeds = {"x": x, "noise": noise[part], "timesteps": timesteps[part], "coefficients": table[part]}
+        result = sampler.infer(feeds | state | extra)
+        x = result["sample"]
+        state = {k: result[f"{k}_out"] for k in state}
         if on_step:
             on_step(min(start + chunk, total), total)
     return x
@@ -151,16 +183,19 @@ def sample_diffusion(runners: Runners, loop: DiffusionConfig, n: int, seed: int,
     return sigmoid(runners[decoder["role"]].infer({"z": x * np.float32(decoder["latent_scale"])})["logits"])
 
 
-CHECK_STEPS = {"ddpm": 20, "ddim": 10, "langevin": 3}  # short loops replayed by verify (langevin: per level)
-IN_GRAPH_LIMIT = 1e-3  # max |host loop - sampler graph| a diffusion bundle may show on its own backend
+# max |host loop - sampler graph| a diffusion bundle may show on its own backend: 1e-3, or 1e-4 of the starting noise
+# scale when that is larger (sigma-space samplers start at sigma_max, ~157 for diffusers' default linear betas; the
+# Scan body's kernels round differently from the denoiser graph's, and early calls see x at that scale)
+IN_GRAPH_LIMIT, IN_GRAPH_RELATIVE = 1e-3, 1e-4
 
 
 def _diffusion_runs(runners: Runners, loop: DiffusionConfig, seed: int, host: bool) -> dict[str, np.ndarray]:
-    """Four samples per scheduler (DDIM with eta 0.5; guidance 3 for conditional models), host or in-graph."""
+    """Four samples per scheduler (its short loop; DDIM with eta 0.5; guidance 3 for conditional models), host
+    or in-graph."""
     guidance = 3.0 if loop.num_classes else None
     return {name: denoise(runners, loop, 4, seed, DiffusionOptions(
-        steps=CHECK_STEPS[name], host=host, scheduler=name, eta=0.5 if name == "ddim" else None, guidance=guidance))
-        for name in loop.schedulers}
+        steps=SCHEDULERS[name].short_steps, host=host, scheduler=name, eta=0.5 if name == "ddim" else None,
+        guidance=guidance)) for name in loop.schedulers}
 
 
 def check_diffusion(runners: Runners, loop: DiffusionConfig, seed: int) -> dict[str, np.ndarray]:
@@ -168,16 +203,23 @@ def check_diffusion(runners: Runners, loop: DiffusionConfig, seed: int) -> dict[
     out = {f"x.{k}.host": v for k, v in _diffusion_runs(runners, loop, seed, True).items()}
     out |= {f"x.{k}.graph": v for k, v in _diffusion_runs(runners, loop, seed, False).items()}
     if loop.decoder is not None:
-        out["decoded"] = sample_diffusion(runners, loop, 4, seed, DiffusionOptions(steps=CHECK_STEPS["ddim"], scheduler="ddim"))
+        out["decoded"] = sample_diffusion(runners, loop, 4, seed, DiffusionOptions(steps=SCHEDULERS["ddim"].short_steps,
+                                                                            scheduler="ddim"))
     return out
 
 
 def in_graph_problems(runners: Runners, loop: DiffusionConfig) -> list[str]:
     """The sampler graph must reproduce the host loop of every scheduler."""
     host, graph = (_diffusion_runs(runners, loop, 0, h) for h in (True, False))
-    gaps = {k: float(np.abs(host[k] - graph[k]).max()) for k in host}
-    return [(f"the 'sampler' graph does not reproduce the host loop of '{k}': max |host - graph| = {g:.3g} "
-             f"(limit {IN_GRAPH_LIMIT})") for k, g in gaps.items() if not g <= IN_GRAPH_LIMIT]
+    problems = []
+    for name in loop.schedulers:
+        start = scheduler_for(loop, DiffusionOptions(scheduler=name, steps=SCHEDULERS[name].short_steps)).init_noise_sigma
+        limit = max(IN_GRAPH_LIMIT, IN_GRAPH_RELATIVE * start)
+        gap = float(np.abs(host[name] - graph[name]).max())
+        if not gap <= limit:
+            problems.append(f"the 'sampler' graph does not reproduce the host loop of '{name}': max |host - graph| = "
+                            f"{gap:.3g} (limit {limit:.3g})")
+    return problems
 
 
 register(LoopKind(

@@ -28,7 +28,8 @@ Runners = Mapping[str, Runner]
 # sampling option (field of a kind's options dataclass) -> its name in messages: the `deploykit sample` flag
 OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering", "fast": "--naive",
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
-                "eta": "--eta", "guidance": "--guidance"}
+                "eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output",
+                "guidance": "--guidance"}
 LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 
 

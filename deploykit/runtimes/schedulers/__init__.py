@@ -1,59 +1,108 @@
 """Numpy schedulers for denoising loops, shaped like diffusers': set_timesteps() / timesteps / step().
 
-Every scheduler here reduces one step to the same affine update of the sample x given the
-network output `out` (eps for diffusion, the score for Langevin) and injected standard normal noise:
+Every scheduler here reduces one network call to the same affine update of the sample x and one
+history buffer h, given the network output `out` (eps, v, x0 or a score) at the scaled input cin * x
+and injected standard normal noise:
 
-    x0     = clip((x - a * out) * b, -clip, clip)        # the predicted clean sample
-    x_prev = p * x0 + q * x + r * out + s * noise
+    x0     = clip(cx * x + co * out, -clip, clip)                   # the predicted clean sample
+    x_next = p * x0 + q * x + r * out + s * noise + u * h
+    h_next = hp * x0 + hq * x                                       # DPM-Solver++: the last x0; Heun: the midpoint sum
 
-`set_timesteps(steps)` fills `timesteps` (the network's t input, in sampling order) and `table`
-(one row of COLUMNS per step). The host loop applies `step()`; the exported sampler graph applies
-the very same rows inside an ONNX Scan, so the two loops differ only by where they run.
-One file per algorithm: ddpm.py, ddim.py, langevin.py.
+`set_timesteps(steps)` fills `timesteps` (the network's t input per call, float, in sampling order)
+and `table` (one row of COLUMNS per call). The host loop applies `step()`; the exported sampler graph
+applies the very same rows inside an ONNX Scan carrying (x, h), so the two loops differ only by where
+they run. Schedulers register by name in SCHEDULERS; one module per algorithm family: ddpm.py, ddim.py,
+sigmas.py (Euler, Euler ancestral, Heun), dpm_solver.py, langevin.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ...errors import InputError, choices
 
-COLUMNS = ("a", "b", "clip", "p", "q", "r", "s")
+COLUMNS = ("cin", "cx", "co", "clip", "p", "q", "r", "s", "u", "hp", "hq")
+LEGACY_COLUMNS = ("a", "b", "clip", "p", "q", "r", "s")  # sampler graphs before the history buffer: x0 = (x - a out) b
+OPTION_FLAGS = {"eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output"}
+OPTION_KEYS = {"eta": "eta", "karras": "karras", "clipped_model_output": "use_clipped_model_output"}  # config keys
 
 
-def affine_step(x: np.ndarray, out: np.ndarray, noise: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """One update by a row of COLUMNS, in float32 like the graph."""
-    a, b, clip, p, q, r, s = row.astype(np.float32)
-    x0 = np.clip((x - a * out) * b, -clip, clip)
-    return (p * x0 + q * x + r * out + s * noise).astype(np.float32)
+def affine_step(x: np.ndarray, h: np.ndarray, out: np.ndarray, noise: np.ndarray, row: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(x_next, h_next) by one row of COLUMNS, in float32 like the graph."""
+    _, cx, co, clip, p, q, r, s, u, hp, hq = row.astype(np.float32)
+    x0 = np.clip(cx * x + co * out, -clip, clip)
+    return (p * x0 + q * x + r * out + s * noise + u * h).astype(np.float32), (hp * x0 + hq * x).astype(np.float32)
+
+
+def row(cin: float = 1.0, cx: float = 0.0, co: float = 0.0, clip: float = np.inf, p: float = 0.0, q: float = 0.0,
+        r: float = 0.0, s: float = 0.0, u: float = 0.0, hp: float = 0.0, hq: float = 0.0) -> tuple[float, ...]:
+    """One table row by column name (unnamed coefficients are 0, the input scale 1, no clipping)."""
+    return (cin, cx, co, clip, p, q, r, s, u, hp, hq)
 
 
 class Scheduler:
-    """Base of the schedulers: a config dict (saved as JSON in the bundle), timesteps and a table of rows."""
+    """Base of the schedulers: a config dict (a diffusers scheduler config, saved as JSON in the bundle), the
+    options it takes, and after set_timesteps the network timesteps, the table and the starting noise scale."""
 
-    name = ""
-    init_noise_sigma = 1.0  # standard deviation of the starting noise x_T
+    name: ClassVar[str] = ""
+    default_steps: ClassVar[int | None] = None  # None: every training step
+    short_steps: ClassVar[int] = 10  # the short loop a bundle's export-time check runs (and verify replays)
+    options: ClassVar[tuple[str, ...]] = ()  # keys of OPTION_FLAGS this scheduler takes
+    diffusers_class: ClassVar[str] = ""  # the diffusers scheduler it reproduces (a pipeline's default)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
-        self.timesteps = np.zeros(0, np.int64)
+        self.timesteps = np.zeros(0, np.float64)
         self.table = np.zeros((0, len(COLUMNS)), np.float32)
+        self.init_noise_sigma = 1.0  # standard deviation of the starting noise x_T
+        self._history: np.ndarray | None = None
 
     def set_timesteps(self, steps: int) -> None:
-        """Choose `steps` network calls; fills `timesteps` and `table`."""
+        """Choose `steps` sampling steps; fills `timesteps`, `table` and `init_noise_sigma`."""
         raise NotImplementedError
 
-    def step(self, out: np.ndarray, timestep: int, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """The sample after the step at `timestep`, given the network output there and injected noise."""
-        index = int(np.flatnonzero(self.timesteps == timestep)[0])
-        return affine_step(sample, out, noise, self.table[index])
+    def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
+        """The network's input at call `index` (Euler-style samplers feed x / sqrt(sigma^2 + 1))."""
+        return (sample * self.table[index, 0]).astype(np.float32)
 
-    def _set(self, timesteps: np.ndarray, rows: list[tuple[float, ...]]) -> None:
-        self.timesteps = np.asarray(timesteps, np.int64)
+    def step(self, out: np.ndarray, index: int, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """The sample after call `index`, given the network output there and injected noise (the history
+        buffer of multistep and two-stage samplers is kept here, reset at index 0)."""
+        history = np.zeros_like(sample) if index == 0 or self._history is None else self._history
+        sample, self._history = affine_step(sample, history, out, noise, self.table[index])
+        return sample
+
+    def legacy_table(self) -> np.ndarray:
+        """The table in LEGACY_COLUMNS, for sampler graphs exported before the history buffer; InputError when
+        this loop needs what those graphs lack (input scaling, history, an x0 that ignores x but not out)."""
+        t = self.table.astype(np.float64)
+        cin, cx, co, u, hp, hq = t[:, 0], t[:, 1], t[:, 2], t[:, 8], t[:, 9], t[:, 10]
+        fits = np.all(cin == 1) and not np.any(u) and not np.any(hp) and not np.any(hq) and np.all((cx != 0) | (co == 0))
+        if not fits:
+            raise InputError(f"--scheduler {self.name}: this bundle's in-graph sampler predates it; add --host-loop "
+                             "or re-export the bundle.")
+        a = np.divide(-co, cx, out=np.zeros_like(co), where=cx != 0)
+        return np.column_stack([a, cx, t[:, 3:8]]).astype(np.float32)
+
+    def _set(self, timesteps: Sequence[float] | np.ndarray, rows: list[tuple[float, ...]], init_noise_sigma: float = 1.0
+             ) -> None:
+        self.timesteps = np.asarray(timesteps, np.float64)
         self.table = np.asarray(rows, np.float64).astype(np.float32).reshape(-1, len(COLUMNS))
+        self.init_noise_sigma = float(init_noise_sigma)
+        self._history = None
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {}
+
+
+def register_scheduler(cls: type[Scheduler]) -> type[Scheduler]:
+    """Class decorator: make a scheduler available by its name."""
+    SCHEDULERS[cls.name] = cls
+    return cls
 
 
 def check_steps(steps: int, most: int | None, what: str) -> None:
@@ -66,13 +115,21 @@ def check_steps(steps: int, most: int | None, what: str) -> None:
 
 
 def make_scheduler(name: str, allowed: Sequence[str], schedule: Mapping[str, Any], **options: Any) -> Scheduler:
-    """Scheduler `name` configured from a diffusion bundle's `schedule` plus `options` (e.g. eta);
-    InputError for one not in the bundle's `allowed` schedulers."""
-    from .ddim import DDIMScheduler
-    from .ddpm import DDPMScheduler
-    from .langevin import AnnealedLangevin
-
-    known: dict[str, type[Scheduler]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "langevin": AnnealedLangevin}
+    """Scheduler `name` configured from a diffusion bundle's `schedule` plus `options` (eta, karras,
+    clipped_model_output; None = the config's choice); InputError for a scheduler not in the bundle's
+    `allowed` ones or an option it does not take."""
     if name not in allowed:
         raise InputError(f"--scheduler {name!r} does not fit this bundle; choose one of {choices(allowed)}.")
-    return known[name]({**schedule, **options})
+    cls = SCHEDULERS[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in cls.options:
+            takers = [n for n in allowed if key in SCHEDULERS[n].options]
+            fix = (f"add --scheduler {takers[0]}" if len(takers) == 1 else "pick one of them with --scheduler") if takers \
+                else "drop it"
+            raise InputError(f"{OPTION_FLAGS[key]} is an option of {', '.join(takers) or 'no scheduler of this bundle'}; "
+                             f"{fix} (this run uses {name}).")
+    return cls({**schedule, **{OPTION_KEYS[k]: v for k, v in given.items()}})
+
+
+from . import ddim, ddpm, dpm_solver, langevin, sigmas  # noqa: E402,F401  (each registers its schedulers)
