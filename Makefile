@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 
 TRITON_VENV ?= .venv-triton
 
-.PHONY: install triton-env demo test test-slow bench bench-hf bench-triton clean
+.PHONY: install triton-env demo test test-slow bench bench-hf bench-diffusers bench-triton clean
 
 install: $(VENV)/.installed
 
@@ -48,9 +48,13 @@ bench: install
 	$(PY) benchmarks/autoregressive_sampling.py
 	$(PY) benchmarks/flow_sampling.py
 	$(PY) benchmarks/diffusion_sampling.py
+	$(PY) benchmarks/diffusion_samplers.py
 
 bench-hf: install
 	$(PY) benchmarks/hf_language_models.py
+
+bench-diffusers: install
+	$(PY) benchmarks/diffusers_pipelines.py
 
 bench-triton: install triton-env
 	$(VENV)/bin/deploykit export zoo:cgan --out bundles/cgan --force

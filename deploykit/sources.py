@@ -1,5 +1,5 @@
-"""Where a torch model comes from: `zoo:NAME[@CHECKPOINT]`, `hf:DIR` (a save_pretrained folder), a checkpoint
-path, or `package.module:factory`."""
+"""Where a torch model comes from: `zoo:NAME[@CHECKPOINT]`, `hf:DIR` / `diffusers:DIR` (save_pretrained folders),
+a checkpoint path, or `package.module:factory`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,25 @@ from .bundle import Bundle, sha256_file
 from .errors import InputError
 
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """A `PREFIX:DIR` source: the family it exports as, what it holds, and the exporters module whose `load(folder)`
+    returns an object with `model`, `fingerprint` (and optionally `tokenizer`) and whose `fingerprint(folder)`
+    detects changes."""
+
+    family: str
+    what: str
+    module: str
+
+
+FOLDERS = {"hf": FolderSource("gpt", "causal language models", "hf"),
+           "diffusers": FolderSource("ddpm", "diffusion pipelines", "diffusers")}
+
+
+def _folder_module(prefix: str) -> Any:
+    return importlib.import_module(f"deploykit.exporters.{FOLDERS[prefix].module}")
 
 
 @dataclass(frozen=True)
@@ -61,14 +80,17 @@ def _import_factory(ref: str) -> Callable[[], Any]:
 def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], None] | None = None) -> Resolved:
     """Turn a CLI source string into a model (training a zoo model first if it is not cached)."""
     torch = import_torch()
-    if spec.startswith("hf:"):
-        from .exporters.hf import load_hf
-
-        if family not in (None, "gpt"):
-            raise InputError(f"hf:DIR exports causal language models as family 'gpt', not '{family}'; drop --family.")
-        folder = Path(spec[3:]).resolve()
-        hf = load_hf(folder)
-        return Resolved(hf.model, "gpt", {"kind": "hf", "path": str(folder), "fingerprint": hf.fingerprint}, hf.tokenizer)
+    prefix, _, rest = spec.partition(":")
+    if prefix in FOLDERS:
+        folder_source = FOLDERS[prefix]
+        if family not in (None, folder_source.family):
+            raise InputError(f"{prefix}:DIR exports {folder_source.what} as family '{folder_source.family}', "
+                             f"not '{family}'; drop --family.")
+        folder = Path(rest).resolve()
+        loaded = _folder_module(prefix).load(folder)
+        return Resolved(loaded.model, folder_source.family, {"kind": prefix, "path": str(folder),
+                                                             "fingerprint": loaded.fingerprint},
+                        getattr(loaded, "tokenizer", None))
     if spec.startswith("zoo:"):
         from .models import get_entry, trained
 
@@ -91,8 +113,9 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     if Path(spec).is_file():
         return _from_checkpoint(Path(spec), family)
     raise InputError(
-        f"source '{spec}' is not a zoo name, an existing checkpoint, a hf:DIR folder or a `package.module:factory`; "
-        "try `zoo:cnn`, `hf:models/gpt2`, `runs/cnn.pt` or `my_pkg.models:build_model`."
+        f"source '{spec}' is not a zoo name, an existing checkpoint, a hf:DIR or diffusers:DIR folder or a "
+        "`package.module:factory`; try `zoo:cnn`, `hf:models/gpt2`, `diffusers:models/ddpm`, `runs/cnn.pt` or "
+        "`my_pkg.models:build_model`."
     )
 
 
@@ -105,15 +128,17 @@ def rebuild(source: dict[str, Any]) -> Any:
         if sha256_file(path) != source["sha256"]:
             raise InputError(f"the source checkpoint '{path}' changed since export; re-export the bundle.")
         return _from_checkpoint(path, None).model
-    if source.get("kind") == "hf":
-        from .exporters.hf import fingerprint, load_hf
-
-        folder = Path(source["path"])
-        if not (folder / "config.json").is_file():
+    if source.get("kind") in FOLDERS:
+        module, folder = _folder_module(source["kind"]), Path(source["path"])
+        if not folder.is_dir():
             raise InputError(f"the source folder '{folder}' is not on this machine; pass the model (or --source).")
-        if fingerprint(folder) != source["fingerprint"]:
+        try:
+            changed = module.fingerprint(folder) != source["fingerprint"]
+        except OSError:
+            changed = True
+        if changed:
             raise InputError(f"the source folder '{folder}' changed since export; re-export the bundle.")
-        return load_hf(folder).model
+        return module.load(folder).model
     if source.get("kind") == "factory":
         return _import_factory(source["ref"])()
     raise InputError(

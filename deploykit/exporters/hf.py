@@ -91,7 +91,7 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_hf(folder: str | Path) -> HFSource:
+def load(folder: str | Path) -> HFSource:
     """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family; InputError naming what is missing."""
     root = Path(folder)
     if not (root / "config.json").is_file():
