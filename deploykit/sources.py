@@ -152,4 +152,5 @@ def torch_reference(bundle: Bundle, model: Any = None) -> dict[str, Any]:
     import_torch()
     from .exporters import torch_modules
 
-    return torch_modules(bundle.family, model if model is not None else rebuild(bundle.source))
+    inputs = {name: graph.spec.input_names() for name, graph in bundle.graphs.items()}
+    return torch_modules(bundle.family, model if model is not None else rebuild(bundle.source), inputs)

@@ -220,3 +220,21 @@ def test_hopfield_retrieves_corrupted_digits_like_torch(zoo_bundle) -> None:
     assert np.array_equal(found.states, reference.states) and np.array_equal(found.iterations, reference.iterations)
     assert found.converged.all() and (found.states == np.repeat(patterns, 5, 0)).all(1).mean() >= 0.9
     assert np.all(found.energy <= start_energy + 1e-5)  # retrieval descends the energy
+
+
+def test_legacy_sampler_tables_reproduce_the_step_or_are_refused() -> None:
+    """Bundles exported before the history buffer feed their 7-column Scan x0 = clip((x - a out) b),
+    x_prev = p x0 + q x + r out + s noise: DDPM, DDIM and Langevin rows convert exactly; Heun's cannot."""
+    schedule = zoo_config("linear", 1000, 1.0)
+    x, out, noise = _draw((4, 3), 0), _draw((4, 3), 1), _draw((4, 3), 2)
+    for name, options in (("ddpm", {}), ("ddim", {"eta": 0.5}), ("langevin", {})):
+        config = {"sigmas": [1.0, 0.1], "step_size": 1e-3} if name == "langevin" else schedule
+        sched = make_scheduler(name, [name], config, **options)
+        sched.set_timesteps(5)
+        for i, (a, b, clip, p, q, r, s) in enumerate(sched.legacy_table()):
+            x0 = np.clip((x - a * out) * b, -clip, clip)
+            np.testing.assert_allclose(p * x0 + q * x + r * out + s * noise, sched.step(out, i, x, noise), atol=1e-5)
+    heun = make_scheduler("heun", ["heun"], schedule)
+    heun.set_timesteps(5)
+    with pytest.raises(InputError, match="this bundle's in-graph sampler predates it; add --host-loop"):
+        heun.legacy_table()

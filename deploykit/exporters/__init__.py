@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import shutil
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..backends.base import Runner
 from ..backends.ort import OrtRunner
 from ..backends.torch import TorchRunner
 from ..bundle import Bundle, save_golden, write_bundle
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, InputError, ParityError
 from ..parity import ParityReport
 from ..runtimes.kinds import LOOP_ROLE, kind_of
 from ..specs import dims_label
@@ -64,9 +65,20 @@ def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
     return path
 
 
-def torch_modules(family: str, model: nn.Module) -> dict[str, nn.Module]:
-    """Role -> torch module exactly as exported (eval mode, parametrizations folded)."""
-    return {name: role.torch_module for name, role in get_family(family).roles(prepare(model)).items()}
+def torch_modules(family: str, model: nn.Module, inputs: Mapping[str, Sequence[str]] | None = None
+                  ) -> dict[str, nn.Module]:
+    """Role -> torch module exactly as exported (eval mode, parametrizations folded). `inputs` (role -> a
+    bundle's input names) must match what this deploykit builds: InputError for a bundle whose roles an
+    earlier deploykit exported with other inputs."""
+    roles = get_family(family).roles(prepare(model))
+    for name, given in (inputs or {}).items():
+        built = [s.name for s in roles[name].inputs] if name in roles else []
+        if list(given) != built:
+            raise InputError(f"this bundle's '{name}' graph takes ({', '.join(given)}), but the '{family}' exporter of "
+                             f"this deploykit builds ({', '.join(built)}): the bundle comes from an earlier deploykit. "
+                             "Re-export it to compare fresh inputs or run the torch backend; `verify --golden-only` "
+                             "still replays its golden vectors.")
+    return {name: role.torch_module for name, role in roles.items()}
 
 
 def export(
