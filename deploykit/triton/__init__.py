@@ -48,6 +48,8 @@ LOOP_INPUTS = {
     "steps": ("TYPE_INT32", [1], "loop steps (diffusion, Gibbs, WaveNet, VRNN)"),
     "scheduler": ("TYPE_STRING", [1], "diffusion scheduler"),
     "eta": ("TYPE_FP32", [1], "DDIM eta"),
+    "karras": ("TYPE_BOOL", [1], "Karras sigmas (euler, euler-a, heun, dpm++2m)"),
+    "clipped_model_output": ("TYPE_BOOL", [1], "DDIM: eps re-derived from the clipped x0"),
     "guidance": ("TYPE_FP32", [1], "classifier-free guidance scale"),
 }
 

@@ -18,7 +18,7 @@ from ..bundle import load_bundle
 from ..errors import DeploykitError, InputError
 from ..runtimes.deployment import Deployment
 from ..specs import GraphSpec
-from . import from_wire, to_wire
+from . import LOOP_INPUTS, from_wire, to_wire
 
 
 def _pb() -> Any:
@@ -123,7 +123,7 @@ class BLSRunner(Runner):
 
 
 class LoopModel:
-    """A bundle's sampling loop; each request (n, seed, labels, steps, scheduler, eta, guidance) -> samples."""
+    """A bundle's sampling loop; each request (LOOP_INPUTS: n, seed, labels, steps, scheduler, ...) -> samples."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         """Load the bundle and wire one BLS runner per graph role."""
@@ -141,7 +141,7 @@ class LoopModel:
         responses = []
         for request in requests:
             value = {k: (t.as_numpy() if (t := pb.get_input_tensor_by_name(request, k)) is not None else None)
-                     for k in ("n", "seed", "labels", "steps", "scheduler", "eta", "guidance")}
+                     for k in LOOP_INPUTS}
             try:
                 samples = loop_samples(self.deployment, value)
                 responses.append(pb.InferenceResponse([pb.Tensor("samples", np.ascontiguousarray(samples))]))
@@ -180,6 +180,8 @@ def sample_arguments(value: dict[str, np.ndarray | None]) -> tuple[int, int, dic
         "steps": None if value["steps"] is None else int(scalar("steps")),
         "scheduler": scheduler.decode() if isinstance(scheduler, bytes) else scheduler,
         "eta": scalar("eta"),
+        "karras": None if value.get("karras") is None else bool(scalar("karras")),
+        "clipped_model_output": None if value.get("clipped_model_output") is None else bool(scalar("clipped_model_output")),
         "guidance": scalar("guidance"),
     }
     return int(scalar("n")), int(scalar("seed") or 0), {k: v for k, v in given.items() if v is not None}
