@@ -181,11 +181,13 @@ def _save_pipeline(folder: Path, classes: int = 5, **scheduler: object) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(pipeline folder, bundle): a class-conditional v-prediction UNet2DModel with 4 classes + null label."""
+    """(pipeline folder, bundle): a class-conditional v-prediction UNet2DModel with 4 classes + null label,
+    exported by `deploykit export diffusers:DIR` as a user would."""
     root = tmp_path_factory.mktemp("diffusers")
     folder = _save_pipeline(root / "pipe")
-    resolved = resolve(f"diffusers:{folder}")
-    deploykit.export(resolved.model, resolved.family, root / "bundle", source=resolved.source)
+    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"diffusers:{folder}", "--out", root / "bundle"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and f"exported diffusers:{folder} as 'ddpm'" in run.stdout, run.stderr
     return folder, root / "bundle"
 
 
@@ -217,16 +219,19 @@ def test_pipeline_loops_match_diffusers_host_and_in_graph(pipeline) -> None:
                 np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{name} {extra} host={host}")
 
 
-def test_cli_exports_the_folder_and_samples_dpm_solver_torch_free(pipeline, tmp_path: Path) -> None:
-    folder, _ = pipeline
-    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"diffusers:{folder}", "--out", tmp_path / "b"],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "as 'ddpm'" in run.stdout, run.stderr
+def test_verify_rebuilds_the_unet_from_the_folder(pipeline) -> None:
+    result = deploykit.verify(pipeline[1], fresh=True, seed=3)
+    assert result.passed, result.report.table()
+    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+
+
+def test_exported_folder_samples_dpm_solver_torch_free(pipeline, tmp_path: Path) -> None:
+    _, bundle = pipeline
     shadow = tmp_path / "shadow"
     (shadow / "torch").mkdir(parents=True)
     (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
     env = dict(os.environ, PYTHONPATH=str(shadow))
-    sample = [sys.executable, "-m", "deploykit", "sample", tmp_path / "b", "--n", "6", "--scheduler", "dpm++2m",
+    sample = [sys.executable, "-m", "deploykit", "sample", bundle, "--n", "6", "--scheduler", "dpm++2m",
               "--steps", "20", "--guidance", "7.5", "--karras"]
     run = subprocess.run([*sample, "--out", tmp_path / "s.npy"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
