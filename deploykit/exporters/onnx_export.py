@@ -209,6 +209,7 @@ def export_role(
     _strip_metadata(program.model)
     program.save(str(path), external_data=external)
     del program
+    _localize_loop_weights(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
@@ -234,10 +235,51 @@ def _strip_metadata(model: Any) -> None:
         node.metadata_props.clear()
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def _references(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a graph's nodes read, nested subgraphs included."""
+    names = {i for node in graph.node for i in node.input}
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            names |= _references(sub)
+    return names
+
+
+def _localize_loop_weights(path: Path) -> None:
+    """Move initializers that only a Scan/Loop body reads into that body. onnxruntime prepacks (and lays out for
+    its fast kernels) only a subgraph's own initializers, not outer-scope ones: the zoo DDPM's DDIM-50 sampler
+    ran 2.2x slower than the host loop over the same network before, and slightly faster after. External-data
+    references move with their tensors (the data file is untouched)."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    loops = [node for node in graph.node if _subgraphs(node)]
+    if not loops:
+        return
+    outer = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    owners: dict[str, list[onnx.GraphProto]] = {}
+    for node in loops:
+        for sub in _subgraphs(node):
+            for name in _references(sub):
+                owners.setdefault(name, []).append(sub)
+    moved = set()
+    for tensor in graph.initializer:
+        subs = owners.get(tensor.name, [])
+        if tensor.name not in outer and len(subs) == 1:
+            subs[0].initializer.append(tensor)
+            moved.add(tensor.name)
+    if moved:
+        kept = [t for t in graph.initializer if t.name not in moved]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        onnx.save(model, str(path))
+
+
 def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Initializers of a graph and its subgraphs (Scan / Loop bodies)."""
     yield from graph.initializer
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _initializers(sub)
+        for sub in _subgraphs(node):
+            yield from _initializers(sub)
