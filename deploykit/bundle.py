@@ -184,6 +184,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"'{root}' has no {MANIFEST}, so it is not a deploykit bundle.")
+    _refuse_links(root)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -213,6 +214,17 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     bundle = Bundle(root, manifest)
     _ = bundle.loop  # the loop config is validated here (and cached for the bundle's users)
     return bundle
+
+
+def _refuse_links(root: Path) -> None:
+    """BundleError for a symbolic link anywhere inside a bundle: a bundle is plain files, and a link (e.g.
+    golden/notes.txt -> ~/.ssh/id_rsa) would make deploykit read, or copy into a new bundle, a file outside it."""
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise BundleError(f"bundle {root}: '{path.relative_to(root)}' is a symbolic link; a bundle holds "
+                                  "only plain files. Replace the link with the file, or re-export the bundle.")
 
 
 def check_destination(out: Path, force: bool, marker: str = MANIFEST) -> None:

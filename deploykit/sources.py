@@ -139,8 +139,10 @@ def rebuild(source: dict[str, Any]) -> Any:
         if changed:
             raise InputError(f"the source folder '{folder}' changed since export; re-export the bundle.")
         return module.load(folder).model
-    if source.get("kind") == "factory":
-        return _import_factory(source["ref"])()
+    if source.get("kind") == "factory":  # code a bundle names is never imported on its say-so
+        raise InputError(f"this bundle names the factory '{source.get('ref')}' as its source, and deploykit does not "
+                         "import code a bundle names; pass the model yourself: `deploykit verify BUNDLE --source MODULE:FACTORY`, "
+                         "or model=... to deploykit.verify / load / profile.")
     raise InputError(
         f"this bundle was exported from an in-memory {source.get('class', 'model')}, which cannot be rebuilt; "
         "pass model=... (Python) or --source (CLI)."

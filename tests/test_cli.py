@@ -67,7 +67,10 @@ def test_user_model_from_factory(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     code, out, _ = run(capsys, "export", "examples.my_model:build_model", "--family", "cnn", "--out", tmp_path / "mine")
     assert code == 0
-    code, out, _ = run(capsys, "verify", tmp_path / "mine", "--fresh", "--seed", "0")
+    code, out, _ = run(capsys, "verify", tmp_path / "mine", "--seed", "0")
+    assert code == 0 and "deploykit does not import code a bundle names" in out  # golden replay only
+    code, out, _ = run(capsys, "verify", tmp_path / "mine", "--fresh", "--seed", "0",
+                       "--source", "examples.my_model:build_model")
     assert code == 0 and "fresh model batch=7" in out
 
 

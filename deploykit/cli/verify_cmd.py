@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..backends import RunnerOptions
+from ..bundle import load_bundle
 from ..verify import verify
 from . import app, console
 
@@ -23,10 +24,19 @@ def verify_cmd(
     seed: Annotated[int | None, typer.Option(help="seed of the fresh inputs (default: random, printed)")] = None,
     check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in inputs or outputs")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    source: Annotated[str | None, typer.Option(help="the torch original for fresh inputs when the bundle cannot name "
+                                                    "it safely: MODULE:FACTORY, a checkpoint, zoo:NAME, hf:DIR or "
+                                                    "diffusers:DIR")] = None,
 ) -> None:
     """Compare the bundle's graphs with the torch original: golden vectors, then fresh random inputs."""
     mode = False if golden_only else (True if fresh else None)
-    result = verify(bundle, backend, fresh=mode, seed=seed, options=RunnerOptions(check_finite=check_finite, fp16=fp16))
+    model = None
+    if source is not None:
+        from ..sources import resolve
+
+        model = resolve(source, load_bundle(bundle).family).model
+    result = verify(bundle, backend, fresh=mode, seed=seed, model=model,
+                    options=RunnerOptions(check_finite=check_finite, fp16=fp16))
     console.print(result.report.table(), highlight=False, markup=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)

@@ -1,0 +1,92 @@
+"""How much of a host loop is deploykit's own code: loop wall time against the time spent inside onnxruntime's
+InferenceSession.run, both measured in the same process on the same calls.
+
+    python benchmarks/loop_glue.py [--out bundles/bench] [--rounds 15] [--quick]
+
+Loops (ORT-CPU, one thread): the zoo `gpt` generating 128 tokens at batch 1 (top-p), DDIM-50 on the zoo DDPM
+(host loop, n = 1) and the MAF's host-loop inversion (n = 1). Each round runs every loop once, in alternating
+order; glue = (loop time - session time) / loop time, median and p10-p90 over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from recurrent_loops import ONE_THREAD, _bundle
+
+import deploykit
+from deploykit.runtimes.tokens import mode_config
+
+
+class SessionClock:
+    """Wraps every runner's InferenceSession.run to add up the time spent inside it."""
+
+    def __init__(self, dep: deploykit.Deployment) -> None:
+        self.total = 0.0
+        for runner in dep.runners.values():
+            session = runner.session
+            run = session.run
+
+            def timed(*args: Any, _run: Callable[..., Any] = run, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _run(*args, **kwargs)
+                finally:
+                    self.total += time.perf_counter() - start
+
+            session.run = timed
+
+
+def _spread(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
+    v = np.array(values) * scale
+    return f"{np.median(v):{fmt}} ({np.percentile(v, 10):{fmt}}-{np.percentile(v, 90):{fmt}})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 3 rounds")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    deps = {name: deploykit.load(_bundle(name, args.out).path, options=ONE_THREAD).__enter__()
+            for name in ("gpt", "ddpm-digits", "maf-moons")}
+    clocks = {name: SessionClock(dep) for name, dep in deps.items()}
+    gpt, ddpm, maf = deps["gpt"], deps["ddpm-digits"], deps["maf-moons"]
+    prompt = gpt.codec().encode("Beautiful is")
+    config = mode_config("top-p", 128)
+    loops: dict[str, tuple[str, Callable[[], Any]]] = {
+        "gpt, 128 tokens, batch 1": ("gpt", lambda: gpt.generate_ids([prompt], config, seed=1)),
+        "DDIM-50 host loop, n = 1": ("ddpm-digits", lambda: ddpm.sample(1, 0, ddpm.options(steps=50, scheduler="ddim",
+                                                                                          host=True))),
+        "MAF host-loop inversion, n = 1": ("maf-moons", lambda: maf.sample(1, 0, maf.options(host=True))),
+    }
+    for _, run in loops.values():
+        run()  # warm up
+    results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in loops}
+    names = list(loops)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            bundle, run = loops[name]
+            clock = clocks[bundle]
+            clock.total = 0.0
+            start = time.perf_counter()
+            run()
+            wall = time.perf_counter() - start
+            results[name][0].append(wall)
+            results[name][1].append((wall - clock.total) / wall)
+    print(f"ORT-CPU, 1 thread, {rounds} interleaved rounds, median (p10-p90)")
+    print(f"{'loop':<32} {'wall ms':>22} {'glue %':>20}")
+    for name, (walls, glue) in results.items():
+        print(f"{name:<32} {_spread(walls, 1e3):>22} {_spread(glue, 100):>20}")
+    for dep in deps.values():
+        dep.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    main()

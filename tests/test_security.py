@@ -1,0 +1,77 @@
+"""A bundle is untrusted input: verify never imports code a bundle names, and no file outside a bundle is read or
+copied through a symbolic link inside it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deploykit
+from deploykit.bundle import load_bundle
+from deploykit.errors import BundleError, InputError
+
+
+def _cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deploykit", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _set_source(bundle: Path, source: dict) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["source"] = source
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_never_imports_the_factory_a_bundle_names(tiny_bundle: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tiny_bundle / "dk_model_factory.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef build(): pass\n")
+    for ref in ("dk_model_factory:build", "__hello__:main", "tempfile:mkdtemp"):
+        _set_source(tiny_bundle, {"kind": "factory", "ref": ref})
+        run = _cli("verify", ".", cwd=tiny_bundle)  # the bundle's own folder is the working directory
+        assert run.returncode == 0 and "PASS" in run.stdout, run.stderr  # the golden replay still runs
+        assert "deploykit does not import code a bundle names" in run.stdout
+        assert "Hello world" not in run.stdout and not marker.exists()
+        strict = _cli("verify", ".", "--fresh", cwd=tiny_bundle)
+        assert strict.returncode == 2 and "Traceback" not in strict.stderr and not marker.exists()
+    result = deploykit.verify(tiny_bundle)
+    assert result.passed and any("does not import code" in n for n in result.notes)
+    with pytest.raises(InputError, match="does not import code a bundle names"):
+        deploykit.load(tiny_bundle, backend="torch")
+    assert "dk_model_factory" not in sys.modules and not marker.exists()
+
+
+def test_a_factory_the_user_names_still_gives_fresh_inputs(tiny_bundle: Path, tiny_model) -> None:
+    _set_source(tiny_bundle, {"kind": "factory", "ref": "tempfile:mkdtemp"})
+    result = deploykit.verify(tiny_bundle, model=tiny_model, fresh=True, seed=0)
+    assert result.passed and any(r.case.startswith("fresh") for r in result.report.rows)
+
+
+def test_symbolic_links_inside_a_bundle_are_refused_and_nothing_is_copied(tiny_bundle: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("PRIVATE-KEY-MATERIAL")
+    (tiny_bundle / "golden" / "notes.txt").symlink_to(secret)
+    with pytest.raises(BundleError, match="'golden/notes.txt' is a symbolic link; a bundle holds only plain files"):
+        load_bundle(tiny_bundle)
+    for args, out in ((["quantize", tiny_bundle, "--mode", "int8-dynamic"], tmp_path / "q"),
+                      (["pack", tiny_bundle, "--edge"], tmp_path / "e"),
+                      (["triton", tiny_bundle], tmp_path / "t")):
+        run = _cli(*args, "--out", out)
+        assert run.returncode == 2 and "is a symbolic link" in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not out.exists()
+    assert not any("PRIVATE" in p.read_text(errors="ignore") for p in tmp_path.rglob("*")
+                   if p.is_file() and not p.is_symlink() and p != secret)
+
+
+def test_a_symlinked_manifest_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((tiny_bundle / "manifest.json").read_text())
+    (tiny_bundle / "manifest.json").unlink()
+    (tiny_bundle / "manifest.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="'manifest.json' is a symbolic link"):
+        load_bundle(tiny_bundle)
+    run = _cli("verify", tiny_bundle)
+    assert run.returncode == 2 and "is a symbolic link" in run.stderr
