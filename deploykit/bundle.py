@@ -13,6 +13,7 @@ Bundles hold no pickles: golden vectors are .npz read with allow_pickle=False.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -240,25 +241,85 @@ def check_destination(out: Path, force: bool, marker: str = MANIFEST) -> None:
         )
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the OS cannot."""
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _claim(folder: Path) -> int | None:
+    """An exclusive lock on a staging folder, held by this process until it exits or closes the fd; None when
+    another live process holds it (or the OS has no flock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _clean_strays(out: Path) -> None:
+    """Remove staging folders a killed run left beside `out` (those no live process holds), first putting back
+    an old bundle that a replacement interrupted between its two renames had set aside."""
+    for stray in sorted(out.parent.glob(f".{out.name}.old-*")) + sorted(out.parent.glob(f".{out.name}.tmp-*")):
+        fd = _claim(stray)
+        if fd is None:
+            continue
+        try:
+            if stray.name.startswith(f".{out.name}.old-") and not out.exists() and (stray / "bundle").is_dir():
+                os.rename(stray / "bundle", out)
+            shutil.rmtree(stray, ignore_errors=True)
+        finally:
+            _release(fd)
+
+
 @contextmanager
 def staging(out: Path, force: bool, marker: str = MANIFEST) -> Iterator[Path]:
-    """Yield a temp dir beside `out`; on success it atomically becomes `out`, on failure it is removed."""
+    """Yield a temp dir beside `out`; on success it becomes `out` in one atomic step (the old bundle, if any, is
+    exchanged with it and then removed), on failure it is removed. A run killed at any point leaves `out`
+    either old or new, never missing: the next run puts back what a fallback two-rename replace had set aside
+    and removes stray staging folders."""
     check_destination(out, force, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_strays(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    held = [_claim(tmp)]
     try:
         yield tmp
         check_destination(out, force, marker)
-        if out.exists():
+        if not out.exists():
+            os.rename(tmp, out)
+        elif not _exchange(tmp, out):  # no atomic exchange here: old aside, new in (recovered by the next run)
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            held.append(_claim(old))
             os.rename(out, old / "bundle")
             os.rename(tmp, out)
             shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        for fd in held:
+            _release(fd)
 
 
 def finish_manifest(root: Path, manifest: dict[str, Any]) -> None:
