@@ -182,6 +182,8 @@ class GraphSpec:
             if spec.high is None or not value.size:
                 continue
             low, high = spec.value_range(bound)
+            if not spec.is_integer() and np.isnan(value).any():  # NaN fails no comparison: name it
+                raise InputError(f"{where}: input '{spec.name}' holds NaN, expected values in [{low}, {high}).")
             if value.min() < low or value.max() >= high:
                 bound_by = f" (at most '{spec.high}' = {high - 1})" if isinstance(spec.high, str) else ""
                 allowed = f"integers in [{low}, {high - 1}]{bound_by}" if spec.is_integer() else f"values in [{low}, {high})"

@@ -150,4 +150,4 @@ def test_tritonserver_returns_clear_errors_for_bad_loop_requests(zoo_bundle) -> 
     ok, bad_label, bad_n = run.stdout.strip().splitlines()[-3:]
     assert ok == "(3, 1, 8, 8)"
     assert bad_label == "[400] --label 10 is out of range; this model has classes 0..9."  # INVALID_ARG
-    assert bad_n == "[400] --n is 0, expected at least 1 sample."
+    assert bad_n == "[400] --n is 0, expected an integer >= 1 (the number of samples)."

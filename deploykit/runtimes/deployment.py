@@ -14,6 +14,7 @@ from ..bundle import Bundle
 from ..errors import InputError, choices
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
+from .generator import check_seed
 from .kinds import LoopConfig, LoopKind, Use, kind_of
 from .recurrent import Stream
 from .tokens import (
@@ -87,6 +88,7 @@ class Deployment:
         the Gibbs steps. Hopfield: fixed points reached from random states.
         """
         self.require("sample")
+        check_seed(seed)
         kind = self.kind
         if options is None:
             options = kind.make_options({})
@@ -97,6 +99,7 @@ class Deployment:
 
     def interpolate(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """VAE decodings [n, D] along the slerp between two seeded prior latents."""
+        check_seed(seed)
         return interpolate(self.runners, self._config(VaeConfig), n, seed, labels)
 
     def iwae(self, x: np.ndarray, k: int = 64, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
@@ -142,6 +145,7 @@ class Deployment:
         if loop.eos is not None and loop.eos not in config.stop:
             config = replace(config, stop=(*config.stop, loop.eos))
         ids = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
+        check_seed(seed)
         return generate(self.kind.token_model(self.runners, loop), ids, config, seed)
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:

@@ -51,7 +51,7 @@ ROUND_TRIP_LIMIT = 1e-3  # |x - sample(log_prob(x).z)| allowed at export; fp32 f
 
 def check_temperature(temperature: float) -> None:
     """InputError unless the temperature is a positive number."""
-    if not temperature > 0:
+    if not 0 < temperature < np.inf:  # NaN included
         raise InputError(f"--temperature is {temperature}, expected a number > 0 (z ~ N(0, T^2); 1 = the model, "
                          "below 1 = sharper samples).")
 

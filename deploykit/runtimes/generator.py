@@ -33,9 +33,15 @@ def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
 
 
 def check_count(n: int) -> None:
-    """InputError unless at least one sample is asked for."""
-    if n < 1:
-        raise InputError(f"--n is {n}, expected at least 1 sample.")
+    """InputError unless n is an integer >= 1 (samples asked for)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"--n is {n!r}, expected an integer >= 1 (the number of samples).")
+
+
+def check_seed(seed: int) -> None:
+    """InputError unless the seed is an integer >= 0 (numpy's generators take no negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"--seed is {seed!r}, expected an integer >= 0.")
 
 
 def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:

@@ -45,8 +45,8 @@ class SamplingConfig:
 
     def check(self, vocab_size: int) -> None:
         """Raise InputError for values outside their ranges."""
-        if self.temperature < 0:
-            raise InputError(f"temperature is {self.temperature}, expected >= 0 (0 = greedy).")
+        if not 0 <= self.temperature < np.inf:  # NaN included
+            raise InputError(f"temperature is {self.temperature}, expected a finite value >= 0 (0 = greedy).")
         if self.top_k is not None and not 1 <= self.top_k <= vocab_size:
             raise InputError(f"top_k is {self.top_k}, expected 1..{vocab_size} (the vocabulary size).")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -1,0 +1,43 @@
+"""Bad sampling arguments are refused up front, CLI and API alike: exit 2 with the option named, no traceback,
+NaN included (it fails no comparison, so every range check states it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.cli import main
+from deploykit.errors import InputError
+from deploykit.specs import GraphSpec, TensorSpec
+
+NAN_NEGATIVE = [
+    ("ddpm-digits", ["--seed", "-1"], "--seed is -1, expected an integer >= 0"),
+    ("ddpm-digits", ["--n", "0"], "--n is 0, expected an integer >= 1"),
+    ("ddpm-digits", ["--guidance", "nan"], "--guidance is nan, expected a finite scale >= 0"),
+    ("ddpm-digits", ["--guidance", "-1"], "--guidance is -1.0, expected a finite scale >= 0"),
+    ("ddpm-digits", ["--guidance", "nan", "--host-loop"], "--guidance is nan"),
+    ("ddpm-digits", ["--eta", "nan", "--scheduler", "ddim"], "--eta is nan, expected a value in [0, 1]"),
+    ("maf-moons", ["--temperature", "nan"], "--temperature is nan, expected a number > 0"),
+    ("maf-moons", ["--temperature", "inf"], "--temperature is inf, expected a number > 0"),
+    ("char-lm", ["--prompt", "Hi", "--temperature", "nan"], "temperature is nan, expected a finite value >= 0"),
+    ("char-lm", ["--prompt", "Hi", "--seed", "-5"], "--seed is -5, expected an integer >= 0"),
+    ("char-lm", ["--prompt", "Hi", "--top-p", "nan"], "top_p is nan, expected 0 < top_p <= 1"),
+]
+
+
+@pytest.mark.parametrize(("model", "args", "message"), NAN_NEGATIVE, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_cli_refuses_nan_and_negative_sampling_arguments(zoo_bundle, capsys, tmp_path, model, args, message) -> None:
+    out = [] if model == "char-lm" else ["--out", str(tmp_path / "s.npy")]
+    code = main(["sample", str(zoo_bundle(model).path), *args, *out])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_bounded_float_inputs_refuse_nan() -> None:
+    spec = GraphSpec((TensorSpec("x", "float32", ("batch", 3), low=0, high=1),), (TensorSpec("y", "float32", ("batch",)),))
+    x = np.full((2, 3), 0.5, np.float32)
+    assert spec.check_inputs({"x": x}, "model")["x"] is x
+    x[1, 2] = np.nan
+    with pytest.raises(InputError, match="model: input 'x' holds NaN, expected values in \\[0, 1\\)"):
+        spec.check_inputs({"x": x}, "model")
