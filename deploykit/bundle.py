@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,10 +71,14 @@ class GoldenCase:
     path: Path
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(inputs, outputs) as arrays."""
-        with np.load(self.path, allow_pickle=False) as data:
-            inputs = {k[3:]: data[k] for k in data.files if k.startswith("in.")}
-            outputs = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
+        """(inputs, outputs) as arrays; BundleError for a file that is not a plain-array .npz (pickles refused)."""
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                inputs = {k[3:]: data[k] for k in data.files if k.startswith("in.")}
+                outputs = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise BundleError(f"golden case '{self.role}.{self.name}' ({self.path.name}) is not a readable array file "
+                              f"({type(exc).__name__}: {str(exc)[:120]}); re-export the bundle.") from exc
         return inputs, outputs
 
 
@@ -188,8 +193,9 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     _refuse_links(root)
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({exc}); re-export the bundle.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "re-export the bundle.") from exc
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if not isinstance(version, int) or version < 1:
         raise BundleError(f"bundle {root}: schema_version is {version!r}, expected an integer >= 1.")
@@ -198,9 +204,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             f"bundle {root}: schema version {version} is newer than this deploykit reads ({SCHEMA_VERSION}); "
             "upgrade deploykit."
         )
-    for key in ("family", "graphs", "golden", "loop", "tolerance", "check_shapes", "source"):
-        if key not in manifest:
-            raise BundleError(f"bundle {root}: {MANIFEST} lacks '{key}'; re-export the bundle.")
+    _check_manifest(root, manifest)
     for role, entry in manifest["graphs"].items():
         _check_file(root, entry, f"graph '{role}'")
         declared = set()
@@ -215,6 +219,90 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     bundle = Bundle(root, manifest)
     _ = bundle.loop  # the loop config is validated here (and cached for the bundle's users)
     return bundle
+
+
+class _Opt:
+    """An optional key's schema in a manifest dict schema."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+class _Map:
+    """A JSON object with any string keys, each value of `schema`."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+class _List:
+    """A JSON array, each item of `schema`."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
+_NUMBER = (int, float)
+_FILE = {"file": str, "sha256": str, "bytes": _Opt(int)}
+_TENSOR = {"name": str, "dtype": str, "shape": _List((int, str)), "high": _Opt((int, float, str)),
+           "low": _Opt(_NUMBER), "padding": _Opt(str)}
+_SPEC = {"inputs": _List(_TENSOR), "outputs": _List(_TENSOR),
+         "dims": _Opt(_Map({"min": int, "multiple_of": int, "sum_of": _Opt(_List(str))}))}
+MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) are informational
+    "schema_version": int, "family": str,
+    "graphs": _Map(_FILE | {"opset": int, "spec": _SPEC, "external_data": _Opt(_List(_FILE))}),
+    "golden": _List({"role": str, "case": str, "dims": _Map(int), "file": str, "sha256": str}),
+    "loop": _Map(object),  # typed by its LoopKind's config (LoopConfig.from_json)
+    "tolerance": {"atol": _NUMBER, "rtol": _NUMBER, "outputs": _Opt(_Map(_List(_NUMBER)))},
+    "check_shapes": _List(_Map(int)), "source": _Map(object), "tokenizer": _Opt(_FILE),
+    "precision": _Opt(_Map(object)), "edge": _Opt(_Map(object)),
+}
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+def _schema_problem(value: Any, schema: Any, where: str) -> str | None:
+    """Where `value` breaks `schema` and what was expected, or None."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where} is {type(value).__name__}, expected an object"
+        for key, sub in schema.items():
+            if key not in value:
+                if not isinstance(sub, _Opt):
+                    return f"{where} lacks '{key}'"
+                continue
+            problem = _schema_problem(value[key], sub.schema if isinstance(sub, _Opt) else sub, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(schema, (_Map, _List)):
+        kind, items = (dict, "object") if isinstance(schema, _Map) else (list, "array")
+        if not isinstance(value, kind):
+            return f"{where} is {type(value).__name__}, expected an {items}"
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        return next((p for k, v in pairs if (p := _schema_problem(v, schema.schema, f"{where}[{k!r}]"))), None)
+    if schema is object:  # any JSON value (checked where it is used)
+        return None
+    types = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        return f"{where} is {value!r:.60}, expected {' or '.join(t.__name__ for t in types)}"
+    return None
+
+
+def _check_manifest(root: Path, manifest: Any) -> None:
+    """BundleError naming the first key that breaks MANIFEST_SCHEMA, an unknown dtype, or a golden case for a role
+    the bundle has no graph for."""
+    problem = _schema_problem(manifest, MANIFEST_SCHEMA, MANIFEST)
+    if problem is None:
+        tensors = [t for g in manifest["graphs"].values() for t in (*g["spec"]["inputs"], *g["spec"]["outputs"])]
+        bad = next((t for t in tensors if t["dtype"] not in DTYPES), None)
+        orphan = next((c for c in manifest["golden"] if c["role"] not in manifest["graphs"] and c["role"] != LOOP_ROLE), None)
+        if bad is not None:
+            problem = f"tensor '{bad['name']}' has dtype {bad['dtype']!r}, expected one of {', '.join(DTYPES)}"
+        elif orphan is not None:
+            problem = f"a golden case is for role '{orphan['role']}', which has no graph"
+    if problem:
+        raise BundleError(f"bundle {root}: {problem}; the manifest is malformed, re-export the bundle.")
 
 
 def _refuse_links(root: Path) -> None:

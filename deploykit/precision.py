@@ -20,10 +20,10 @@ import numpy as np
 
 from .api import load
 from .backends.ort import OrtRunner
-from .bundle import Bundle, load_bundle, write_bundle
+from .bundle import LOOP_ROLE, Bundle, load_bundle, write_bundle
 from .errors import BackendUnavailableError, BundleError, InputError, choices
 from .parity import ParityReport, Tolerance
-from .runtimes.kinds import LOOP_ROLE, kind_of
+from .runtimes.kinds import kind_of
 from .specs import GraphSpec
 
 QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")

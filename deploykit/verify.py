@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from .backends import RunnerOptions, make_runners
-from .bundle import Bundle, load_bundle
+from .bundle import LOOP_ROLE, Bundle, load_bundle
 from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
-from .runtimes.kinds import LOOP_ROLE, kind_of
+from .runtimes.kinds import kind_of
 from .sources import torch_reference
 from .specs import dims_label
 

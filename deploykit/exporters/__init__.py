@@ -18,10 +18,10 @@ from torch import nn
 from ..backends.base import Runner
 from ..backends.ort import OrtRunner
 from ..backends.torch import TorchRunner
-from ..bundle import Bundle, save_golden, write_bundle
+from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
 from ..errors import ExportError, InputError, ParityError
 from ..parity import ParityReport
-from ..runtimes.kinds import LOOP_ROLE, kind_of
+from ..runtimes.kinds import kind_of
 from ..specs import dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, OPSET, export_role, exportable, prepare, weight_bytes

@@ -30,7 +30,6 @@ OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
                 "eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output",
                 "guidance": "--guidance"}
-LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 
 
 def _conforms(value: Any, hint: Any) -> bool:
