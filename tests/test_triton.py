@@ -151,3 +151,39 @@ def test_tritonserver_returns_clear_errors_for_bad_loop_requests(zoo_bundle) -> 
     assert ok == "(3, 1, 8, 8)"
     assert bad_label == "[400] --label 10 is out of range; this model has classes 0..9."  # INVALID_ARG
     assert bad_n == "[400] --n is 0, expected an integer >= 1 (the number of samples)."
+
+
+def test_graph_model_answers_each_request_of_a_dynamic_batch_on_its_own(zoo_bundle, tmp_path: Path, monkeypatch) -> None:
+    """One bad request (t out of range) batched with good ones gets its own 400; the good ones are served."""
+    import types
+
+    from deploykit.triton import models
+
+    class Request(dict):
+        pass
+
+    pb = types.SimpleNamespace(
+        get_input_tensor_by_name=lambda r, name: types.SimpleNamespace(as_numpy=lambda: r[name]),
+        Tensor=lambda name, array: (name, array),
+        InferenceResponse=lambda tensors=None, output_tensors=None, error=None: {"tensors": tensors, "error": error},
+        TritonError=type("TritonError", (), {"INVALID_ARG": 3, "__init__": lambda self, msg, code=None: setattr(self, "msg", msg)}),
+    )
+    monkeypatch.setattr(models, "_pb", lambda: pb)
+    bundle = zoo_bundle("ddpm-digits")
+    model = models.GraphModel()
+    model.initialize({"model_config": json.dumps({"max_batch_size": 8, "parameters": {
+        "bundle": {"string_value": str(bundle.path)}, "role": {"string_value": "denoiser"}}}), "model_repository": "/"})
+    rng = np.random.default_rng(0)
+
+    def request(t: int) -> Request:
+        return Request(x=rng.standard_normal((1, 1, 8, 8), dtype=np.float32), t=np.array([[t]]), label=np.array([[3]]))
+
+    good = [request(t) for t in (10, 500, 999)]
+    responses = model.execute([good[0], request(5000), *good[1:]])
+    assert [r["error"] is None for r in responses] == [True, False, True, True]
+    assert "input 't' has values in [5000, 5000], expected integers in [0, 999]" in responses[1]["error"].msg
+    alone = [model.execute([g])[0]["tensors"][0][1] for g in good]
+    served = [r["tensors"][0][1] for i, r in enumerate(responses) if i != 1]
+    for a, b in zip(alone, served):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    model.finalize()

@@ -68,18 +68,24 @@ class GraphModel:
         return pb.InferenceResponse([pb.Tensor(t.name, to_wire(t, outputs[t.name], self.batched)) for t in self.spec.outputs])
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Run the requests; requests whose non-batch shapes agree are concatenated into one call."""
-        feeds = [self._feeds(r) for r in requests]
+        """Run the requests; each is validated on its own first (a bad one gets its own 400 and never fails the
+        others), then requests whose non-batch shapes agree are concatenated into one call."""
         responses: list[Any] = [None] * len(requests)
+        feeds: dict[int, dict[str, np.ndarray]] = {}
+        for i, request in enumerate(requests):
+            try:
+                feeds[i] = self.spec.check_inputs(self._feeds(request), f"request to '{self.runner.role}'")
+            except DeploykitError as exc:
+                responses[i] = _error(exc)
         groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, f in enumerate(feeds):
+        for i, f in feeds.items():
             key = tuple((k, v.shape[1:]) for k, v in sorted(f.items())) if self.batched else (i,)
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             sizes = [len(next(iter(feeds[i].values()))) for i in members]
             joined = {k: np.concatenate([feeds[i][k] for i in members]) for k in feeds[members[0]]}
             try:
-                outputs = self.runner.infer(joined)
+                outputs = self.runner.infer(joined, checked=True)  # each part was checked above
             except DeploykitError as exc:
                 for i in members:
                     responses[i] = _error(exc)
