@@ -41,3 +41,14 @@ def test_bounded_float_inputs_refuse_nan() -> None:
     x[1, 2] = np.nan
     with pytest.raises(InputError, match="model: input 'x' holds NaN, expected values in \\[0, 1\\)"):
         spec.check_inputs({"x": x}, "model")
+
+
+def test_diffusion_refuses_noise_that_would_not_fit_before_drawing_it(zoo_bundle, monkeypatch) -> None:
+    import deploykit
+    from deploykit.runtimes import diffusion
+
+    monkeypatch.setattr(diffusion, "_available_bytes", lambda: 2**30)  # 1 GiB free
+    with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
+        with pytest.raises(InputError, match="--n 5000 with 1000 network calls needs 1.2 GiB of injected noise"):
+            dep.sample(5000, 0, dep.options(host=True))
+        assert dep.sample(2, 0, dep.options(steps=3)).shape == (2, 1, 8, 8)

@@ -95,7 +95,11 @@ class Deployment:
         if not isinstance(options, kind.options):
             raise InputError(f"a '{kind.name}' bundle samples with {kind.options.__name__}, not {type(options).__name__}; "
                              "build them with Deployment.options(...).")
-        return kind.sample(self.runners, self.loop, n, seed, options)
+        try:
+            return kind.sample(self.runners, self.loop, n, seed, options)
+        except MemoryError as exc:  # numpy refuses an allocation it cannot make; name the request, not numpy
+            raise InputError(f"--n {n} does not fit in this machine's memory ({exc}); sample fewer at a time "
+                             "(several runs with different --seed).") from exc
 
     def interpolate(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """VAE decodings [n, D] along the slerp between two seeded prior latents."""
