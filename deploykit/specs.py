@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError, choices
 
 Dim = int | str
+CACHE_DIM = "past"  # the one symbolic dim that may be 0 without a rule saying so: an empty KV cache (prefill)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,9 @@ class GraphSpec:
                 bound[want] = got
                 if want in self.dims:
                     self.dims[want].check(want, got, f"{where}: input '{spec.name}'")
+                elif got < (0 if want == CACHE_DIM else 1):  # an empty batch or time axis: backends may crash on it
+                    raise InputError(f"{where}: input '{spec.name}' has shape {list(value.shape)}: dimension '{want}' "
+                                     "is 0, expected at least 1.")
             out[spec.name] = value
         for name, rule in self.dims.items():  # after every dim is bound: sums and ranges refer to other dims
             if rule.sum_of and name in bound and all(d in bound for d in rule.sum_of):

@@ -52,3 +52,14 @@ def test_diffusion_refuses_noise_that_would_not_fit_before_drawing_it(zoo_bundle
         with pytest.raises(InputError, match="--n 5000 with 1000 network calls needs 1.2 GiB of injected noise"):
             dep.sample(5000, 0, dep.options(host=True))
         assert dep.sample(2, 0, dep.options(steps=3)).shape == (2, 1, 8, 8)
+
+
+def test_empty_batch_or_time_axes_are_refused_before_the_backend(zoo_bundle) -> None:
+    """onnxruntime crashed (SIGSEGV) on the char-LM's [0, 5] tokens; only a KV cache ('past') may be empty."""
+    import deploykit
+
+    with deploykit.load(zoo_bundle("char-lm").path) as dep:
+        for shape in ((0, 5), (2, 0)):
+            feeds = {"tokens": np.zeros(shape, np.int64), "lengths": np.zeros(shape[0], np.int64)}
+            with pytest.raises(InputError, match="is 0, expected at least 1"):
+                dep.infer(feeds, "sequence")
