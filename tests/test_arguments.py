@@ -63,3 +63,15 @@ def test_empty_batch_or_time_axes_are_refused_before_the_backend(zoo_bundle) -> 
             feeds = {"tokens": np.zeros(shape, np.int64), "lengths": np.zeros(shape[0], np.int64)}
             with pytest.raises(InputError, match="is 0, expected at least 1"):
                 dep.infer(feeds, "sequence")
+
+
+def test_run_inputs_must_be_an_npz_of_plain_arrays(zoo_bundle, capsys, tmp_path) -> None:
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    np.savez(tmp_path / "objects.npz", tokens=np.array([{"a": 1}], dtype=object))
+    for name, message in (("text.npz", "is not an .npz of arrays"), ("one.npy", "holds one unnamed array (an .npy)"),
+                          ("objects.npz", "Object arrays cannot be loaded")):
+        code = main(["run", str(zoo_bundle("char-lm").path), "--role", "sequence", "--inputs", str(tmp_path / name),
+                     "--out", str(tmp_path / "o.npz")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,22 @@ from ..api import load
 from ..backends import RunnerOptions
 from ..errors import InputError
 from . import app, console
+
+
+def _read_feeds(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file by name; InputError for anything else (an .npy, a pickle, object arrays)."""
+    fix = "save your arrays with np.savez(path, name=array) (numeric arrays, no pickles)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"--inputs '{path}' is not an .npz of arrays ({str(exc).split('.')[0]}); {fix}.") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError(f"--inputs '{path}' holds one unnamed array (an .npy); {fix}.")
+    with data:
+        try:
+            return {k: data[k] for k in data.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"--inputs '{path}': {str(exc).split('.')[0]}; {fix}.") from exc
 
 
 @app.command("run")
@@ -26,8 +43,7 @@ def run_cmd(
     """Run one graph of a bundle on arrays from an .npz file."""
     if not inputs.is_file():
         raise InputError(f"--inputs '{inputs}' does not exist; save your arrays with np.savez(path, name=array).")
-    with np.load(inputs, allow_pickle=False) as data:
-        feeds = {k: data[k] for k in data.files}
+    feeds = _read_feeds(inputs)
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as deployment:
         outputs = deployment.infer(feeds, role)
     out.parent.mkdir(parents=True, exist_ok=True)
