@@ -120,6 +120,8 @@ with TritonServer([repo], sys.executable) as server, http.InferenceServerClient(
     print(ask(n=np.array([3], np.int32), labels=np.array([1, 2, 3], np.int64)))
     print(ask(n=np.array([2], np.int32), labels=np.array([4, 10], np.int64)))
     print(ask(n=np.array([0], np.int32)))
+    print(ask(n=np.array([2**31 - 1], np.int32)))
+    print(ask(n=np.array([2], np.int32), seed=np.array([-1], np.int64)))
 """
 
 
@@ -147,10 +149,12 @@ def test_tritonserver_returns_clear_errors_for_bad_loop_requests(zoo_bundle) -> 
     run = subprocess.run([str(TRITON_PYTHON), "-c", ERRORS, str(zoo_bundle("cgan").path)],
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
-    ok, bad_label, bad_n = run.stdout.strip().splitlines()[-3:]
+    ok, bad_label, bad_n, huge_n, bad_seed = run.stdout.strip().splitlines()[-5:]
     assert ok == "(3, 1, 8, 8)"
     assert bad_label == "[400] --label 10 is out of range; this model has classes 0..9."  # INVALID_ARG
     assert bad_n == "[400] --n is 0, expected an integer >= 1 (the number of samples)."
+    assert huge_n.startswith("[400] request input 'n' is 2147483647; this server samples at most 4096 per request")
+    assert bad_seed == "[400] --seed is -1, expected an integer >= 0."
 
 
 def test_graph_model_answers_each_request_of_a_dynamic_batch_on_its_own(zoo_bundle, tmp_path: Path, monkeypatch) -> None:

@@ -23,10 +23,12 @@ def triton_cmd(
     graph_instances: Annotated[int, typer.Option(help="instances of each graph model")] = 1,
     loop_instances: Annotated[int, typer.Option(help="instances of the loop model (sampling loops at once)")] = 4,
     gpu: Annotated[bool, typer.Option(help="graph model instances on GPU (KIND_GPU)")] = False,
+    max_samples: Annotated[int, typer.Option(help="most samples one loop request may ask for")] = 4096,
     force: Annotated[bool, typer.Option(help="replace a repository deploykit wrote at --out")] = False,
 ) -> None:
     """Write a model per graph plus the sampling loop as a Python-backend model calling them by BLS."""
-    options = TritonOptions(name, graph_backend, max_batch, queue_delay_us, graph_instances, loop_instances, gpu)
+    options = TritonOptions(name, graph_backend, max_batch, queue_delay_us, graph_instances, loop_instances, gpu,
+                            max_samples)
     record = write_repository(bundle, out, options, force)
     for role, g in record["graph_models"].items():
         batching = "dynamic batching" if g["batched"] else "whole requests"

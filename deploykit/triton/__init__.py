@@ -64,6 +64,7 @@ class TritonOptions:
     queue_delay_us: int = 500  # dynamic batching: how long a request may wait for others
     graph_instances: int = 1  # instances of each graph model
     loop_instances: int = 4  # instances of the loop model = sampling loops running at once
+    max_samples: int = 4096  # most samples one loop request may ask for (larger ones get a 400 up front)
     gpu: bool = False  # graph model instances on GPU (KIND_GPU) instead of CPU
 
 
@@ -193,7 +194,8 @@ def write_repository(
             with Deployment(b, make_runners(b)) as local:
                 probe = local.sample(1, 0, local.options(**kind.quick))
             host = bool(kind.serving.get("host"))  # per-step calls batch across concurrent loops; in-graph elsewhere
-            params = {"bundle": "1/bundle", "graphs": json.dumps(record["graph_models"]), "host_loop": str(host).lower()}
+            params = {"bundle": "1/bundle", "graphs": json.dumps(record["graph_models"]), "host_loop": str(host).lower(),
+                      "max_samples": str(options.max_samples)}
             (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(cls="LoopModel"))
             (tmp / name / "config.pbtxt").write_text(loop_config(name, probe, options, params))
             record["loop_model"] = {"model": name, "kind": kind.name, "host_loop": host, "output_dtype": str(probe.dtype)}

@@ -94,7 +94,7 @@ def loop_requests(bundle: Bundle, count: int, steps: int | None = None, **diffus
                 "eta": np.array([diffusion["eta"]], np.float32) if "eta" in diffusion else None,
                 "guidance": np.array([diffusion["guidance"]], np.float32) if "guidance" in diffusion else None,
             }
-            samples = loop_samples(local, value)
+            samples = loop_samples(local, value, n)
             requests.append(Request({k: v for k, v in value.items() if v is not None}, {"samples": samples}))
     return requests
 

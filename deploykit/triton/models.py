@@ -140,6 +140,7 @@ class LoopModel:
             role: BLSRunner(role, g.spec, graphs[role]["model"], graphs[role]["batched"]) for role, g in bundle.graphs.items()
         }
         self.deployment = Deployment(bundle, runners).__enter__()
+        self.max_samples = int(params.get("max_samples", 4096))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One sampling loop per request, in turn (run more instances for concurrency)."""
@@ -149,7 +150,7 @@ class LoopModel:
             value = {k: (t.as_numpy() if (t := pb.get_input_tensor_by_name(request, k)) is not None else None)
                      for k in LOOP_INPUTS}
             try:
-                samples = loop_samples(self.deployment, value)
+                samples = loop_samples(self.deployment, value, self.max_samples)
                 responses.append(pb.InferenceResponse([pb.Tensor("samples", np.ascontiguousarray(samples))]))
             except DeploykitError as exc:
                 responses.append(_error(exc))
@@ -160,9 +161,13 @@ class LoopModel:
         self.deployment.__exit__(None, None, None)
 
 
-def loop_samples(deployment: Deployment, value: dict[str, np.ndarray | None]) -> np.ndarray:
-    """The samples a loop request asks for, with the options its kind fixes when served (LoopKind.serving)."""
+def loop_samples(deployment: Deployment, value: dict[str, np.ndarray | None], max_samples: int) -> np.ndarray:
+    """The samples a loop request asks for, with the options its kind fixes when served (LoopKind.serving);
+    InputError for more than `max_samples` samples."""
     n, seed, given = sample_arguments(value)
+    if n > max_samples:
+        raise InputError(f"request input 'n' is {n}; this server samples at most {max_samples} per request "
+                         "(send several requests, or raise max_samples when writing the repository).")
     kind = deployment.kind
     options = kind.make_options(given | dict(kind.serving), {k: f"request input '{k}'" for k in given})
     return deployment.sample(n, seed, options)
