@@ -27,6 +27,7 @@ class OutputParity:
     rtol: float
     passed: bool
     note: str = ""
+    informative: bool = True  # False when the reference is constant or within atol of 0: any output would pass
 
 
 def compare_output(
@@ -50,7 +51,9 @@ def compare_output(
     note = ""
     if name == "logits" and e.ndim >= 2 and e.size:  # what users of a classifier or LM care about
         note = f"top-1 agrees {np.mean(a.argmax(-1) == e.argmax(-1)):.1%}"
-    return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed, note)
+    values = e[finite]
+    informative = bool(values.size) and float(np.abs(values).max()) > atol and float(np.ptp(values)) > 0
+    return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed, note, informative)
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,18 @@ class ParityReport:
                 continue
             self.rows.append(compare_output(case, name, value, actual[name], atol, rtol))
 
+    def uninformative(self) -> list[str]:
+        """Cases whose every output is constant or within atol of 0 on the reference: they pass whatever the
+        graph computes (a zero-initialized head, an uncalibrated network), so they prove nothing."""
+        cases: dict[str, bool] = {}
+        for r in self.rows:
+            cases[r.case] = cases.get(r.case, False) or r.informative
+        return [case for case, informative in cases.items() if not informative]
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"passed": self.passed, "rows": [asdict(r) | {"shape": list(r.shape)} for r in self.rows]}
+        return {"passed": self.passed, "uninformative": self.uninformative(),
+                "rows": [asdict(r) | {"shape": list(r.shape)} for r in self.rows]}
 
     def table(self) -> str:
         """Plain-text table, one row per output per case."""

@@ -27,11 +27,12 @@ class VerifyResult:
     backend: str
     report: ParityReport
     notes: list[str] = field(default_factory=list)
+    allow_uninformative: bool = False
 
     @property
     def passed(self) -> bool:
-        """True when every compared output is within tolerance."""
-        return self.report.passed
+        """True when every compared output is within tolerance and every case is informative (unless allowed)."""
+        return self.report.passed and (self.allow_uninformative or not self.report.uninformative())
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -45,11 +46,14 @@ def verify(
     fresh: bool | None = None,
     seed: int | None = None,
     options: RunnerOptions | None = None,
+    allow_uninformative: bool = False,
 ) -> VerifyResult:
     """Check a bundle's graphs on `backend` against the torch original.
 
     Golden mode always runs. Fresh mode (new random inputs at every check shape, torch vs
     backend) runs when `fresh` is True, or when it is None and torch plus the source are available.
+    A case whose every reference output is constant or within atol of 0 proves nothing: the result
+    fails unless `allow_uninformative`.
     """
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if backend == "torch":
@@ -57,7 +61,7 @@ def verify(
     tol = b.tolerance
     loop = b.loop
     check = kind_of(loop).check
-    result = VerifyResult(str(b.path), backend, ParityReport())
+    result = VerifyResult(str(b.path), backend, ParityReport(), allow_uninformative=allow_uninformative)
     runners = make_runners(b, backend, options)
     for runner in runners.values():
         runner.activate()

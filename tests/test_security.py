@@ -75,3 +75,28 @@ def test_a_symlinked_manifest_is_refused(tiny_bundle: Path, tmp_path: Path) -> N
         load_bundle(tiny_bundle)
     run = _cli("verify", tiny_bundle)
     assert run.returncode == 2 and "is a symbolic link" in run.stderr
+
+
+def test_a_graph_whose_outputs_are_all_zero_proves_nothing(tmp_path: Path) -> None:
+    """A zero-initialized head passes atol whatever the graph computes: export warns, verify fails unless allowed."""
+    import torch
+
+    class ZeroHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_shape = (6,)
+            self.body, self.head = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+            torch.nn.init.zeros_(self.head.weight)
+            torch.nn.init.zeros_(self.head.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.body(x)))
+
+    model = ZeroHead().eval()
+    with pytest.warns(UserWarning, match="parity case\\(s\\) prove nothing"):
+        deploykit.export(model, "mlp", tmp_path / "b")
+    result = deploykit.verify(tmp_path / "b", model=model, seed=0)
+    assert result.report.passed and not result.passed and result.report.uninformative()
+    assert deploykit.verify(tmp_path / "b", model=model, seed=0, allow_uninformative=True).passed
+    run = _cli("verify", tmp_path / "b")
+    assert run.returncode == 1 and "prove nothing" in run.stdout and "--allow-uninformative" in run.stdout

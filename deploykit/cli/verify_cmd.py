@@ -24,6 +24,8 @@ def verify_cmd(
     seed: Annotated[int | None, typer.Option(help="seed of the fresh inputs (default: random, printed)")] = None,
     check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in inputs or outputs")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    allow_uninformative: Annotated[bool, typer.Option(help="pass even when every output of a case is constant or "
+                                                               "within atol of 0 (which any graph would match)")] = False,
     source: Annotated[str | None, typer.Option(help="the torch original for fresh inputs when the bundle cannot name "
                                                     "it safely: MODULE:FACTORY, a checkpoint, zoo:NAME, hf:DIR or "
                                                     "diffusers:DIR")] = None,
@@ -35,11 +37,17 @@ def verify_cmd(
         from ..sources import resolve
 
         model = resolve(source, load_bundle(bundle).family).model
-    result = verify(bundle, backend, fresh=mode, seed=seed, model=model,
+    result = verify(bundle, backend, fresh=mode, seed=seed, model=model, allow_uninformative=allow_uninformative,
                     options=RunnerOptions(check_finite=check_finite, fp16=fp16))
     console.print(result.report.table(), highlight=False, markup=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    vacuous = result.report.uninformative()
+    if vacuous:
+        console.print(f"{'warning' if allow_uninformative else 'FAIL'}: {len(vacuous)} case(s) prove nothing "
+                      f"({', '.join(vacuous[:4])}{', ...' if len(vacuous) > 4 else ''}): every reference output is "
+                      "constant or within atol of 0, so any graph would match. Check the model (an untrained or "
+                      "zero-initialized head?) or pass --allow-uninformative.", highlight=False, markup=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.to_json(), indent=2))

@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from importlib import metadata
@@ -155,6 +156,12 @@ def export(
                 raise ExportError(f"{type(model).__name__} exported as '{family}' fails a structural check: " + "; ".join(problems))
             if not report.passed:
                 raise ParityError(f"export of {type(model).__name__} as '{family}' does not match torch:\n{report.table()}")
+            vacuous = report.uninformative()
+            if vacuous:  # loud, and `verify` fails on it unless told otherwise
+                warnings.warn(f"{type(model).__name__}: {len(vacuous)} parity case(s) prove nothing ({', '.join(vacuous[:4])}"
+                              f"{', ...' if len(vacuous) > 4 else ''}): every torch output there is constant or within "
+                              "atol of 0, so any graph would match. Is the model trained (a zero-initialized head)?",
+                              UserWarning, stacklevel=3)
             return {
                 "family": family,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
