@@ -75,3 +75,18 @@ def test_run_inputs_must_be_an_npz_of_plain_arrays(zoo_bundle, capsys, tmp_path)
                      "--out", str(tmp_path / "o.npz")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_checkpoint_that_does_not_match_its_zoo_model_is_named(tmp_path) -> None:
+    import torch
+
+    from deploykit.models import cached_checkpoint, load_checkpoint, trained
+
+    payload = torch.load(trained("hopfield-digits"), weights_only=True)
+    assert cached_checkpoint("hopfield-digits").is_file()
+    unknown = payload | {"config": payload["config"] | {"no_such_option": 3}}
+    shapes = payload | {"state_dict": {k: torch.zeros(2, 2) for k in payload["state_dict"]}}
+    for name, bad in (("unknown.pt", unknown), ("shapes.pt", shapes)):
+        torch.save(bad, tmp_path / name)
+        with pytest.raises(InputError, match="does not match zoo model 'hopfield-digits'"):
+            load_checkpoint(tmp_path / name)

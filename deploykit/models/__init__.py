@@ -240,9 +240,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ZooEntry, nn.Module, dict[str, Any]]:
     """(entry, model with trained weights in eval mode, checkpoint payload)."""
     payload = read_checkpoint(path)
-    entry = get_entry(payload["zoo"])
-    model = entry.build(**payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    entry = get_entry(payload.get("zoo", ""))
+    config, weights = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(weights, dict):
+        raise InputError(f"checkpoint '{path}' lacks its config or state_dict; re-train it with `deploykit zoo train`.")
+    try:
+        model = entry.build(**config)
+        model.load_state_dict(weights)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # unknown option, wrong or missing tensors
+        first = str(exc).strip().splitlines()[0][:300]
+        raise InputError(f"checkpoint '{path}' does not match zoo model '{entry.name}' ({type(exc).__name__}: {first}); "
+                         "it was written by another version or edited; re-train it with `deploykit zoo train`.") from exc
     return entry, model.eval(), payload
 
 
