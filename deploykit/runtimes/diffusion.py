@@ -109,22 +109,23 @@ def _dtype_of(net: Runner, name: str) -> str:
 
 
 def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: float, labels: np.ndarray | None,
-                   guidance: float, batched: bool = True) -> np.ndarray:
-    """One denoiser evaluation at timestep t; with labels, classifier-free guidance (w = 1: conditional only)."""
+                   guidance: float, batched: bool = True, checked: bool = False) -> np.ndarray:
+    """One denoiser evaluation at timestep t; with labels, classifier-free guidance (w = 1: conditional only).
+    `checked`: the loop validated these feeds' shapes and ranges on its first call (Runner.infer)."""
     output = net.spec.output_names()[0]
     steps = timestep_feed(_dtype_of(net, "t"), np.full(len(x), t, np.float64))
     if labels is None:
-        return net.infer({"x": x, "t": steps})[output]
+        return net.infer({"x": x, "t": steps}, checked)[output]
     null = np.full_like(labels, loop.num_classes)
     if guidance == 1.0:
-        return net.infer({"x": x, "t": steps, "label": labels})[output]
+        return net.infer({"x": x, "t": steps, "label": labels}, checked)[output]
     if batched:
         both = net.infer({"x": np.concatenate([x, x]), "t": np.concatenate([steps, steps]),
-                          "label": np.concatenate([labels, null])})[output]
+                          "label": np.concatenate([labels, null])}, checked)[output]
         cond, uncond = both[: len(x)], both[len(x):]
     else:
-        cond = net.infer({"x": x, "t": steps, "label": labels})[output]
-        uncond = net.infer({"x": x, "t": steps, "label": null})[output]
+        cond = net.infer({"x": x, "t": steps, "label": labels}, checked)[output]
+        uncond = net.infer({"x": x, "t": steps, "label": null}, checked)[output]
     return (uncond + np.float32(guidance) * (cond - uncond)).astype(np.float32)
 
 
@@ -164,7 +165,7 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     if options.host:
         for i, t in enumerate(scheduler.timesteps):
             out = network_output(runners["denoiser"], loop, scheduler.scale_model_input(x, i), float(t), labels,
-                                 guidance, options.batched)
+                                 guidance, options.batched, checked=i > 0)
             x = scheduler.step(out, i, x, noise[i])
             if on_step:
                 on_step(i + 1, total)

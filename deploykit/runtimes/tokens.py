@@ -73,17 +73,17 @@ def pick_tokens(logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig
         return logits.argmax(-1).astype(np.int64)
     x = logits.astype(np.float64) / config.temperature
     if config.top_k is not None:
-        kth = np.sort(x, axis=-1)[:, -config.top_k][:, None]
+        kth = np.partition(x, -config.top_k, axis=-1)[:, -config.top_k][:, None]
         x = np.where(x < kth, -np.inf, x)
     p = np.exp(x - x.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     if config.top_p is not None:  # smallest set of most likely tokens whose mass reaches top_p (Holtzman et al. 2020)
         order = np.argsort(-p, axis=-1, kind="stable")
-        sorted_p = np.take_along_axis(p, order, -1)
-        drop_sorted = (np.cumsum(sorted_p, -1) - sorted_p) >= config.top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, -1)
-        p = np.where(drop, 0.0, p)
+        rows = np.arange(len(p))[:, None]
+        sorted_p = p[rows, order]
+        drop = np.empty(p.shape, bool)
+        drop[rows, order] = (np.cumsum(sorted_p, -1) - sorted_p) >= config.top_p
+        p[drop] = 0.0
     cdf = np.cumsum(p, -1)
     index = (cdf < (uniforms * cdf[:, -1])[:, None]).sum(-1)
     return np.minimum(index, logits.shape[-1] - 1).astype(np.int64)
@@ -102,7 +102,7 @@ def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingC
     for t in range(config.max_new_tokens):
         tokens = pick_tokens(logits, rng.random(rows), config)
         out[:, t] = tokens
-        stopped = ~done & np.isin(tokens, stop)
+        stopped = ~done & (tokens[:, None] == stop).any(1)  # np.isin costs 4x as much on a handful of ids
         length[stopped] = t
         done |= stopped
         if done.all() or t == config.max_new_tokens - 1:

@@ -67,13 +67,14 @@ class CachedLM:
         self.runner, self.loop = runner, loop
         self.vocab_size, self.context = len(loop.vocab), loop.context
         self.names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
+        self.presents = [(n, n.replace("past_key_values", "present")) for n in self.names]
         self.feeds: dict[str, np.ndarray] = {}
         self.next_position = np.zeros(0, np.int64)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, checked: bool) -> np.ndarray:
         out = self.runner.infer({"input_ids": tokens, "position_ids": positions, **self.feeds}, checked)
-        for name in self.names:
-            self.feeds[name] = out[name.replace("past_key_values", "present")]
+        for name, present in self.presents:
+            self.feeds[name] = out[present]
         return out["logits"][:, -1]
 
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:

@@ -33,9 +33,10 @@ OPTION_KEYS = {"eta": "eta", "karras": "karras", "clipped_model_output": "use_cl
 def affine_step(x: np.ndarray, h: np.ndarray, out: np.ndarray, noise: np.ndarray, row: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(x_next, h_next) by one row of COLUMNS, in float32 like the graph."""
-    _, cx, co, clip, p, q, r, s, u, hp, hq = row.astype(np.float32)
+    _, cx, co, clip, p, q, r, s, u, hp, hq = row.astype(np.float32, copy=False)
     x0 = np.clip(cx * x + co * out, -clip, clip)
-    return (p * x0 + q * x + r * out + s * noise + u * h).astype(np.float32), (hp * x0 + hq * x).astype(np.float32)
+    x_next = p * x0 + q * x + r * out + s * noise + u * h
+    return x_next.astype(np.float32, copy=False), (hp * x0 + hq * x).astype(np.float32, copy=False)
 
 
 def row(cin: float = 1.0, cx: float = 0.0, co: float = 0.0, clip: float = np.inf, p: float = 0.0, q: float = 0.0,
