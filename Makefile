@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/flow_sampling.py
 	$(PY) benchmarks/diffusion_sampling.py
 	$(PY) benchmarks/diffusion_samplers.py
+	$(PY) benchmarks/loop_glue.py
 
 bench-hf: install
 	$(PY) benchmarks/hf_language_models.py
