@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class ProfileRow:
     role: str
     batch: int
     iterations: int
+    p10_ms: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -59,7 +61,7 @@ class ProfileReport:
     def table(self) -> str:
         """Plain-text table."""
         head = (
-            f"{'backend':<9} {'role':<9} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'backend':<9} {'role':<9} {'batch':>5} {'p10 ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}" + (f" {'vs fp32':>8}" if self.sizes else "")
         )
         lines = [head, "-" * len(head)]
@@ -67,7 +69,7 @@ class ProfileReport:
             ratio = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "-"
             fp32 = f"{r.speedup_vs_fp32:.2f}x" if r.speedup_vs_fp32 is not None else "-"
             lines.append(
-                f"{r.backend:<9} {r.role:<9} {r.batch:>5} {r.p50_ms:>9.4f} {r.p90_ms:>9.4f} {r.p99_ms:>9.4f} "
+                f"{r.backend:<9} {r.role:<9} {r.batch:>5} {r.p10_ms:>9.4f} {r.p50_ms:>9.4f} {r.p90_ms:>9.4f} {r.p99_ms:>9.4f} "
                 f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}" + (f" {fp32:>8}" if self.sizes else "")
             )
         for role, (full, own) in self.sizes.items():
@@ -100,6 +102,28 @@ class ProfileReport:
         return target
 
 
+BLOCKS = 10  # each variant's iterations run in this many blocks, the variants alternating (order reversed every block)
+
+
+def _interleaved(runners: Sequence[Any], inputs: dict[str, np.ndarray], iterations: int, warmup: int
+                 ) -> list[list[float]]:
+    """Per-call latencies (ms) of each runner on the same inputs, timed in alternating blocks so that a machine
+    getting slower or faster during the run biases none of them."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner.infer(inputs)
+    times: list[list[float]] = [[] for _ in runners]
+    per_block = -(-iterations // BLOCKS)
+    for block in range(BLOCKS):
+        order = range(len(runners)) if block % 2 == 0 else reversed(range(len(runners)))
+        for i in order:
+            for _ in range(min(per_block, iterations - len(times[i]))):
+                start = time.perf_counter()
+                runners[i].infer(inputs)
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def profile(
     bundle: str | os.PathLike[str] | Bundle,
     backends: Sequence[str] = ("ort-cpu", "torch"),
@@ -109,7 +133,8 @@ def profile(
     threads: int | None = 1,
     model: Any = None,
 ) -> ProfileReport:
-    """Time every role of a bundle on each backend and batch size with identical inputs and threads."""
+    """Time every role of a bundle on each backend and batch size with identical inputs and threads, the backends
+    (and a quantized bundle's fp32 source) interleaved in alternating blocks."""
     if iterations < 1 or warmup < 0:
         raise InputError(f"iterations={iterations}, warmup={warmup}: expected iterations >= 1 and warmup >= 0.")
     if any(b < 1 for b in batches):
@@ -117,30 +142,26 @@ def profile(
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     report = ProfileReport(str(b.path), threads)
     options = RunnerOptions(threads=threads)
-    feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     source = _fp32_source(b)
     fp32: dict[tuple[str, str, int], list[float]] = {}
-
-    def time_runners(runners: dict[str, Any], backend: str, into: dict[tuple[str, str, int], list[float]]) -> None:
-        for role, runner in runners.items():
-            with runner:
-                for batch in batches:
-                    dims = b.check_shapes[0] | {"batch": batch}
-                    inputs = feeds.setdefault((role, batch), runner.spec.random_inputs(np.random.default_rng(0), dims))
-                    for _ in range(warmup):
-                        runner.infer(inputs)
-                    times = []
-                    for _ in range(iterations):
-                        start = time.perf_counter()
-                        runner.infer(inputs)
-                        times.append((time.perf_counter() - start) * 1e3)
-                    into[(backend, role, batch)] = times
-
+    variants: list[tuple[str, dict[str, Any], dict[tuple[str, str, int], list[float]]]] = []
     for backend in backends:
         modules = torch_reference(b, model) if backend == "torch" else None
-        time_runners(make_runners(b, backend, options, modules), backend, report.latencies)
+        variants.append((backend, make_runners(b, backend, options, modules), report.latencies))
         if source is not None and backend != "torch":  # the fp32 bundle it came from, same backend and inputs
-            time_runners(make_runners(source, backend, options), backend, fp32)
+            variants.append((backend, make_runners(source, backend, options), fp32))
+    with ExitStack() as stack:
+        for _, runners, _ in variants:
+            for runner in runners.values():
+                stack.enter_context(runner)
+        for role in b.graphs:
+            for batch in batches:
+                inputs = b.graphs[role].spec.random_inputs(np.random.default_rng(0), b.check_shapes[0] | {"batch": batch})
+                timed = _interleaved([runners[role] for _, runners, _ in variants], inputs, iterations, warmup)
+                for (backend, _, into), times in zip(variants, timed):
+                    into[(backend, role, batch)] = times
+    rank = {name: i for i, name in enumerate(backends)}
+    report.latencies = dict(sorted(report.latencies.items(), key=lambda kv: rank[kv[0][0]]))  # backend-major, stable
     if source is not None:
         report.sizes = {role: (g.size_bytes, b.graphs[role].size_bytes) for role, g in source.graphs.items()}
     p50 = {k: float(np.percentile(v, 50)) for k, v in report.latencies.items()}
@@ -151,7 +172,8 @@ def profile(
         full = float(np.percentile(fp32[(backend, role, batch)], 50)) if (backend, role, batch) in fp32 else None
         report.rows.append(
             ProfileRow(
-                backend, role, batch, len(t), median, float(np.percentile(t, 90)), float(np.percentile(t, 99)),
+                backend, role, batch, len(t), float(np.percentile(t, 10)), median, float(np.percentile(t, 90)),
+                float(np.percentile(t, 99)),
                 float(t.mean()), batch * 1e3 / float(t.mean()), base / median if base else None,
                 full / median if full else None,
             )

@@ -77,3 +77,23 @@ def test_unknown_backend_and_unrebuildable_source(tiny_bundle_master: Path) -> N
         make_runners(bundle, "tensorflow")
     with pytest.raises(InputError, match="in-memory .*TinyMLP, which cannot be rebuilt; pass model="):
         torch_reference(bundle)
+
+
+def test_profile_times_backends_in_alternating_blocks() -> None:
+    """Every backend runs `iterations` timed calls, in BLOCKS blocks whose order reverses each block."""
+    from deploykit.profile import BLOCKS, _interleaved
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def infer(self, feeds: dict) -> dict:
+            calls.append(self.name)
+            return {}
+
+    times = _interleaved([Fake("a"), Fake("b")], {}, iterations=25, warmup=2)
+    assert [len(t) for t in times] == [25, 25] and calls[:4] == ["a", "a", "b", "b"]  # warm-up first
+    timed, per = calls[4:], -(-25 // BLOCKS)
+    assert timed[:2 * per] == ["a"] * per + ["b"] * per and timed[2 * per:4 * per] == ["b"] * per + ["a"] * per
