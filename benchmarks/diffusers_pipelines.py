@@ -19,6 +19,7 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
+from timing import interleaved, spread
 
 import deploykit
 from deploykit.backends import RunnerOptions
@@ -42,11 +43,6 @@ def _pipeline(folder: Path, size: int) -> Path:
                                         prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
     diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
     return folder
-
-
-def _spread(t: list[float]) -> str:
-    ms = np.array(t) * 1e3
-    return f"{np.median(ms):7.0f} ({np.percentile(ms, 10):.0f}-{np.percentile(ms, 90):.0f})"
 
 
 def main() -> None:
@@ -76,18 +72,12 @@ def main() -> None:
                     "graph": lambda: dep.sample(N, 0, dep.options(**options)),
                     "diffusers": lambda: reference_loop(resolved.model, name, steps, x_t, noise, labels, GUIDANCE, **extra),
                 }
-                times: dict[str, list[float]] = {k: [] for k in variants}
-                results = {}
-                for r in range(args.rounds):
-                    for key in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-                        begin = time.perf_counter()
-                        results[key] = variants[key]()
-                        times[key].append(time.perf_counter() - begin)
+                times, results = interleaved(variants, args.rounds)
                 ref = results["diffusers"]
                 title = f"{name}-{steps}" + (" Karras" if extra.get("karras") else "") + (" eta 0.6" if "eta" in extra else "")
                 print(f"{title:<20} {len(sched.timesteps):>5} {np.abs(results['host'] - ref).max():>11.1e} "
-                      f"{np.abs(results['graph'] - ref).max():>12.1e} {_spread(times['host']):>22} {_spread(times['graph']):>22} "
-                      f"{_spread(times['diffusers']):>22} {np.median(times['diffusers']) / np.median(times['host']):>13.2f}x")
+                      f"{np.abs(results['graph'] - ref).max():>12.1e} {spread(times['host'], fmt='.0f'):>22} {spread(times['graph'], fmt='.0f'):>22} "
+                      f"{spread(times['diffusers'], fmt='.0f'):>22} {np.median(times['diffusers']) / np.median(times['host']):>13.2f}x")
 
 
 if __name__ == "__main__":

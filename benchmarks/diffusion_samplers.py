@@ -14,11 +14,12 @@ to theirs: about 1 is data-like, noise scores far higher).
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from recurrent_loops import ONE_THREAD, _bundle
+from timing import interleaved, spread
 
 import deploykit
 from deploykit.models.data import load_digits
@@ -46,21 +47,17 @@ def main() -> None:
     data = load_digits()
     labels = np.arange(BATCH) % 10
     with deploykit.load(ddpm.path, options=ONE_THREAD) as dep, deploykit.load(cnn.path, options=ONE_THREAD) as reader:
-        times: dict[int, list[float]] = {i: [] for i in range(len(variants))}
-        for r in range(rounds):
-            order = range(len(variants)) if r % 2 == 0 else reversed(range(len(variants)))
-            for i in order:
-                (_, name, steps, extra), host = variants[i]
-                start = time.perf_counter()
-                dep.sample(BATCH, r, dep.options(labels=labels, steps=steps, scheduler=name, host=host,
-                                                 guidance=GUIDANCE, **extra))
-                times[i].append(time.perf_counter() - start)
+        def run(steps: int, name: str, host: bool, extra: dict) -> Callable[[], object]:
+            return lambda: dep.sample(BATCH, 0, dep.options(labels=labels, steps=steps, scheduler=name, host=host,
+                                                            guidance=GUIDANCE, **extra))
+
+        times, _ = interleaved({str(i): run(s[2], s[1], host, s[3]) for i, (s, host) in enumerate(variants)}, rounds)
         print(f"zoo DDPM, batch {BATCH}, guidance {GUIDANCE}, {rounds} interleaved rounds, ORT-CPU 1 thread")
         print(f"{'sampler':<22} {'calls':>5} {'host ms (p10-p90)':>22} {'in-graph ms (p10-p90)':>24} {'graph/host':>10} "
               f"{'acc':>5} {'nn-ratio':>8} {'|host-graph|':>12}")
         quality_labels = np.arange(QUALITY_N) % 10
         for k, (label, name, steps, extra) in enumerate(samplers):
-            host_t, graph_t = np.array(times[2 * k]) * 1e3, np.array(times[2 * k + 1]) * 1e3
+            host_t, graph_t = times[str(2 * k)], times[str(2 * k + 1)]
             options = dict(labels=quality_labels, steps=steps, scheduler=name, guidance=GUIDANCE, **extra)
             host = dep.sample(QUALITY_N, 0, dep.options(host=True, **options))
             graph = dep.sample(QUALITY_N, 0, dep.options(**options))
@@ -69,9 +66,6 @@ def main() -> None:
             ratio = nearest_distance_ratio(images, data)
             calls = len(scheduler_for(dep.bundle.loop, dep.options(**options)).timesteps)
             title = f"{label}-{steps}" + (" Karras" if extra.get("karras") else "")
-
-            def spread(t: np.ndarray) -> str:
-                return f"{np.median(t):7.1f} ({np.percentile(t, 10):.1f}-{np.percentile(t, 90):.1f})"
 
             print(f"{title:<22} {calls:>5} {spread(host_t):>22} {spread(graph_t):>24} "
                   f"{np.median(graph_t) / np.median(host_t):>9.2f}x {acc:>5.2f} {ratio:>8.2f} "

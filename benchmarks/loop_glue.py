@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from recurrent_loops import ONE_THREAD, _bundle
+from timing import interleaved, spread
 
 import deploykit
 from deploykit.runtimes.tokens import mode_config
@@ -42,11 +42,6 @@ class SessionClock:
             session.run = timed
 
 
-def _spread(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
-    v = np.array(values) * scale
-    return f"{np.median(v):{fmt}} ({np.percentile(v, 10):{fmt}}-{np.percentile(v, 90):{fmt}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
@@ -68,22 +63,20 @@ def main() -> None:
     }
     for _, run in loops.values():
         run()  # warm up
-    results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in loops}
-    names = list(loops)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            bundle, run = loops[name]
-            clock = clocks[bundle]
-            clock.total = 0.0
-            start = time.perf_counter()
-            run()
-            wall = time.perf_counter() - start
-            results[name][0].append(wall)
-            results[name][1].append((wall - clock.total) / wall)
+
+    def measured(bundle: str, run: Callable[[], Any]) -> Callable[[], Any]:
+        def reset_then_run() -> Any:
+            clocks[bundle].total = 0.0
+            return run()
+        return reset_then_run
+
+    glue: dict[str, list[float]] = {name: [] for name in loops}
+    walls, _ = interleaved({name: measured(*loops[name]) for name in loops}, rounds,
+                           after=lambda name, wall: glue[name].append((wall - clocks[loops[name][0]].total) / wall))
     print(f"ORT-CPU, 1 thread, {rounds} interleaved rounds, median (p10-p90)")
     print(f"{'loop':<32} {'wall ms':>22} {'glue %':>20}")
-    for name, (walls, glue) in results.items():
-        print(f"{name:<32} {_spread(walls, 1e3):>22} {_spread(glue, 100):>20}")
+    for name in loops:
+        print(f"{name:<32} {spread(walls[name]):>22} {spread(glue[name], 100):>20}")
     for dep in deps.values():
         dep.__exit__(None, None, None)
 

@@ -1,0 +1,33 @@
+"""Timing that a shared, noisy machine cannot bias: variants run in alternating rounds (the order reverses every
+round) and are summarized by median and p10-p90."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int,
+                after: Callable[[str, float], None] | None = None) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """(wall seconds per variant per round, each variant's last result); `after(name, seconds)` sees every run."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, Any] = {}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            results[name] = variants[name]()
+            seconds = time.perf_counter() - start
+            times[name].append(seconds)
+            if after is not None:
+                after(name, seconds)
+    return times, results
+
+
+def spread(values: list[float], scale: float = 1e3, fmt: str = ".1f") -> str:
+    """'median (p10-p90)' of values times `scale` (default: seconds as ms)."""
+    v = np.asarray(values) * scale
+    return f"{np.median(v):{fmt}} ({np.percentile(v, 10):{fmt}}-{np.percentile(v, 90):{fmt}})"
