@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .specs import GraphSpec
+
 
 @dataclass(frozen=True)
 class OutputParity:
@@ -31,9 +33,9 @@ class OutputParity:
 
 
 def compare_output(
-    case: str, name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float
+    case: str, name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, class_axis: int = -1
 ) -> OutputParity:
-    """Compare one output tensor."""
+    """Compare one output tensor (`class_axis`: where logits keep their classes, for the top-1 note)."""
     if expected.shape != actual.shape:
         note = f"shape {list(actual.shape)} != expected {list(expected.shape)}"
         return OutputParity(case, name, tuple(expected.shape), float("inf"), float("inf"), atol, rtol, False, note)
@@ -50,7 +52,7 @@ def compare_output(
     passed = bool(np.all(diff <= atol + rtol * ref)) and bool(np.array_equal(a[~finite], e[~finite], equal_nan=True))
     note = ""
     if name == "logits" and e.ndim >= 2 and e.size:  # what users of a classifier or LM care about
-        note = f"top-1 agrees {np.mean(a.argmax(-1) == e.argmax(-1)):.1%}"
+        note = f"top-1 agrees {np.mean(a.argmax(class_axis) == e.argmax(class_axis)):.1%}"
     values = e[finite]
     informative = bool(values.size) and float(np.abs(values).max()) > atol and float(np.ptp(values)) > 0
     return OutputParity(case, name, e.shape, max_abs, max_rel, atol, rtol, passed, note, informative)
@@ -100,8 +102,9 @@ class ParityReport:
         expected: Mapping[str, np.ndarray],
         actual: Mapping[str, np.ndarray],
         tolerance: Tolerance,
+        spec: GraphSpec | None = None,
     ) -> None:
-        """Compare every output of one case, each at its tolerance."""
+        """Compare every output of one case, each at its tolerance (`spec`: the graph's, for logits' class axis)."""
         for name, value in expected.items():
             atol, rtol = tolerance.of(name)
             if name not in actual:
@@ -109,7 +112,8 @@ class ParityReport:
                     OutputParity(case, name, value.shape, float("inf"), float("inf"), atol, rtol, False, "missing")
                 )
                 continue
-            self.rows.append(compare_output(case, name, value, actual[name], atol, rtol))
+            axis = spec.class_axis(name) if spec is not None else -1
+            self.rows.append(compare_output(case, name, value, actual[name], atol, rtol, axis))
 
     def uninformative(self) -> list[str]:
         """Cases whose every output is constant or within atol of 0 on the reference: they pass whatever the

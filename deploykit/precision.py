@@ -157,7 +157,7 @@ def quantize(
             inputs, expected = case.load()
             try:
                 with OrtRunner(case.role, b.graphs[case.role].spec, tmp / "graphs" / f"{case.role}.onnx") as runner:
-                    report.add(case.name, expected, runner.infer(inputs), b.tolerance)
+                    report.add(case.name, expected, runner.infer(inputs), b.tolerance, runner.spec)
             except BundleError as exc:
                 raise InputError(f"the {mode} conversion of graph '{case.role}' does not run in onnxruntime "
                                  f"({str(exc).split(': ', 2)[-1][:200]}); this model does not survive {mode}, "

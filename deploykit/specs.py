@@ -119,6 +119,13 @@ class GraphSpec:
         """Names of the outputs, in graph order."""
         return [s.name for s in self.outputs]
 
+    def class_axis(self, output: str) -> int:
+        """The classes axis of an output: its first fixed-size axis after the leading (batch) one, -1 if none
+        (logits [batch, K], [batch, time, vocab], [batch, K, height, width], [batch, levels, time])."""
+        spec = next((s for s in self.outputs if s.name == output), None)
+        fixed = [i for i, d in enumerate(spec.shape) if i and isinstance(d, int)] if spec else []
+        return fixed[0] if fixed else -1
+
     def random_inputs(self, rng: np.random.Generator, dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Random feeds for every input at the given dim bindings."""
         return {s.name: s.random(rng, dims) for s in self.inputs}

@@ -75,7 +75,8 @@ def verify(
                 actual = check(runners, loop, int(inputs["seed"]))
             else:
                 actual = runners[case.role].infer(inputs)
-            result.report.add(f"golden {case.role} {case.name}", expected, actual, tol)
+            spec = b.graphs[case.role].spec if case.role in b.graphs else None
+            result.report.add(f"golden {case.role} {case.name}", expected, actual, tol, spec)
         if "precision" in b.manifest:
             result.notes.append(f"{b.manifest['precision']['mode']} accuracy change, measured at quantize time:\n"
                                 + accuracy_table(b.manifest["precision"]["accuracy"]))
@@ -99,7 +100,8 @@ def verify(
                 for dims in b.check_shapes:
                     case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
-                    result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), tol)
+                    result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), tol,
+                                      runners[role].spec)
             if "precision" in b.manifest:
                 result.notes.append(
                     f"loop replay: skipped for a {b.manifest['precision']['mode']} bundle (its tokens may diverge "

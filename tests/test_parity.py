@@ -42,3 +42,25 @@ def test_per_output_tolerance_overrides_the_family_default() -> None:
     report.add("c", {"x": np.zeros(2), "log_prob": np.zeros(2)}, {"x": np.full(2, 1e-4), "log_prob": np.full(2, 1e-4)}, tol)
     assert [(r.output, r.passed, r.atol) for r in report.rows] == [("x", False, 1e-6), ("log_prob", True, 1e-3)]
     assert Tolerance.from_json(tol.to_json()) == tol and "outputs" not in Tolerance(1e-4, 1e-4).to_json()
+
+
+def test_top1_note_reads_the_class_axis_of_each_logits_layout() -> None:
+    """[batch, K, height, width] (FCN), [batch, levels, time] (WaveNet), [batch, time, vocab] (LM): classes sit on the
+    first fixed-size axis after batch, not always on the last."""
+    from deploykit.parity import ParityReport, Tolerance
+    from deploykit.specs import GraphSpec, TensorSpec
+
+    rng = np.random.default_rng(0)
+    for shape, dims, axis in (((2, 3, 4, 5), ("batch", 3, "height", "width"), 1), ((2, 7, 9), ("batch", 7, "time"), 1),
+                              ((2, 9, 7), ("batch", "time", 7), 2)):
+        spec = GraphSpec((), (TensorSpec("logits", "float32", dims),))
+        assert spec.class_axis("logits") == axis
+        expected = rng.standard_normal(shape).astype(np.float32)
+        other = 1 if axis != 1 else len(shape) - 1  # an offset along another axis keeps the class argmax
+        offset = (10.0 * np.arange(shape[other])).reshape([-1 if i == other else 1 for i in range(len(shape))])
+        actual = (expected + offset).astype(np.float32)
+        report = ParityReport()
+        report.add("case", {"logits": expected}, {"logits": actual}, Tolerance(1e-4, 1e-4), spec)
+        assert report.rows[0].note == "top-1 agrees 100.0%"
+        if axis != len(shape) - 1:  # the last axis would have misread it
+            assert np.mean(expected.argmax(-1) == actual.argmax(-1)) < 1

@@ -139,7 +139,7 @@ def export(
                         case = dims_label(dims)
                         inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
                         expected = refs[name].infer(inputs)
-                        report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance)
+                        report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance, orts[name].spec)
                         size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
                         if index and stored + size > budget:
                             continue
