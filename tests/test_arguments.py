@@ -90,3 +90,13 @@ def test_a_checkpoint_that_does_not_match_its_zoo_model_is_named(tmp_path) -> No
         torch.save(bad, tmp_path / name)
         with pytest.raises(InputError, match="does not match zoo model 'hopfield-digits'"):
             load_checkpoint(tmp_path / name)
+
+
+def test_readme_flow_example_samples_stay_in_the_data_range(zoo_bundle) -> None:
+    """README: x = dep.sample(64, 0, temperature=0.7), then its log_prob; samples used to land at -0.02..1.02."""
+    import deploykit
+
+    with deploykit.load(zoo_bundle("glow-digits").path) as dep:
+        x = dep.sample(64, 0, dep.options(temperature=0.7))
+        assert x.min() >= 0 and x.max() < 1
+        assert np.isfinite(dep.infer({"x": x}, role="log_prob")["z"]).all()

@@ -137,10 +137,16 @@ def flow_log_prob(runners: Mapping[str, Runner], loop: FlowConfig, x: np.ndarray
     return out
 
 
+LAST_BELOW_ONE = np.nextafter(np.float32(1), np.float32(0))  # the largest float32 in [0, 1)
+
+
 def sample_flow(runners: Mapping[str, Runner], loop: FlowConfig, n: int, seed: int, temperature: float = 1.0,
                 size: tuple[int, int] | None = None, host: bool = False) -> np.ndarray:
-    """`n` samples [n, *event] at `temperature` (z scaled by it), optionally at another image size."""
-    return to_data(runners, loop, draw_latents(loop, n, seed, temperature, size), host)
+    """`n` samples [n, *event] at `temperature` (z scaled by it), optionally at another image size. Flows of
+    dequantized discrete data (levels > 0) return samples clamped to that data's range [0, 1), so they can be
+    scored by the `log_prob` graph (a few samples land a hair outside it)."""
+    x = to_data(runners, loop, draw_latents(loop, n, seed, temperature, size), host)
+    return np.clip(x, 0, LAST_BELOW_ONE) if loop.levels else x
 
 
 def dequantize(pixels: np.ndarray, levels: int, seed: int) -> np.ndarray:
