@@ -100,3 +100,31 @@ def test_readme_flow_example_samples_stay_in_the_data_range(zoo_bundle) -> None:
         x = dep.sample(64, 0, dep.options(temperature=0.7))
         assert x.min() >= 0 and x.max() < 1
         assert np.isfinite(dep.infer({"x": x}, role="log_prob")["z"]).all()
+
+
+SAMPLE_OPTIONS = ["--n", "--seed", "--label", "--steps", "--ordering", "--temperature", "--eta", "--guidance", "--top-k",
+                  "--top-p", "--max-new-tokens", "--beam"]
+
+
+@pytest.mark.parametrize("model", ["ddpm-digits", "maf-moons", "cgan", "char-lm"])
+def test_every_sample_option_with_nan_negative_and_huge_values(zoo_bundle, capsys, tmp_path, model) -> None:
+    """Property-style: NaN and -1 are refused (exit 2) for every option, on every kind of loop, and no value makes
+    a traceback (huge ones are refused or run). Options a loop does not use are refused too."""
+    bundle = str(zoo_bundle(model).path)
+    text = model == "char-lm"
+    for option in SAMPLE_OPTIONS:
+        for value in ("nan", "-1", "99999999999"):
+            args = ["sample", bundle, option, value]
+            if text:
+                args += ["--prompt", "Hi"] + ([] if option == "--max-new-tokens" else ["--max-new-tokens", "4"])
+            else:
+                args += ["--out", str(tmp_path / "s.npy")] + ([] if option == "--n" else ["--n", "2"])
+                args += ["--steps", "3"] if model == "ddpm-digits" and option != "--steps" else []
+            try:
+                code = main(args)
+            except BaseException as exc:  # noqa: BLE001  (a crash is what this test looks for)
+                pytest.fail(f"{' '.join(args[2:])}: {type(exc).__name__}: {exc}")
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and code in (0, 2), (args[2:], code, err)
+            if value in ("nan", "-1"):
+                assert code == 2, (args[2:], err)

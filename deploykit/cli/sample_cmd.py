@@ -43,6 +43,14 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+def _refuse_unused(flags: dict[str, Any], takes: set[str], title: str) -> None:
+    """InputError for a flag this bundle's loop does not use (given flags: not None, not False)."""
+    unused = [flag for flag, value in flags.items() if value not in (None, False) and flag not in takes]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to this {title} bundle; "
+                         "drop it (`deploykit inspect` shows what the bundle does).")
+
+
 def _samples(dep: Deployment, out: Path | None, n: int, seed: int, given: dict[str, Any], interpolate: bool) -> None:
     """Samples (or a VAE interpolation) written by the bundle kind's writer."""
     kind = dep.kind
@@ -99,6 +107,14 @@ def sample_cmd(
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""
     with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
         use = dep.kind.use
+        text_flags = {"--prompt": prompt, "--prompt-ids": prompt_ids, "--mode": mode != "top-p", "--top-k": top_k,
+                      "--top-p": top_p, "--max-new-tokens": max_new_tokens != 200, "--stop": stop, "--beam": beam != 1}
+        sample_flags = {"--n": n != 64, "--label": label, "--steps": steps, "--ordering": ordering, "--naive": naive,
+                        "--size": size, "--host-loop": host_loop, "--scheduler": scheduler, "--eta": eta,
+                        "--karras": karras, "--clipped-model-output": clipped_model_output, "--guidance": guidance,
+                        "--interpolate": interpolate}
+        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"}, "translate": {"--prompt", "--beam"}}
+        _refuse_unused(text_flags | sample_flags, takes.get(use, set()), dep.kind.title)
         if use == "sample":
             given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
                      "fast": False if naive else None, "temperature": temperature, "size": _size(size),

@@ -150,7 +150,11 @@ class Deployment:
             config = replace(config, stop=(*config.stop, loop.eos))
         ids = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
         check_seed(seed)
-        return generate(self.kind.token_model(self.runners, loop), ids, config, seed)
+        try:
+            return generate(self.kind.token_model(self.runners, loop), ids, config, seed)
+        except MemoryError as exc:  # numpy refuses the token buffer; name the option, not numpy
+            raise InputError(f"max_new_tokens {config.max_new_tokens} for {len(ids)} prompt(s) does not fit in this "
+                             f"machine's memory ({exc}); ask for fewer tokens.") from exc
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
         """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""
