@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import InputError
 from . import Scheduler, check_steps, register_scheduler, row
 from .noise_schedule import alphas_cumprod, prediction, training_steps, x0_coefficients
-from .sigmas import karras_sigmas, sigma_to_t, training_sigmas
+from .sigmas import karras_sigmas, sigma_to_t, training_sigmas, wants_karras
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -53,8 +53,7 @@ class DPMSolverPlusPlus2M(Scheduler):
             raise InputError(f"scheduler config solver_type={solver!r}: choose one of {', '.join(SOLVER_TYPES)}.")
         table = training_sigmas(self.config)
         timesteps = dpm_timesteps(self.config, steps)
-        karras = self.config.get("karras")
-        if karras if karras is not None else self.config.get("use_karras_sigmas", False):
+        if wants_karras(self.config, bool(self.config.get("use_karras_sigmas", False))):
             sigmas = karras_sigmas(table[0], table[-1], steps)
             timesteps = sigma_to_t(sigmas, np.log(table))
             if self.config.get("beta_schedule") != "squaredcos_cap_v2":

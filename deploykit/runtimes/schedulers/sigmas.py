@@ -25,6 +25,13 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int) -> np.ndarray:
     return (sigma_max ** (1 / RHO) + ramp * (sigma_min ** (1 / RHO) - sigma_max ** (1 / RHO))) ** RHO
 
 
+def wants_karras(config: dict, config_default: bool) -> bool:
+    """Karras sigmas for this run: the explicit --karras option when given, else the config's choice
+    (`config_default`: what the scheduler's diffusers class reads from use_karras_sigmas)."""
+    explicit = config.get("karras")
+    return bool(explicit) if explicit is not None else config_default
+
+
 def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     """The fractional timestep of each sigma: linear interpolation of log sigma over the training sigmas."""
     log_sigma = np.log(np.maximum(sigmas, 1e-10))
@@ -57,8 +64,7 @@ class SigmaScheduler(Scheduler):
         timesteps = spaced_timesteps(self.config, steps, "linspace", rounded=False)
         table = training_sigmas(self.config)
         sigmas = np.interp(timesteps, np.arange(len(table)), table)
-        karras = self.config.get("karras")
-        if karras if karras is not None else self._setting("use_karras_sigmas", False):
+        if wants_karras(self.config, bool(self._setting("use_karras_sigmas", False))):
             low, high = self._setting("sigma_min", None), self._setting("sigma_max", None)
             sigmas = karras_sigmas(sigmas[-1] if low is None else float(low), sigmas[0] if high is None else float(high),
                                    steps)
