@@ -36,28 +36,11 @@ def toy_model(x: np.ndarray, t: float) -> np.ndarray:
 
 def _diffusers_run(name: str, config: dict, steps: int, start: np.ndarray, noise: np.ndarray, **options: object
                    ) -> np.ndarray:
-    """diffusers' scheduler driven by toy_model, noise injected where it draws (the step's randn_tensor)."""
-    import importlib
-    from contextlib import nullcontext
-    from unittest import mock
+    """diffusers' scheduler driven by toy_model, noise injected where it draws (the parity reference loop)."""
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(toy_model(x.numpy(), float(t[0])))
 
-    cls = getattr(diffusers, SCHEDULERS[name].diffusers_class)
-    sched = cls.from_config(config | ({"use_karras_sigmas": True} if options.get("karras") else {}))
-    sched.set_timesteps(steps)
-    x, index = torch.from_numpy(start) * sched.init_noise_sigma, 0
-    module = importlib.import_module(cls.__module__)
-    draw = lambda shape, **kw: torch.from_numpy(noise[index])  # noqa: E731
-    patch = mock.patch.object(module, "randn_tensor", draw) if hasattr(module, "randn_tensor") else nullcontext()
-    with patch:
-        for index, t in enumerate(sched.timesteps):
-            out = torch.from_numpy(toy_model(sched.scale_model_input(x, t).numpy(), float(t)))
-            extra = {}
-            if name == "ddim":
-                eta = float(options.get("eta", 0.0))
-                extra = {"eta": eta, "use_clipped_model_output": bool(options.get("clipped_model_output")),
-                         "variance_noise": torch.from_numpy(noise[index]) if eta > 0 else None}
-            x = sched.step(out, t, x, **extra).prev_sample
-    return x.numpy()
+    return reference_loop(model, name, steps, start, noise, scheduler_config=config, **options)
 
 
 def _ours(name: str, config: dict, steps: int, start: np.ndarray, noise: np.ndarray, **options: object

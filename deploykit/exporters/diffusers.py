@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,15 @@ def load(folder: str | Path) -> DiffusersSource:
     return DiffusersSource(DiffusersDenoiser(unet.eval(), schedule), fingerprint(root))
 
 
-def reference_loop(model: DiffusersDenoiser, scheduler: str, steps: int, start: np.ndarray, noise: np.ndarray,
-                   labels: np.ndarray | None = None, guidance: float = 1.0, **options: Any) -> np.ndarray:
+def reference_loop(model: Callable[..., torch.Tensor], scheduler: str, steps: int, start: np.ndarray,
+                   noise: np.ndarray, labels: np.ndarray | None = None, guidance: float = 1.0,
+                   scheduler_config: Mapping[str, Any] | None = None, **options: Any) -> np.ndarray:
     """The sampling loop as diffusers runs it, the parity reference: diffusers' own scheduler class for `scheduler`
-    (from the pipeline's config, as `Scheduler.from_config` swaps them), scale_model_input / UNet / step, with
+    (from the pipeline's config, as `Scheduler.from_config` swaps them), scale_model_input / model / step, with
     x_T = start * init_noise_sigma and noise[i] injected wherever step i draws (deploykit's noise layout).
-    Guided runs batch cond and uncond (null label last) like deploykit. options: eta, karras, clipped_model_output."""
+    `model(x, t[, label])` is a DiffusersDenoiser or any denoiser on torch tensors; `scheduler_config` defaults to
+    the model's. Guided runs batch cond and uncond (null label `model.num_classes`) like deploykit.
+    options: eta, karras, clipped_model_output."""
     import importlib
     from contextlib import nullcontext
     from unittest import mock
@@ -132,7 +136,7 @@ def reference_loop(model: DiffusersDenoiser, scheduler: str, steps: int, start: 
 
     diffusers = _diffusers()
     cls = getattr(diffusers, SCHEDULERS[scheduler].diffusers_class)
-    config = dict(model.scheduler_config)
+    config = dict(model.scheduler_config if scheduler_config is None else scheduler_config)
     if options.get("karras") is not None:
         config["use_karras_sigmas"] = bool(options["karras"])
     sched = cls.from_config(config)
