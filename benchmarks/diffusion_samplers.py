@@ -13,13 +13,11 @@ to theirs: about 1 is data-like, noise scores far higher).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from recurrent_loops import ONE_THREAD, _bundle
-from timing import interleaved, spread
+from timing import arguments, interleaved, spread
 
 import deploykit
 from deploykit.models.data import load_digits
@@ -34,12 +32,7 @@ BATCH, QUALITY_N, GUIDANCE = 16, 100, 3.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 2 rounds, DDPM at 100 steps")
-    args = parser.parse_args()
-    rounds = 2 if args.quick else args.rounds
+    args, rounds = arguments(__doc__, 5, 2, ", DDPM at 100 steps")
     samplers = [(label, name, 100 if args.quick and name == "ddpm" else steps, extra)
                 for label, name, steps, extra in SAMPLERS]
     variants = [(s, host) for s in samplers for host in (True, False)]

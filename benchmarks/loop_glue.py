@@ -10,14 +10,12 @@ order; glue = (loop time - session time) / loop time, median and p10-p90 over th
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from recurrent_loops import ONE_THREAD, _bundle
-from timing import interleaved, spread
+from timing import arguments, interleaved, spread
 
 import deploykit
 from deploykit.runtimes.tokens import mode_config
@@ -43,12 +41,7 @@ class SessionClock:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 3 rounds")
-    args = parser.parse_args()
-    rounds = 3 if args.quick else args.rounds
+    args, rounds = arguments(__doc__, 15, 3, "")
     deps = {name: deploykit.load(_bundle(name, args.out).path, options=ONE_THREAD).__enter__()
             for name in ("gpt", "ddpm-digits", "maf-moons")}
     clocks = {name: SessionClock(dep) for name, dep in deps.items()}

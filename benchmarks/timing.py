@@ -3,8 +3,10 @@ round) and are summarized by median and p10-p90."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,3 +33,13 @@ def spread(values: list[float], scale: float = 1e3, fmt: str = ".1f") -> str:
     """'median (p10-p90)' of values times `scale` (default: seconds as ms)."""
     v = np.asarray(values) * scale
     return f"{np.median(v):{fmt}} ({np.percentile(v, 10):{fmt}}-{np.percentile(v, 90):{fmt}})"
+
+
+def arguments(doc: str, rounds: int, quick_rounds: int, quick_help: str) -> tuple[argparse.Namespace, int]:
+    """(--out, --rounds, --quick parsed, the number of rounds to run): the options every interleaved benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--quick", action="store_true", help=f"CI smoke: {quick_rounds} rounds{quick_help}")
+    args = parser.parse_args()
+    return args, quick_rounds if args.quick else args.rounds
