@@ -33,8 +33,9 @@ def main() -> None:
             except DeploykitError as exc:
                 print(f"{name:<12} {mode:<13} refused: {str(exc)[:100]}", flush=True)
                 continue
-            report = deploykit.profile(q, backends=["ort-cpu"], batches=[1, 32], iterations=50, warmup=5)
-            speed = {r.batch: r.speedup_vs_fp32 for r in report.rows}
+            report = deploykit.profile(q, backends=["ort-cpu"], batches=[1, 32], iterations=50, warmup=5,
+                                       against=source)
+            speed = {r.batch: r.speedup_vs_against for r in report.rows}
             size = sum(own for _, own in report.sizes.values()) / sum(full for full, _ in report.sizes.values())
             rows = q.manifest["precision"]["accuracy"]
             for i, r in enumerate(rows):

@@ -33,7 +33,7 @@ class ProfileRow:
     mean_ms: float
     items_per_s: float
     speedup_vs_torch: float | None  # torch p50 / this p50; > 1 means faster than torch eager
-    speedup_vs_fp32: float | None = None  # quantized bundles: the fp32 source's p50 / this p50
+    speedup_vs_against: float | None = None  # --against: that bundle's p50 / this p50
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ProfileReport:
     threads: int | None
     rows: list[ProfileRow] = field(default_factory=list)
     latencies: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # quantized bundles: role -> (fp32, own) bytes
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # --against: role -> (--against, own) bytes
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict, raw latencies included."""
@@ -52,7 +52,7 @@ class ProfileReport:
             "bundle": self.bundle,
             "threads": self.threads,
             "rows": [asdict(r) for r in self.rows],
-            "sizes_bytes": {role: {"fp32": a, "bundle": b} for role, (a, b) in self.sizes.items()},
+            "sizes_bytes": {role: {"against": a, "bundle": b} for role, (a, b) in self.sizes.items()},
             "latencies_ms": [
                 {"backend": k[0], "role": k[1], "batch": k[2], "ms": v} for k, v in self.latencies.items()
             ],
@@ -62,18 +62,18 @@ class ProfileReport:
         """Plain-text table."""
         head = (
             f"{'backend':<9} {'role':<9} {'batch':>5} {'p10 ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}" + (f" {'vs fp32':>8}" if self.sizes else "")
+            f"{'mean ms':>9} {'items/s':>11} {'vs torch':>9}" + (f" {'vs other':>8}" if self.sizes else "")
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
             ratio = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "-"
-            fp32 = f"{r.speedup_vs_fp32:.2f}x" if r.speedup_vs_fp32 is not None else "-"
+            other = f"{r.speedup_vs_against:.2f}x" if r.speedup_vs_against is not None else "-"
             lines.append(
                 f"{r.backend:<9} {r.role:<9} {r.batch:>5} {r.p10_ms:>9.4f} {r.p50_ms:>9.4f} {r.p90_ms:>9.4f} {r.p99_ms:>9.4f} "
-                f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}" + (f" {fp32:>8}" if self.sizes else "")
+                f"{r.mean_ms:>9.4f} {r.items_per_s:>11.1f} {ratio:>9}" + (f" {other:>8}" if self.sizes else "")
             )
         for role, (full, own) in self.sizes.items():
-            lines.append(f"size {role}: {own / 1024:.1f} KiB, fp32 {full / 1024:.1f} KiB ({own / full:.2f}x)")
+            lines.append(f"size {role}: {own / 1024:.1f} KiB, --against {full / 1024:.1f} KiB ({own / full:.2f}x)")
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -132,9 +132,10 @@ def profile(
     warmup: int = 20,
     threads: int | None = 1,
     model: Any = None,
+    against: str | os.PathLike[str] | Bundle | None = None,
 ) -> ProfileReport:
     """Time every role of a bundle on each backend and batch size with identical inputs and threads, the backends
-    (and a quantized bundle's fp32 source) interleaved in alternating blocks."""
+    (and `against`, e.g. the fp32 bundle a quantized one came from) interleaved in alternating blocks."""
     if iterations < 1 or warmup < 0:
         raise InputError(f"iterations={iterations}, warmup={warmup}: expected iterations >= 1 and warmup >= 0.")
     if any(b < 1 for b in batches):
@@ -142,14 +143,14 @@ def profile(
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     report = ProfileReport(str(b.path), threads)
     options = RunnerOptions(threads=threads)
-    source = _fp32_source(b)
-    fp32: dict[tuple[str, str, int], list[float]] = {}
+    source = _comparable(b, against) if against is not None else None
+    beside: dict[tuple[str, str, int], list[float]] = {}
     variants: list[tuple[str, dict[str, Any], dict[tuple[str, str, int], list[float]]]] = []
     for backend in backends:
         modules = torch_reference(b, model) if backend == "torch" else None
         variants.append((backend, make_runners(b, backend, options, modules), report.latencies))
-        if source is not None and backend != "torch":  # the fp32 bundle it came from, same backend and inputs
-            variants.append((backend, make_runners(source, backend, options), fp32))
+        if source is not None and backend != "torch":  # same backend and inputs
+            variants.append((backend, make_runners(source, backend, options), beside))
     with ExitStack() as stack:
         for _, runners, _ in variants:
             for runner in runners.values():
@@ -169,7 +170,7 @@ def profile(
         t = np.asarray(times)
         median = p50[(backend, role, batch)]
         base = p50.get(("torch", role, batch))
-        full = float(np.percentile(fp32[(backend, role, batch)], 50)) if (backend, role, batch) in fp32 else None
+        full = float(np.percentile(beside[(backend, role, batch)], 50)) if (backend, role, batch) in beside else None
         report.rows.append(
             ProfileRow(
                 backend, role, batch, len(t), float(np.percentile(t, 10)), median, float(np.percentile(t, 90)),
@@ -181,7 +182,11 @@ def profile(
     return report
 
 
-def _fp32_source(b: Bundle) -> Bundle | None:
-    """The fp32 bundle a quantized bundle was made from, when it is still where quantize found it."""
-    path = b.manifest.get("precision", {}).get("source_bundle")
-    return load_bundle(path) if path and Path(path).is_dir() else None
+def _comparable(b: Bundle, against: str | os.PathLike[str] | Bundle) -> Bundle:
+    """The bundle to time beside `b`: the same roles, each taking the same inputs; else InputError."""
+    other = against if isinstance(against, Bundle) else load_bundle(against)
+    for role, graph in b.graphs.items():
+        if role not in other.graphs or other.graphs[role].spec.input_names() != graph.spec.input_names():
+            raise InputError(f"--against {other.path} has no graph '{role}' taking {graph.spec.input_names()}; "
+                             "compare bundles of the same model (e.g. a quantized bundle and its fp32 source).")
+    return other

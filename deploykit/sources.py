@@ -119,34 +119,45 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     )
 
 
+def _fingerprint(source: dict[str, Any]) -> Any:
+    return source.get("sha256") if source.get("kind") == "checkpoint" else source.get("fingerprint")
+
+
 def rebuild(source: dict[str, Any]) -> Any:
-    """The torch original recorded in a bundle's manifest, for fresh-input verify and the torch backend."""
-    if source.get("kind") == "checkpoint":
-        path = Path(source["path"])
-        if not path.is_file():
-            raise InputError(f"the source checkpoint '{path}' is not on this machine; pass the model (or --source).")
-        if sha256_file(path) != source["sha256"]:
-            raise InputError(f"the source checkpoint '{path}' changed since export; re-export the bundle.")
-        return _from_checkpoint(path, None).model
-    if source.get("kind") in FOLDERS:
-        module, folder = _folder_module(source["kind"]), Path(source["path"])
-        if not folder.is_dir():
-            raise InputError(f"the source folder '{folder}' is not on this machine; pass the model (or --source).")
-        try:
-            changed = module.fingerprint(folder) != source["fingerprint"]
-        except OSError:
-            changed = True
-        if changed:
-            raise InputError(f"the source folder '{folder}' changed since export; re-export the bundle.")
-        return module.load(folder).model
-    if source.get("kind") == "factory":  # code a bundle names is never imported on its say-so
-        raise InputError(f"this bundle names the factory '{source.get('ref')}' as its source, and deploykit does not "
-                         "import code a bundle names; pass the model yourself: `deploykit verify BUNDLE --source MODULE:FACTORY`, "
-                         "or model=... to deploykit.verify / load / profile.")
+    """The torch original recorded in a bundle's manifest, for fresh-input verify and the torch backend.
+
+    A manifest is untrusted: no path or code it names is opened or imported. Only a zoo model in deploykit's own
+    cache, matching the recorded sha256, is rebuilt; anything else the user passes (`--source`, `model=`)."""
+    kind = source.get("kind")
+    if kind == "checkpoint" and isinstance(source.get("zoo"), str):
+        from .models import ZOO, cached_checkpoint
+
+        cached = cached_checkpoint(source["zoo"]) if source["zoo"] in ZOO else None
+        if cached is not None and cached.is_file() and sha256_file(cached) == source.get("sha256"):
+            return _from_checkpoint(cached, None).model
+    hint = {"checkpoint": "PATH_TO_CHECKPOINT", "factory": "MODULE:FACTORY"} | {prefix: f"{prefix}:DIR" for prefix in FOLDERS}
+    if kind in hint:
+        named = source.get("ref") if kind == "factory" else source.get("path")
+        raise InputError(f"this bundle names {kind} {str(named)[:200]!r} as its source, and deploykit does not import "
+                         "code or open files a bundle names; pass the torch original yourself: "
+                         f"`deploykit verify BUNDLE --source {hint[kind]}`, or model=... to deploykit.verify / load / "
+                         "profile.")
     raise InputError(
         f"this bundle was exported from an in-memory {source.get('class', 'model')}, which cannot be rebuilt; "
         "pass model=... (Python) or --source (CLI)."
     )
+
+
+def reference(spec: str, bundle: Bundle) -> Any:
+    """The torch original the user names for a bundle (`verify --source`); InputError if it is a checkpoint or folder
+    of the bundle's source kind whose contents differ from what was exported."""
+    resolved = resolve(spec, bundle.family)
+    recorded = bundle.source
+    if resolved.source.get("kind") == recorded.get("kind") and _fingerprint(resolved.source) != _fingerprint(recorded):
+        what = "sha256" if recorded.get("kind") == "checkpoint" else "fingerprint"
+        raise InputError(f"the source '{spec}' is not what this bundle was exported from (its {what} differs from the "
+                         "manifest's: changed since export?); re-export the bundle, or pass the original.")
+    return resolved.model
 
 
 def torch_reference(bundle: Bundle, model: Any = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ downloaded) export with their default attention and generate token for token lik
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 import deploykit
 from deploykit.errors import InputError
 from deploykit.runtimes.tokens import mode_config
-from deploykit.sources import resolve
+from deploykit.sources import reference, resolve
 
 transformers = pytest.importorskip("transformers")
 
@@ -65,11 +66,19 @@ def test_default_attention_exports_and_greedy_tokens_equal_transformers_generate
         assert text == codec.decode(got)
 
 
-def test_verify_rebuilds_from_the_folder(exported) -> None:
+def test_verify_against_the_folder_the_user_names(exported, tmp_path: Path) -> None:
     _, bundle, _ = exported
-    result = deploykit.verify(bundle, fresh=True, seed=3)
+    folder = Path(bundle.source["path"])
+    result = deploykit.verify(bundle, model=reference(f"hf:{folder}", bundle), fresh=True, seed=3)
     assert result.passed, result.report.table()
     assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+    with pytest.raises(InputError, match="does not import code or open files a bundle names.*--source hf:DIR"):
+        deploykit.verify(bundle, fresh=True)
+    changed = Path(shutil.copytree(folder, tmp_path / "changed"))
+    config = json.loads((changed / "config.json").read_text())
+    (changed / "config.json").write_text(json.dumps(config | {"layer_norm_epsilon": 1e-3, "rms_norm_eps": 1e-3}))
+    with pytest.raises(InputError, match=r"is not what this bundle was exported from \(its fingerprint differs"):
+        reference(f"hf:{changed}", bundle)
 
 
 def test_hf_folder_errors(tmp_path: Path) -> None:

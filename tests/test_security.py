@@ -33,13 +33,13 @@ def test_verify_never_imports_the_factory_a_bundle_names(tiny_bundle: Path, tmp_
         _set_source(tiny_bundle, {"kind": "factory", "ref": ref})
         run = _cli("verify", ".", cwd=tiny_bundle)  # the bundle's own folder is the working directory
         assert run.returncode == 0 and "PASS" in run.stdout, run.stderr  # the golden replay still runs
-        assert "deploykit does not import code a bundle names" in run.stdout
+        assert "deploykit does not import code or open files a bundle names" in run.stdout
         assert "Hello world" not in run.stdout and not marker.exists()
         strict = _cli("verify", ".", "--fresh", cwd=tiny_bundle)
         assert strict.returncode == 2 and "Traceback" not in strict.stderr and not marker.exists()
     result = deploykit.verify(tiny_bundle)
     assert result.passed and any("does not import code" in n for n in result.notes)
-    with pytest.raises(InputError, match="does not import code a bundle names"):
+    with pytest.raises(InputError, match="does not import code or open files a bundle names"):
         deploykit.load(tiny_bundle, backend="torch")
     assert "dk_model_factory" not in sys.modules and not marker.exists()
 
@@ -48,6 +48,39 @@ def test_a_factory_the_user_names_still_gives_fresh_inputs(tiny_bundle: Path, ti
     _set_source(tiny_bundle, {"kind": "factory", "ref": "tempfile:mkdtemp"})
     result = deploykit.verify(tiny_bundle, model=tiny_model, fresh=True, seed=0)
     assert result.passed and any(r.case.startswith("fresh") for r in result.report.rows)
+
+
+def test_paths_a_manifest_names_are_never_opened(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A FIFO blocks whoever opens it, so a verify or profile that read a manifest-named path would hang here."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "folder" / "config.json")
+    for source in ({"kind": "checkpoint", "zoo": "cnn", "path": str(fifo), "sha256": "0" * 64},
+                   {"kind": "checkpoint", "zoo": "../../etc/passwd", "path": str(fifo), "sha256": "0" * 64},
+                   {"kind": "hf", "path": str(tmp_path / "folder"), "fingerprint": "x"},
+                   {"kind": "diffusers", "path": str(tmp_path / "folder"), "fingerprint": "x"}):
+        _set_source(tiny_bundle, source)
+        run = _cli("verify", tiny_bundle)
+        assert run.returncode == 0 and "PASS" in run.stdout, run.stderr
+        assert "deploykit does not import code or open files a bundle names" in run.stdout
+        hint = "PATH_TO_CHECKPOINT" if source["kind"] == "checkpoint" else f"{source['kind']}:DIR"
+        assert f"--source {hint}" in run.stdout
+        with pytest.raises(InputError, match="pass the torch original yourself"):
+            deploykit.load(tiny_bundle, backend="torch")
+    quantized = tmp_path / "q"
+    assert _cli("quantize", tiny_bundle, "--mode", "int8-dynamic", "--out", quantized).returncode == 0
+    manifest = json.loads((quantized / "manifest.json").read_text())
+    manifest["precision"]["source_bundle"] = str(fifo)
+    (quantized / "manifest.json").write_text(json.dumps(manifest))
+    args = ["profile", quantized, "--backend", "ort-cpu", "--batch", "1", "--iterations", "2", "--warmup", "0"]
+    run = _cli(*args)
+    assert run.returncode == 0 and f"quantized from {str(fifo)!r}; add --against PATH" in run.stdout, run.stderr
+    assert "vs other" not in run.stdout
+    run = _cli(*args, "--against", tiny_bundle)
+    assert run.returncode == 0 and "vs other" in run.stdout and "--against" in run.stdout, run.stderr
 
 
 def test_symbolic_links_inside_a_bundle_are_refused_and_nothing_is_copied(tiny_bundle: Path, tmp_path: Path) -> None:

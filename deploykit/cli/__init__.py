@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +21,21 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+SourceOption = Annotated[str | None, typer.Option(
+    "--source", help="the torch original, for the torch backend and fresh-input checks: MODULE:FACTORY, a checkpoint, "
+                     "zoo:NAME, hf:DIR or diffusers:DIR (paths and code a bundle names are never opened)")]
+
+
+def torch_original(source: str | None, bundle: Path) -> Any:
+    """The model `--source` names for `bundle`, checked against what it was exported from; None without --source."""
+    if source is None:
+        return None
+    from ..bundle import load_bundle
+    from ..sources import reference
+
+    return reference(source, load_bundle(bundle))
+
 
 from . import (  # noqa: F401
     engine_cmd,

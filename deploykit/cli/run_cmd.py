@@ -12,7 +12,7 @@ import typer
 from ..api import load
 from ..backends import RunnerOptions
 from ..errors import InputError
-from . import app, console
+from . import SourceOption, app, console, torch_original
 
 
 def _read_feeds(path: Path) -> dict[str, np.ndarray]:
@@ -39,12 +39,13 @@ def run_cmd(
     role: Annotated[str | None, typer.Option(help="graph role (needed when the bundle has several)")] = None,
     backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda, ort-trt or torch")] = "ort-cpu",
     check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in inputs or outputs")] = False,
+    source: SourceOption = None,
 ) -> None:
     """Run one graph of a bundle on arrays from an .npz file."""
     if not inputs.is_file():
         raise InputError(f"--inputs '{inputs}' does not exist; save your arrays with np.savez(path, name=array).")
     feeds = _read_feeds(inputs)
-    with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as deployment:
+    with load(bundle, backend, RunnerOptions(check_finite=check_finite), torch_original(source, bundle)) as deployment:
         outputs = deployment.infer(feeds, role)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **outputs)

@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..runtimes.deployment import Deployment
 from ..runtimes.kinds import OPTION_NAMES
 from ..runtimes.tokens import MODES, mode_config
-from . import app, console
+from . import SourceOption, app, console, torch_original
 from .progress import progress_bar
 
 
@@ -103,9 +103,10 @@ def sample_cmd(
     beam: Annotated[int, typer.Option(help="seq2seq: beam size (1 = greedy)")] = 1,
     backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda, ort-trt or torch")] = "ort-cpu",
     check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in any graph input or output")] = False,
+    source: SourceOption = None,
 ) -> None:
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""
-    with load(bundle, backend, RunnerOptions(check_finite=check_finite)) as dep:
+    with load(bundle, backend, RunnerOptions(check_finite=check_finite), torch_original(source, bundle)) as dep:
         use = dep.kind.use
         text_flags = {"--prompt": prompt, "--prompt-ids": prompt_ids, "--mode": mode != "top-p", "--top-k": top_k,
                       "--top-p": top_p, "--max-new-tokens": max_new_tokens != 200, "--stop": stop, "--beam": beam != 1}

@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 
 from ..backends import RunnerOptions
-from ..bundle import load_bundle
 from ..verify import verify
-from . import app, console
+from . import SourceOption, app, console, torch_original
 
 
 @app.command("verify")
@@ -26,17 +25,11 @@ def verify_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     allow_uninformative: Annotated[bool, typer.Option(help="pass even when every output of a case is constant or "
                                                                "within atol of 0 (which any graph would match)")] = False,
-    source: Annotated[str | None, typer.Option(help="the torch original for fresh inputs when the bundle cannot name "
-                                                    "it safely: MODULE:FACTORY, a checkpoint, zoo:NAME, hf:DIR or "
-                                                    "diffusers:DIR")] = None,
+    source: SourceOption = None,
 ) -> None:
     """Compare the bundle's graphs with the torch original: golden vectors, then fresh random inputs."""
     mode = False if golden_only else (True if fresh else None)
-    model = None
-    if source is not None:
-        from ..sources import resolve
-
-        model = resolve(source, load_bundle(bundle).family).model
+    model = torch_original(source, bundle)
     result = verify(bundle, backend, fresh=mode, seed=seed, model=model, allow_uninformative=allow_uninformative,
                     options=RunnerOptions(check_finite=check_finite, fp16=fp16))
     console.print(result.report.table(), highlight=False, markup=False)
