@@ -45,13 +45,28 @@ def test_bounded_float_inputs_refuse_nan() -> None:
 
 def test_diffusion_refuses_noise_that_would_not_fit_before_drawing_it(zoo_bundle, monkeypatch) -> None:
     import deploykit
-    from deploykit.runtimes import diffusion
+    from deploykit.runtimes import generator
 
-    monkeypatch.setattr(diffusion, "_available_bytes", lambda: 2**30)  # 1 GiB free
+    monkeypatch.setattr(generator, "available_bytes", lambda: 2**30)  # 1 GiB free
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
-        with pytest.raises(InputError, match="--n 5000 with 1000 network calls needs 1.2 GiB of injected noise"):
+        with pytest.raises(InputError, match="--n 5000 with 1000 network calls of injected noise needs 1.2 GiB, more "
+                                             "than half of the 1.0 GiB available"):
             dep.sample(5000, 0, dep.options(host=True))
         assert dep.sample(2, 0, dep.options(steps=3)).shape == (2, 1, 8, 8)
+
+
+def test_any_sampler_refuses_a_count_that_cannot_fit_before_allocating(zoo_bundle, capsys) -> None:
+    """Linux overcommits, so numpy would allocate 2^31 latents and the process be killed later (it was, here)."""
+    import deploykit
+    from deploykit.cli import main
+
+    for name in ("cgan", "made", "realnvp-rings"):
+        with deploykit.load(zoo_bundle(name).path) as dep:
+            with pytest.raises(InputError, match=r"--n 2147483647 needs \d+\.\d GiB, more than half of the"):
+                dep.sample(2**31 - 1)
+            assert dep.sample(3).shape[0] == 3
+    assert main(["sample", str(zoo_bundle("cgan").path), "--n", str(2**31 - 1), "--out", "x.npy"]) == 2
+    assert "sample fewer at a time" in capsys.readouterr().err
 
 
 def test_empty_batch_or_time_axes_are_refused_before_the_backend(zoo_bundle) -> None:

@@ -14,7 +14,7 @@ from ..bundle import Bundle
 from ..errors import InputError, choices
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
-from .generator import check_seed
+from .generator import check_count, check_fits, check_seed
 from .kinds import LoopConfig, LoopKind, Use, kind_of
 from .recurrent import Stream
 from .tokens import (
@@ -95,11 +95,22 @@ class Deployment:
         if not isinstance(options, kind.options):
             raise InputError(f"a '{kind.name}' bundle samples with {kind.options.__name__}, not {type(options).__name__}; "
                              "build them with Deployment.options(...).")
+        check_count(n)
+        check_fits(n * self._row_bytes(), f"--n {n}", "sample fewer at a time (several runs with different --seed)")
         try:
             return kind.sample(self.runners, self.loop, n, seed, options)
         except MemoryError as exc:  # numpy refuses an allocation it cannot make; name the request, not numpy
             raise InputError(f"--n {n} does not fit in this machine's memory ({exc}); sample fewer at a time "
                              "(several runs with different --seed).") from exc
+
+    def _row_bytes(self) -> int:
+        """Bytes one batch row takes in the inputs and outputs of the bundle's largest graph at its first check shape:
+        a lower bound on what each sample holds while the loop runs."""
+        specs = [graph.spec for graph in self.bundle.graphs.values()]
+        dims = {d: 1 for spec in specs for t in spec.inputs + spec.outputs for d in t.shape if isinstance(d, str)}
+        dims |= self.bundle.check_shapes[0] | {"batch": 1}
+        return max(sum(int(np.prod(t.bind(dims))) * np.dtype(t.dtype).itemsize for t in spec.inputs + spec.outputs)
+                   for spec in specs)
 
     def interpolate(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """VAE decodings [n, D] along the slerp between two seeded prior latents."""

@@ -9,7 +9,6 @@ loop run over the torch model, which is how whole trajectories are compared.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..errors import BundleError, InputError
-from .generator import check_count, cycle_labels
+from .generator import check_count, check_fits, cycle_labels
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 from .schedulers import COLUMNS, LEGACY_COLUMNS, SCHEDULERS, Scheduler, make_scheduler
 from .schedulers.noise_schedule import scheduler_config
@@ -129,24 +128,13 @@ def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: float, 
     return (uncond + np.float32(guidance) * (cond - uncond)).astype(np.float32)
 
 
-def _available_bytes() -> int | None:
-    """Memory the OS can give now (Linux: free + reclaimable pages), or None where it does not say."""
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def draw_noise(loop: DiffusionConfig, scheduler: Scheduler, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(x_T [n, *event] scaled by the scheduler's initial sigma, per-call noise [calls, n, *event]) from `seed`;
     InputError, before drawing, when that noise would not fit in the memory available."""
     event = tuple(loop.event_shape)
     need = (len(scheduler.timesteps) + 1) * n * int(np.prod(event)) * 4
-    available = _available_bytes()
-    if available is not None and need > available // 2:
-        raise InputError(f"--n {n} with {len(scheduler.timesteps)} network calls needs {need / 2**30:.1f} GiB of injected "
-                         f"noise, more than half of the {available / 2**30:.1f} GiB available; sample fewer at a time "
-                         "(several runs with different --seed) or use fewer --steps.")
+    check_fits(need, f"--n {n} with {len(scheduler.timesteps)} network calls of injected noise",
+               "sample fewer at a time (several runs with different --seed) or use fewer --steps")
     rng = np.random.default_rng(seed)
     start = rng.standard_normal((n, *event), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
     return start, rng.standard_normal((len(scheduler.timesteps), n, *event), dtype=np.float32)

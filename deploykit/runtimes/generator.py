@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,23 @@ def check_count(n: int) -> None:
     """InputError unless n is an integer >= 1 (samples asked for)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise InputError(f"--n is {n!r}, expected an integer >= 1 (the number of samples).")
+
+
+def available_bytes() -> int | None:
+    """Memory the OS can give now (Linux: free + reclaimable pages), or None where it does not say."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(need: int, request: str, fix: str) -> None:
+    """InputError when `request` needs more than half the memory available now. Checked up front because Linux
+    overcommits: numpy's allocation succeeds and the process is killed later, when the pages are touched."""
+    available = available_bytes()
+    if available is not None and need > available // 2:
+        raise InputError(f"{request} needs {need / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
+                         f"available; {fix}.")
 
 
 def check_seed(seed: int) -> None:
