@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .backends.base import MAX_DEVICES
 from .backends.tensorrt import ENGINES, TIMING_CACHE, Shapes, engine_name, gpu_identity, trt_modules
 from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from .checks import INT32_MAX, check_int
 from .errors import ExportError, InputError, choices
 from .specs import GraphSpec
 
@@ -65,6 +67,11 @@ class EngineRequest:
     max_shapes: Mapping[str, list[int]] | None = None
     roles: Sequence[str] | None = None  # default: every graph
     device_id: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("--workspace", self.workspace_mib, 1, INT32_MAX, "MiB")
+        check_int("--max-batch", self.max_batch, 1, INT32_MAX)
+        check_int("--device-id", self.device_id, 0, MAX_DEVICES - 1)
 
 
 def build_engines(bundle: str | os.PathLike[str] | Bundle, request: EngineRequest) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import numpy as np
 from .api import load
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, load_bundle, write_bundle
+from .checks import check_fits, check_int
 from .errors import BackendUnavailableError, BundleError, InputError, choices
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
@@ -136,8 +137,10 @@ def quantize(
         raise InputError(f"unknown precision mode {mode!r}; choose one of {choices(QUANT_MODES)}.")
     if "precision" in b.manifest:
         raise InputError(f"bundle {b.path} is already {b.manifest['precision']['mode']}; quantize the fp32 bundle it came from.")
-    if calibration < 1:
-        raise InputError(f"--calibration is {calibration}, expected at least 1 batch of calibration inputs.")
+    check_int("--calibration", calibration, 1, meaning="batches of calibration inputs")
+    if mode == "int8-static":  # onnxruntime's calibrator holds every batch's tensors until it is done
+        need = calibration * max(g.spec.nbytes(s) for g in b.graphs.values() for s in b.check_shapes)
+        check_fits(need, f"--calibration {calibration}", "calibrate with fewer batches")
     if Path(out).resolve() == b.path.resolve():
         raise InputError("--out is the source bundle; quantize writes a new bundle and never overwrites its source.")
 

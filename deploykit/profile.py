@@ -14,6 +14,7 @@ import numpy as np
 
 from .backends import RunnerOptions, make_runners
 from .bundle import Bundle, load_bundle
+from .checks import INT32_MAX, check_fits, check_int
 from .errors import BackendUnavailableError, InputError
 from .sources import torch_reference
 
@@ -136,11 +137,16 @@ def profile(
 ) -> ProfileReport:
     """Time every role of a bundle on each backend and batch size with identical inputs and threads, the backends
     (and `against`, e.g. the fp32 bundle a quantized one came from) interleaved in alternating blocks."""
-    if iterations < 1 or warmup < 0:
-        raise InputError(f"iterations={iterations}, warmup={warmup}: expected iterations >= 1 and warmup >= 0.")
-    if any(b < 1 for b in batches):
-        raise InputError(f"--batch values {list(batches)} must all be >= 1.")
+    check_int("--iterations", iterations, 1, INT32_MAX)
+    check_int("--warmup", warmup, 0, INT32_MAX, "untimed calls first")
+    for batch in batches:
+        check_int("--batch", batch, 1)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    timings = iterations * len(backends) * len(batches) * len(b.graphs) * 2  # and --against's
+    check_fits(timings * 32, f"--iterations {iterations}", "time fewer iterations")  # a Python float in a list
+    for graph in b.graphs.values():
+        check_fits(graph.spec.nbytes(b.check_shapes[0] | {"batch": max(batches)}), f"--batch {max(batches)}",
+                   "profile smaller batches")
     report = ProfileReport(str(b.path), threads)
     options = RunnerOptions(threads=threads)
     source = _comparable(b, against) if against is not None else None

@@ -126,6 +126,12 @@ class GraphSpec:
         fixed = [i for i, d in enumerate(spec.shape) if i and isinstance(d, int)] if spec else []
         return fixed[0] if fixed else -1
 
+    def nbytes(self, dims: Mapping[str, int]) -> int:
+        """Bytes of every input and output at the given dim bindings (dims not given count as 1)."""
+        bound = {d: 1 for t in self.inputs + self.outputs for d in t.shape if isinstance(d, str)} | dict(dims)
+        return sum(int(np.prod(t.bind(bound), dtype=np.float64)) * np.dtype(t.dtype).itemsize
+                   for t in self.inputs + self.outputs)
+
     def random_inputs(self, rng: np.random.Generator, dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Random feeds for every input at the given dim bindings."""
         return {s.name: s.random(rng, dims) for s in self.inputs}

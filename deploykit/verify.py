@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends import RunnerOptions, make_runners
 from .bundle import LOOP_ROLE, Bundle, load_bundle
+from .checks import check_seed
 from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
@@ -55,6 +56,8 @@ def verify(
     A case whose every reference output is constant or within atol of 0 proves nothing: the result
     fails unless `allow_uninformative`.
     """
+    if seed is not None:
+        check_seed(seed)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if backend == "torch":
         raise InputError("verify compares a deployment backend against torch; choose an ort-* backend.")

@@ -3,6 +3,8 @@ NaN included (it fails no comparison, so every range check states it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,9 +47,9 @@ def test_bounded_float_inputs_refuse_nan() -> None:
 
 def test_diffusion_refuses_noise_that_would_not_fit_before_drawing_it(zoo_bundle, monkeypatch) -> None:
     import deploykit
-    from deploykit.runtimes import generator
+    from deploykit import checks
 
-    monkeypatch.setattr(generator, "available_bytes", lambda: 2**30)  # 1 GiB free
+    monkeypatch.setattr(checks, "available_bytes", lambda: 2**30)  # 1 GiB free
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
         with pytest.raises(InputError, match="--n 5000 with 1000 network calls of injected noise needs 1.2 GiB, more "
                                              "than half of the 1.0 GiB available"):
@@ -143,3 +145,45 @@ def test_every_sample_option_with_nan_negative_and_huge_values(zoo_bundle, capsy
             assert "Traceback" not in err and code in (0, 2), (args[2:], code, err)
             if value in ("nan", "-1"):
                 assert code == 2, (args[2:], err)
+
+
+def _numeric_options() -> list[tuple[str, str]]:
+    """(command, option) for every int or float option of every command but `sample` (tested above, per loop)."""
+    import typer
+
+    from deploykit.cli import app
+
+    group = typer.main.get_command(app)
+    return [(name, param.opts[0]) for name, command in group.commands.items() if name != "sample"
+            for param in getattr(command, "params", ())
+            if param.param_type_name == "option" and not param.is_flag and param.bare_type() in ("int", "float")]
+
+
+def test_numeric_options_are_discovered() -> None:
+    found = set(_numeric_options())
+    assert {("profile", "--iterations"), ("export", "--external-data-mb"), ("triton", "--max-samples"),
+            ("quantize", "--calibration"), ("verify", "--seed"), ("build-engine", "--workspace")} <= found
+
+
+@pytest.mark.parametrize(("command", "option"), _numeric_options())
+def test_every_command_option_with_nan_negative_zero_and_huge_values(command: str, option: str, tiny_bundle: Path,
+                                                                     capsys, tmp_path: Path) -> None:
+    """Property-style: NaN and -1 exit 2 for every numeric option of every command, and no value (0, huge) makes a
+    traceback: it is refused with exit 2 or runs (exit 0) without eating the machine."""
+    from deploykit.cli import main
+
+    base = {"build-engine": [tiny_bundle], "export": ["tests.conftest:TinyMLP", "--family", "mlp"],
+            "profile": [tiny_bundle, "--backend", "ort-cpu", "--batch", "1", "--iterations", "2", "--warmup", "0"],
+            "quantize": [tiny_bundle, "--mode", "int8-static", "--calibration", "2"], "triton": [tiny_bundle],
+            "verify": [tiny_bundle, "--golden-only"]}[command]
+    for i, value in enumerate(("nan", "-1", "0", "99999999999")):
+        out = ["--out", tmp_path / f"out{i}"] if command in ("export", "quantize", "triton") else []
+        args = [str(a) for a in (command, *base, *out, option, value)]
+        try:
+            code = main(args)
+        except BaseException as exc:  # noqa: BLE001  (a crash is what this test looks for)
+            pytest.fail(f"{' '.join(args)}: {type(exc).__name__}: {exc}")
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and code in (0, 2), (args, code, err)
+        if value in ("nan", "-1"):
+            assert code == 2 and option in err, (args, err)

@@ -65,7 +65,7 @@ def test_repository_refuses_bad_requests(zoo_bundle, tmp_path: Path) -> None:
     gan = zoo_bundle("cgan")
     with pytest.raises(InputError, match="--graph-backend 'tensorrt': choose one of 'onnxruntime', 'python'"):
         write_repository(gan, tmp_path / "a", TritonOptions(graph_backend="tensorrt"))
-    with pytest.raises(InputError, match="--loop-instances is 0, expected at least 1"):
+    with pytest.raises(InputError, match="--loop-instances is 0, expected an integer in 1..1024"):
         write_repository(gan, tmp_path / "a", TritonOptions(loop_instances=0))
     precious = tmp_path / "mine"
     precious.mkdir()

@@ -10,8 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_int
 from ..errors import DeploykitError
 from ..specs import GraphSpec, check_finite
+
+MAX_THREADS = 1024  # ORT and torch would try to start any count; past the cores, more only slows a run down
+MAX_DEVICES = 1024
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,10 @@ class RunnerOptions:
     fp16: bool = False  # tensorrt / ort-trt: fp16 engines built from the fp32 graphs
     engine_cache: str | None = None  # ort-trt: directory where the TensorRT EP caches its engines
     io_binding: bool | None = None  # onnxruntime I/O binding; None: on for the GPU backends
+
+    def __post_init__(self) -> None:
+        check_int("--threads", self.threads or 0, 0, MAX_THREADS, "0: the backend's default")
+        check_int("--device-id", self.device_id, 0, MAX_DEVICES - 1)
 
 
 class Runner(ABC):

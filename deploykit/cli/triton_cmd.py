@@ -27,8 +27,9 @@ def triton_cmd(
     force: Annotated[bool, typer.Option(help="replace a repository deploykit wrote at --out")] = False,
 ) -> None:
     """Write a model per graph plus the sampling loop as a Python-backend model calling them by BLS."""
-    options = TritonOptions(name, graph_backend, max_batch, queue_delay_us, graph_instances, loop_instances, gpu,
-                            max_samples)
+    options = TritonOptions(name=name, graph_backend=graph_backend, max_batch=max_batch, queue_delay_us=queue_delay_us,
+                            graph_instances=graph_instances, loop_instances=loop_instances, max_samples=max_samples,
+                            gpu=gpu)
     record = write_repository(bundle, out, options, force)
     for role, g in record["graph_models"].items():
         batching = "dynamic batching" if g["batched"] else "whole requests"

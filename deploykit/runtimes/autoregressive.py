@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count
 from ..errors import InputError
-from .generator import LabelOptions, check_count, cycle_labels
+from .generator import LabelOptions, cycle_labels
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, Writer, register
 from .tokens import SamplingConfig, pick_tokens
 

@@ -11,10 +11,10 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..bundle import Bundle
+from ..checks import check_count, check_fits, check_seed
 from ..errors import InputError, choices
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
-from .generator import check_count, check_fits, check_seed
 from .kinds import LoopConfig, LoopKind, Use, kind_of
 from .recurrent import Stream
 from .tokens import (
@@ -106,11 +106,8 @@ class Deployment:
     def _row_bytes(self) -> int:
         """Bytes one batch row takes in the inputs and outputs of the bundle's largest graph at its first check shape:
         a lower bound on what each sample holds while the loop runs."""
-        specs = [graph.spec for graph in self.bundle.graphs.values()]
-        dims = {d: 1 for spec in specs for t in spec.inputs + spec.outputs for d in t.shape if isinstance(d, str)}
-        dims |= self.bundle.check_shapes[0] | {"batch": 1}
-        return max(sum(int(np.prod(t.bind(dims))) * np.dtype(t.dtype).itemsize for t in spec.inputs + spec.outputs)
-                   for spec in specs)
+        dims = self.bundle.check_shapes[0] | {"batch": 1}
+        return max(graph.spec.nbytes(dims) for graph in self.bundle.graphs.values())
 
     def interpolate(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
         """VAE decodings [n, D] along the slerp between two seeded prior latents."""

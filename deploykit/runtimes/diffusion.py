@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count, check_fits
 from ..errors import BundleError, InputError
-from .generator import check_count, check_fits, cycle_labels
+from .generator import cycle_labels
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 from .schedulers import COLUMNS, LEGACY_COLUMNS, SCHEDULERS, Scheduler, make_scheduler
 from .schedulers.noise_schedule import scheduler_config

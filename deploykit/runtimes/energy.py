@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count
 from ..errors import InputError
-from .generator import check_count
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count
 from ..errors import InputError, NumericalError
 from ..nn.density import HALF_LOG_2PI, bits_from_log_prob
-from .generator import check_count
 from .kinds import ImageLayout, LoopKind, Runners, SampleOptions, Writer, register, write_images
 
 

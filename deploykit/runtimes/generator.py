@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count
 from ..errors import InputError
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 
@@ -31,35 +31,6 @@ class LabelOptions(SampleOptions):
 def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
     """Standard normal latents [n, latent_dim], float32, from numpy's PCG64 seeded with `seed`."""
     return np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
-
-
-def check_count(n: int) -> None:
-    """InputError unless n is an integer >= 1 (samples asked for)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"--n is {n!r}, expected an integer >= 1 (the number of samples).")
-
-
-def available_bytes() -> int | None:
-    """Memory the OS can give now (Linux: free + reclaimable pages), or None where it does not say."""
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_fits(need: int, request: str, fix: str) -> None:
-    """InputError when `request` needs more than half the memory available now. Checked up front because Linux
-    overcommits: numpy's allocation succeeds and the process is killed later, when the pages are touched."""
-    available = available_bytes()
-    if available is not None and need > available // 2:
-        raise InputError(f"{request} needs {need / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
-                         f"available; {fix}.")
-
-
-def check_seed(seed: int) -> None:
-    """InputError unless the seed is an integer >= 0 (numpy's generators take no negative seeds)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"--seed is {seed!r}, expected an integer >= 0.")
 
 
 def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_count
 from ..errors import InputError
 from ..nn.density import HALF_LOG_2PI
-from .generator import LabelOptions, check_count, cycle_labels, draw_latents
+from .generator import LabelOptions, cycle_labels, draw_latents
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, register
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backends import make_runners
 from ..bundle import Bundle, load_bundle, staging
+from ..checks import INT32_MAX, check_int
 from ..errors import InputError, choices
 from ..runtimes.deployment import Deployment
 from ..runtimes.kinds import kind_of
@@ -54,7 +55,10 @@ LOOP_INPUTS = {
 }
 
 
-@dataclass(frozen=True)
+MAX_INSTANCES = 1024  # each Python-backend instance is a process of its own
+
+
+@dataclass(frozen=True, kw_only=True)
 class TritonOptions:
     """How the repository is configured."""
 
@@ -66,6 +70,14 @@ class TritonOptions:
     loop_instances: int = 4  # instances of the loop model = sampling loops running at once
     max_samples: int = 4096  # most samples one loop request may ask for (larger ones get a 400 up front)
     gpu: bool = False  # graph model instances on GPU (KIND_GPU) instead of CPU
+
+    def __post_init__(self) -> None:
+        for option, value, low, high in (("--max-batch", self.max_batch, 1, INT32_MAX),
+                                         ("--queue-delay-us", self.queue_delay_us, 0, INT32_MAX),
+                                         ("--graph-instances", self.graph_instances, 1, MAX_INSTANCES),
+                                         ("--loop-instances", self.loop_instances, 1, MAX_INSTANCES),
+                                         ("--max-samples", self.max_samples, 1, INT32_MAX)):
+            check_int(option, value, low, high)
 
 
 def batchable(spec: GraphSpec) -> bool:
@@ -154,10 +166,6 @@ def write_repository(
     options = options or TritonOptions()
     if options.graph_backend not in GRAPH_BACKENDS:
         raise InputError(f"--graph-backend {options.graph_backend!r}: choose one of {choices(GRAPH_BACKENDS)}.")
-    for field, value in (("--max-batch", options.max_batch), ("--graph-instances", options.graph_instances),
-                         ("--loop-instances", options.loop_instances)):
-        if value < 1:
-            raise InputError(f"{field} is {value}, expected at least 1.")
     if "edge" in b.manifest:
         raise InputError(f"bundle {b.path} is packed for edge devices (ORT format); write a repository from the "
                          "ONNX bundle it came from.")
