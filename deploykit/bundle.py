@@ -426,6 +426,15 @@ def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def carry_over(b: Bundle, tmp: Path, replays: bool = True) -> None:
+    """Copy into a derived bundle (quantized, packed) what it keeps of `b` as it is: the golden vectors (without the
+    exact loop replays when `replays` is False) and the tokenizer."""
+    skip = shutil.ignore_patterns(f"{LOOP_ROLE}.*") if not replays else None
+    shutil.copytree(b.path / "golden", tmp / "golden", ignore=skip)
+    if b.tokenizer is not None:
+        shutil.copyfile(b.tokenizer, tmp / b.manifest["tokenizer"]["file"])
+
+
 def write_bundle(
     out: str | os.PathLike[str],
     fill: Callable[[Path], dict[str, Any]],

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, load_bundle, write_bundle
+from .bundle import Bundle, carry_over, load_bundle, write_bundle
 from .errors import BackendUnavailableError, ExportError, InputError
 from .verify import verify
 
@@ -83,7 +83,7 @@ def pack_edge(bundle: str | os.PathLike[str] | Bundle, out: str | os.PathLike[st
             sizes[role] = {"onnx_bytes": int(entry["bytes"]), "ort_bytes": (tmp / ort_file).stat().st_size}
             entry["file"] = ort_file
             entry.pop("external_data", None)  # ORT format holds its initializers inline
-        shutil.copytree(b.path / "golden", tmp / "golden")
+        carry_over(b, tmp)
         manifest["edge"] = {
             "format": "ort",
             "onnxruntime": onnxruntime.__version__,

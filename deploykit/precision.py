@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 
 from .api import load
 from .backends.ort import OrtRunner
-from .bundle import LOOP_ROLE, Bundle, load_bundle, write_bundle
+from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int
 from .errors import BackendUnavailableError, BundleError, InputError, choices
 from .parity import ParityReport, Tolerance
@@ -96,6 +95,55 @@ def _calibration(spec: GraphSpec, shapes: list[dict[str, int]], count: int, seed
         yield spec.random_inputs(rng, shapes[i % len(shapes)])
 
 
+def _constant_matmuls(model: Any) -> None:
+    """Rewrite what onnxruntime's dynamic quantizer skips into what it quantizes, in place: a Gemm over a constant
+    weight becomes MatMul (+ Add of its bias), and a MatMul reading a Transpose of an initializer reads a transposed
+    initializer instead. GPT-2's Conv1D layers export as Gemm and its tied LM head as MatMul(x, Transpose(wte)):
+    without this, int8-dynamic left every one of its linear layers in fp32."""
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    made: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def transposed(name: str, perm: tuple[int, ...]) -> str:
+        if (name, perm) not in made:
+            array = np.ascontiguousarray(numpy_helper.to_array(weights[name]).transpose(perm))
+            made[(name, perm)] = f"{name}.transposed"
+            graph.initializer.append(numpy_helper.from_array(array, made[(name, perm)]))
+        return made[(name, perm)]
+
+    producer = {out: node for node in graph.node for out in node.output}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        source = producer.get(node.input[1]) if node.op_type == "MatMul" else None
+        if (node.op_type == "Gemm" and node.input[1] in weights and not attrs.get("transA", 0)
+                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0):
+            weight = transposed(node.input[1], (1, 0)) if attrs.get("transB", 0) else node.input[1]
+            if len(node.input) > 2 and node.input[2]:
+                product = f"{node.output[0]}.product"
+                nodes += [helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}.matmul"),
+                          helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}.bias")]
+            else:
+                nodes.append(helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name))
+        elif source is not None and source.op_type == "Transpose" and source.input[0] in weights:
+            rank = len(weights[source.input[0]].dims)
+            perm = tuple(next((helper.get_attribute_value(a) for a in source.attribute if a.name == "perm"),
+                              range(rank - 1, -1, -1)))
+            rewired = onnx.NodeProto()
+            rewired.CopyFrom(node)
+            rewired.input[1] = transposed(source.input[0], perm)
+            nodes.append(rewired)
+        else:
+            nodes.append(node)
+    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Transpose" or any(o in read for o in n.output)]  # orphaned by the above
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: list[dict[str, int]], count: int) -> None:
     """Write `source` converted to `mode` at `target` (inputs and outputs stay float32)."""
     onnx = _onnx()
@@ -106,6 +154,7 @@ def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: lis
 
         onnx.save(convert_float_to_float16(model, keep_io_types=True), str(target))
         return
+    _constant_matmuls(model)
     clean = target.with_suffix(".fp32.onnx")
     onnx.save(model, str(clean))
     from onnxruntime import quantization as q
@@ -152,7 +201,7 @@ def quantize(
             manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
             manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
         manifest["golden"] = [c for c in manifest["golden"] if c["role"] != LOOP_ROLE]  # exact-token replays
-        shutil.copytree(b.path / "golden", tmp / "golden", ignore=shutil.ignore_patterns(f"{LOOP_ROLE}.*"))
+        carry_over(b, tmp, replays=False)
         report = ParityReport()
         for case in b.golden:
             if case.role == LOOP_ROLE:

@@ -246,6 +246,44 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) 
     refuses(bundle.path, "reads external data 'model.onnx.data', which the manifest does not list")
 
 
+def test_below_the_threshold_weights_are_streamed_back_into_one_file(tmp_path: Path, zoo_bundle) -> None:
+    """Export writes external data first; below the threshold `inline_external_data` folds it back field by field.
+    The result is the graph onnx itself would write inline: same initializers, checker-clean, no data file left."""
+    import onnx
+
+    from deploykit.exporters.onnx_export import inline_external_data
+
+    model = Wide().eval()
+    split = deploykit.export(model, "mlp", tmp_path / "ext", external_threshold=0).graphs["model"].path
+    whole = deploykit.export(model, "mlp", tmp_path / "one").graphs["model"].path
+    assert sorted(p.name for p in whole.parent.iterdir()) == ["model.onnx"]
+    onnx.checker.check_model(str(whole), full_check=True)
+    want = {t.name: onnx.numpy_helper.to_array(t, str(split.parent)) for t in onnx.load(str(split)).graph.initializer}
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(whole)).graph.initializer}
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    assert [n.op_type for n in onnx.load(str(whole)).graph.node] == [n.op_type for n in onnx.load(str(split)).graph.node]
+    sampler = zoo_bundle("ddpm-digits").graphs["sampler"].path  # weights inside a Scan body
+    copy = tmp_path / "sampler.onnx"
+    onnx.save(onnx.load(str(sampler)), str(copy), save_as_external_data=True, location="sampler.onnx.data",
+              size_threshold=0)
+    inline_external_data(copy)
+    assert not (tmp_path / "sampler.onnx.data").exists()
+    onnx.checker.check_model(str(copy), full_check=True)
+    assert _weights(onnx.load(str(copy)).graph) == _weights(onnx.load(str(sampler)).graph)
+
+
+def _weights(graph) -> dict[str, bytes]:
+    """Every initializer's bytes by name, Scan/Loop bodies included."""
+    import onnx
+
+    found = {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in graph.initializer}
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found |= _weights(sub)
+    return found
+
+
 def test_export_restores_the_users_training_state(tmp_path: Path) -> None:
     model = Wide().train()
     model.net[0].weight.requires_grad_(False)  # a frozen layer stays frozen, the rest trainable

@@ -81,6 +81,24 @@ def test_verify_against_the_folder_the_user_names(exported, tmp_path: Path) -> N
         reference(f"hf:{changed}", bundle)
 
 
+def test_int8_dynamic_quantizes_every_linear_layer(exported, tmp_path: Path) -> None:
+    """GPT-2's Conv1D layers export as Gemm and its tied head reads Transpose(wte): onnxruntime's dynamic quantizer
+    skipped both until quantize rewrote them as MatMul over a constant weight."""
+    from collections import Counter
+
+    import onnx
+
+    from deploykit.precision import quantize
+
+    kind, bundle, _ = exported
+    quantized = quantize(bundle, "int8-dynamic", tmp_path / "q")
+    ops = Counter(n.op_type for g in quantized.graphs.values() for n in onnx.load(str(g.path)).graph.node)
+    linear_per_layer = {"gpt2": 4, "llama": 7}[kind]  # qkv, proj, fc, proj / q, k, v, o, gate, up, down
+    assert ops["MatMulInteger"] == 2 * linear_per_layer + 1 and ops["Gemm"] == 0, ops  # 2 layers + the LM head
+    assert deploykit.verify(quantized, fresh=False).passed
+    assert quantized.tokenizer.read_bytes() == bundle.tokenizer.read_bytes()  # the tokenizer comes along
+
+
 def test_hf_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no config.json there; give a folder written by save_pretrained"):
         resolve(f"hf:{tmp_path}")

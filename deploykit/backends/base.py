@@ -28,6 +28,7 @@ class RunnerOptions:
     fp16: bool = False  # tensorrt / ort-trt: fp16 engines built from the fp32 graphs
     engine_cache: str | None = None  # ort-trt: directory where the TensorRT EP caches its engines
     io_binding: bool | None = None  # onnxruntime I/O binding; None: on for the GPU backends
+    prepack: bool = True  # onnxruntime: repack weights for its kernels (faster calls; the packed copy is memory)
 
     def __post_init__(self) -> None:
         check_int("--threads", self.threads or 0, 0, MAX_THREADS, "0: the backend's default")

@@ -59,6 +59,8 @@ class OrtRunner(Runner):
         so.log_severity_level = 3  # errors only: the exporter's unused-initializer warnings are noise to users
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
+        if not self.options.prepack:  # external data is then mapped, not copied
+            so.add_session_config_entry("session.disable_prepacking", "1")
         opts = [provider_options(p, self.options) for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers, provider_options=opts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import inspect
 import logging
 import os
@@ -169,13 +171,14 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def export_role(
-    name: str, role: Role, path: Path, opset: int = OPSET, external_threshold: int = EXTERNAL_DATA_THRESHOLD
-) -> tuple[GraphSpec, int, list[str]]:
+def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int, list[str]]:
     """Export one role to `path`: its spec (outputs read back from the graph), opset, and the external-data files
-    written beside it (relative to `path`'s folder; weights above `external_threshold` bytes go there).
+    written beside it (relative to `path`'s folder).
 
-    The checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
+    Weights always go to external data first: torch.onnx then streams them to disk one tensor at a time instead of
+    building the whole protobuf (and its serialization) in memory, and onnxruntime maps the file instead of copying
+    it during the export's checks. `inline_external_data` folds them back when the graph should be one file. The
+    checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
     dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
     fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
@@ -205,10 +208,10 @@ def export_role(
             handle.write("\n".join(ANSI.sub("", f"{type(e).__name__}: {e}") for e in _chain(exc)) + "\n")
         raise export_failure(name, role.module, exc, log) from exc
     log.unlink()
-    external = weight_bytes(role.module) > external_threshold
     _strip_metadata(program.model)
-    program.save(str(path), external_data=external)
+    program.save(str(path), external_data=True)
     del program
+    _release_memory()
     _localize_loop_weights(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -224,6 +227,85 @@ def export_role(
     if unused.name not in data_files:
         unused.unlink(missing_ok=True)
     return spec, int(opset_found), data_files
+
+
+def _release_memory() -> None:
+    """Collect the exported program and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, size: int) -> bytes:
+    """Tag and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+CHUNK = 64 << 20
+
+
+def inline_external_data(path: Path) -> None:
+    """Rewrite `path` as one self-contained ONNX file and delete its external-data files, streaming: the top-level
+    initializers are written field by field (protobuf takes fields in any order) with their bytes copied from the
+    data file in chunks, so memory stays at the graph's structure plus one chunk, whatever the weights weigh."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent
+    files = {entry.value for t in _initializers(model.graph) for entry in t.external_data if entry.key == "location"}
+    nested = [t for node in model.graph.node for sub in _subgraphs(node) for t in _initializers(sub)]
+    for tensor in nested:  # subgraph (Scan body) weights: inline in place
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(folder))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    streamed, kept = [], []
+    for tensor in model.graph.initializer:
+        (streamed if uses_external_data(tensor) else kept).append(tensor)
+    pieces = []  # (header bytes, data file, offset, length) per streamed initializer
+    for tensor in streamed:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else (folder / info["location"]).stat().st_size - offset
+        meta = onnx.TensorProto()
+        meta.CopyFrom(tensor)
+        meta.ClearField("external_data")
+        meta.ClearField("data_location")
+        head = meta.SerializeToString() + _field(RAW_DATA_FIELD, length)
+        pieces.append((_field(INITIALIZER_FIELD, len(head) + length) + head, folder / info["location"], offset, length))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    graph = model.graph.SerializeToString()
+    model.ClearField("graph")
+    size = len(graph) + sum(len(head) + length for head, _, _, length in pieces)
+    tmp = path.with_name(path.name + ".inline")
+    with open(tmp, "wb") as out:
+        out.write(model.SerializeToString() + _field(GRAPH_FIELD, size) + graph)
+        for head, data, offset, length in pieces:
+            out.write(head)
+            with open(data, "rb") as handle:
+                handle.seek(offset)
+                while length:
+                    chunk = handle.read(min(CHUNK, length))
+                    if not chunk:
+                        raise ExportError(f"external data file {data.name} ends early; the export is incomplete.")
+                    out.write(chunk)
+                    length -= len(chunk)
+    os.replace(tmp, path)
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _strip_metadata(model: Any) -> None:
