@@ -160,6 +160,26 @@ def test_failed_export_leaves_nothing(tmp_path: Path, capfd: pytest.CaptureFixtu
     assert "def forward" not in captured.out + captured.err  # no graph dump in the terminal
 
 
+class FixedBatch(torch.nn.Module):
+    input_shape = (4,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).reshape(2, 3)  # hard-codes the example batch of 2
+
+
+def test_a_model_that_fails_at_a_check_shape_is_an_export_error_naming_it(tmp_path: Path) -> None:
+    """A model that pins the batch to the example's is exported at that size by torch.onnx's fallback; the check at
+    batch 1 then fails inside torch, which is reported as such, not as a traceback."""
+    with pytest.raises(ExportError, match=r"FixedBatch fails on its own \(torch\) for role 'model' at check shape "
+                                          r"batch=1: RuntimeError: shape '\[2, 3\]' is invalid"):
+        deploykit.export(FixedBatch(), "mlp", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_family_and_protocol_violations(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown family 'no-such-family'; choose one of .*'mlp'"):
         deploykit.export(tiny_model, "no-such-family", tmp_path / "a")

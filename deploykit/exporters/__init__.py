@@ -149,7 +149,13 @@ def export(
                     for index, dims in enumerate(shapes):  # every shape is compared; the first ones that fit are stored
                         case = dims_label(dims)
                         inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
-                        expected = refs[name].infer(inputs)
+                        try:
+                            expected = refs[name].infer(inputs)
+                        except Exception as exc:  # the torch model itself, at a shape its family promises
+                            raise ExportError(f"{type(model).__name__} fails on its own (torch) for role '{name}' at "
+                                              f"check shape {case}: {type(exc).__name__}: {str(exc)[:300]}; the "
+                                              f"'{family}' family runs every check shape, so the model must take "
+                                              "them.") from exc
                         report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance, orts[name].spec)
                         size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
                         if index and stored + size > budget:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ExportError
-from ..specs import GraphSpec, TensorSpec
+from ..specs import DimRule, GraphSpec, TensorSpec
 from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
 
@@ -171,6 +171,28 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def _export_dims(role: Role) -> dict[str, Any]:
+    """One torch.export Dim per declared dim name, shared by every input that names it, with the DimRule's minimum;
+    a dim that must be a multiple of k is k * Dim (so h // k and h % k == 0 are facts, not guards). A sum of dims
+    (`total = past + seq`) is left for torch.export to infer (Dim.AUTO): its derived dims are linear in one dim.
+
+    torch.onnx keeps its fallback (draft export) for code whose guards a strict Dim rejects though the graph is
+    right, e.g. diffusers' `if batch >= 64: x = x.contiguous()`; a graph that really is fixed to the example size
+    is then caught by the check shapes (a model failing at one is an ExportError naming the shape)."""
+    names = {d for s in role.inputs for d in s.shape if isinstance(d, str)}
+    dims: dict[str, Any] = {}
+    for name in names:
+        rule = role.dims.get(name, DimRule())
+        if rule.sum_of:
+            dims[name] = torch.export.Dim.AUTO
+        elif rule.multiple_of > 1:
+            dims[name] = rule.multiple_of * torch.export.Dim(f"{name}_over_{rule.multiple_of}",
+                                                             min=max(1, -(-rule.min // rule.multiple_of)))
+        else:
+            dims[name] = torch.export.Dim(name, min=rule.min)
+    return dims
+
+
 def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int, list[str]]:
     """Export one role to `path`: its spec (outputs read back from the graph), opset, and the external-data files
     written beside it (relative to `path`'s folder).
@@ -179,7 +201,8 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
     building the whole protobuf (and its serialization) in memory, and onnxruntime maps the file instead of copying
     it during the export's checks. `inline_external_data` folds them back when the graph should be one file. The
     checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
-    dynamic = tuple({i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
+    symbols = _export_dims(role)
+    dynamic = tuple({i: symbols[d] for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
     fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
     if any(p.kind == p.VAR_POSITIONAL for p in params) and len(dynamic) > fixed:  # forward(a, *rest): rest as one tuple
