@@ -51,3 +51,30 @@ class SdpaGPT(nn.Module):
 
 def build_model() -> SdpaGPT:
     return SdpaGPT().eval()
+
+
+class BufferBlock(Block):
+    """nanoGPT's / GPT-2's causal mask: a registered [1, 1, context, context] buffer sliced by the cache length."""
+
+    def __init__(self, width: int, heads: int, context: int) -> None:
+        super().__init__(width, heads)
+        self.register_buffer("bias", torch.ones(context, context, dtype=torch.bool).tril()[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(w, -1)
+        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        total = k.shape[2]
+        visible = self.bias[:, :, total - t:total, :total] & attention_mask[:, None, None, :].bool()
+        scores = (q @ k.transpose(-2, -1)) / self.head_dim**0.5
+        y = F.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, w))
+        return x + self.mlp(self.ln2(x)), (k, v)
+
+
+def build_buffer_model() -> SdpaGPT:
+    model = SdpaGPT()
+    model.blocks = nn.ModuleList(BufferBlock(32, 4, model.context) for _ in range(model.layers))
+    return model.eval()

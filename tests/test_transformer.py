@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import deploykit
-from deploykit.errors import InputError
+from deploykit.errors import ExportError, InputError
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import load_digits
 from deploykit.models.transformer import GPT
@@ -155,3 +155,15 @@ def test_sdpa_kv_cache_model_exports_as_written_and_decodes_like_torch(tmp_path:
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch", model=model) as torch_dep:
         config = mode_config("greedy", 12)
         assert ort_dep.generate(["abc", "h ."], config) == torch_dep.generate(["abc", "h ."], config)
+
+
+def test_a_cache_sliced_from_a_context_buffer_gets_an_actionable_export_error(tmp_path: Path) -> None:
+    """GPT-2's `bias[:, :, total - seq:total]` bounds the cache by the buffer (context 64): torch.export, told that
+    past is a Dim, says so and how to fix it, instead of the data-dependent `Eq(u0, 3)` it gave with string dims."""
+    from sdpa_gpt import build_buffer_model
+
+    with pytest.raises(ExportError, match=r"Constraints violated \(past\)!.*<= 63 Suggested fixes: past = "
+                                          r"Dim\('past', max=63\)"):
+        deploykit.export(build_buffer_model(), "gpt", tmp_path / "buffer")
+    assert not (tmp_path / "buffer").exists()
+

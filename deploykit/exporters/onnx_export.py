@@ -92,6 +92,9 @@ def example_inputs(role: Role) -> tuple[torch.Tensor, ...]:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+SUMMARY = re.compile(r"## Exception summary\s*(.*?)(?:\n\s*\n|$)", re.S)
+SUMMARY_CLASS = re.compile(r"<class '(?:[\w]+\.)*(\w+)'>")
+SUMMARY_NOISE = re.compile(r"For more information, run with TORCH_LOGS=\S+ ?")
 USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 LIBRARY = tuple(f"{Path(p).parent}{os.sep}" for p in (torch.__file__, onnx.__file__, Path(__file__).parent.parent / "x"))
 
@@ -145,8 +148,13 @@ def export_failure(name: str, module: nn.Module, exc: BaseException, log: Path) 
     """ExportError for a failed torch.onnx export: the deepest cause's first line (no ANSI codes), the user's
     file:line where torch points at one, and the log holding torch's full output."""
     chain = _chain(exc)
-    lines = [ln.strip() for ln in ANSI.sub("", str(chain[-1])).splitlines() if ln.strip()]
-    cause = f"{type(chain[-1]).__name__}: {lines[0][:300]}" if lines else type(chain[-1]).__name__
+    summary = SUMMARY.search(ANSI.sub("", str(chain[0])))
+    if summary:  # torch.onnx's own account of torch.export's error; deeper links are its fallbacks failing after it
+        text = " ".join(ln.strip(" -") for ln in summary.group(1).splitlines() if ln.strip())
+        cause = SUMMARY_NOISE.sub("", SUMMARY_CLASS.sub(r"\1", text))[:500]
+    else:
+        lines = [ln.strip() for ln in ANSI.sub("", str(chain[-1])).splitlines() if ln.strip()]
+        cause = f"{type(chain[-1]).__name__}: {lines[0][:300]}" if lines else type(chain[-1]).__name__
     where = _user_frame(chain)
     return ExportError(
         f"torch.onnx could not export role '{name}' of {type(module).__name__}: {cause}"
