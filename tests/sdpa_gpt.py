@@ -22,12 +22,15 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(w, -1)
         q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
         k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        total = k.shape[2]
-        causal = torch.ones(t, total, dtype=torch.bool, device=x.device).tril(total - t)
-        mask = causal[None, None] & attention_mask[:, None, None, :].bool()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = self.attend(q, k, v, attention_mask)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, w))
         return x + self.mlp(self.ln2(x)), (k, v)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        t, total = q.shape[2], k.shape[2]
+        causal = torch.ones(t, total, dtype=torch.bool, device=q.device).tril(total - t)
+        mask = causal[None, None] & attention_mask[:, None, None, :].bool()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class SdpaGPT(nn.Module):
@@ -60,18 +63,11 @@ class BufferBlock(Block):
         super().__init__(width, heads)
         self.register_buffer("bias", torch.ones(context, context, dtype=torch.bool).tril()[None, None], persistent=False)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor]
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        b, t, w = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(w, -1)
-        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
-        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        total = k.shape[2]
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        t, total = q.shape[2], k.shape[2]
         visible = self.bias[:, :, total - t:total, :total] & attention_mask[:, None, None, :].bool()
         scores = (q @ k.transpose(-2, -1)) / self.head_dim**0.5
-        y = F.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, w))
-        return x + self.mlp(self.ln2(x)), (k, v)
+        return F.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
 def build_buffer_model() -> SdpaGPT:
