@@ -3,9 +3,10 @@ InferenceSession.run, both measured in the same process on the same calls.
 
     python benchmarks/loop_glue.py [--out bundles/bench] [--rounds 15] [--quick]
 
-Loops (ORT-CPU, one thread): the zoo `gpt` generating 128 tokens at batch 1 (top-p), DDIM-50 on the zoo DDPM
-(host loop, n = 1) and the MAF's host-loop inversion (n = 1). Each round runs every loop once, in alternating
-order; glue = (loop time - session time) / loop time, median and p10-p90 over the rounds.
+Loops (ORT-CPU, one thread), each on the host (one graph call per step) and in the graph (the default): the zoo
+`gpt` generating 128 tokens at batch 1 (top-p), DDIM-50 on the zoo DDPM (n = 1) and the MAF's inversion (n = 1).
+Each round runs every loop once, in alternating order; glue = (loop time - session time) / loop time, median and
+p10-p90 over the rounds.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def main() -> None:
     gpt, ddpm, maf = deps["gpt"], deps["ddpm-digits"], deps["maf-moons"]
     prompt = gpt.codec().encode("Beautiful is")
     config = mode_config("top-p", 128)
-    loops: dict[str, tuple[str, Callable[[], Any]]] = {
-        "gpt, 128 tokens, batch 1": ("gpt", lambda: gpt.generate_ids([prompt], config, seed=1)),
-        "DDIM-50 host loop, n = 1": ("ddpm-digits", lambda: ddpm.sample(1, 0, ddpm.options(steps=50, scheduler="ddim",
-                                                                                          host=True))),
-        "MAF host-loop inversion, n = 1": ("maf-moons", lambda: maf.sample(1, 0, maf.options(host=True))),
-    }
+    loops: dict[str, tuple[str, Callable[[], Any]]] = {}
+    for where, host in (("host", True), ("in graph", False)):
+        loops |= {
+            f"gpt 128 tokens b=1, {where}": ("gpt", lambda h=host: gpt.generate_ids([prompt], config, seed=1, host=h)),
+            f"DDIM-50 n=1, {where}": ("ddpm-digits", lambda h=host: ddpm.sample(1, 0, ddpm.options(
+                steps=50, scheduler="ddim", host=h))),
+            f"MAF inversion n=1, {where}": ("maf-moons", lambda h=host: maf.sample(1, 0, maf.options(host=h))),
+        }
     for _, run in loops.values():
         run()  # warm up
 

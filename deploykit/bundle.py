@@ -59,6 +59,7 @@ class Graph:
     spec: GraphSpec
     opset: int
     size_bytes: int
+    built_from: str | None = None  # a loop graph built from this role's graph (loop_graphs.py): no torch module of its own
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class Bundle:
     def graphs(self) -> dict[str, Graph]:
         """Role -> graph."""
         return {
-            role: Graph(role, self.path / g["file"], GraphSpec.from_json(g["spec"]), int(g["opset"]), int(g["bytes"]))
+            role: Graph(role, self.path / g["file"], GraphSpec.from_json(g["spec"]), int(g["opset"]), int(g["bytes"]),
+                        g.get("built_from"))
             for role, g in self.manifest["graphs"].items()
         }
 
@@ -251,7 +253,8 @@ _SPEC = {"inputs": _List(_TENSOR), "outputs": _List(_TENSOR),
          "dims": _Opt(_Map({"min": int, "multiple_of": int, "sum_of": _Opt(_List(str))}))}
 MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) are informational
     "schema_version": int, "family": str,
-    "graphs": _Map(_FILE | {"opset": int, "spec": _SPEC, "external_data": _Opt(_List(_FILE))}),
+    "graphs": _Map(_FILE | {"opset": int, "spec": _SPEC, "external_data": _Opt(_List(_FILE)),
+                               "built_from": _Opt(str)}),
     "golden": _List({"role": str, "case": str, "dims": _Map(int), "file": str, "sha256": str}),
     "loop": _Map(object),  # typed by its LoopKind's config (LoopConfig.from_json)
     "tolerance": {"atol": _NUMBER, "rtol": _NUMBER, "outputs": _Opt(_Map(_List(_NUMBER)))},

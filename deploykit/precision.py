@@ -194,12 +194,16 @@ def quantize(
         raise InputError("--out is the source bundle; quantize writes a new bundle and never overwrites its source.")
 
     def fill(tmp: Path) -> dict[str, Any]:
+        from .loop_graphs import build_loop_graphs  # onnx: not on the runtime's import path
+
         (tmp / "graphs").mkdir()
         manifest = json.loads(json.dumps(b.manifest))
         for role, graph in b.graphs.items():
-            _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode, graph.spec, b.check_shapes, calibration)
-            manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
-            manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
+            if graph.built_from is None:
+                _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode, graph.spec, b.check_shapes, calibration)
+                manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
+                manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
+        manifest["graphs"] |= build_loop_graphs(b.loop, tmp / "graphs")  # rebuilt around the converted step graph
         manifest["golden"] = [c for c in manifest["golden"] if c["role"] != LOOP_ROLE]  # exact-token replays
         carry_over(b, tmp, replays=False)
         report = ParityReport()

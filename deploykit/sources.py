@@ -165,5 +165,5 @@ def torch_reference(bundle: Bundle, model: Any = None) -> dict[str, Any]:
     import_torch()
     from .exporters import torch_modules
 
-    inputs = {name: graph.spec.input_names() for name, graph in bundle.graphs.items()}
+    inputs = {name: graph.spec.input_names() for name, graph in bundle.graphs.items() if graph.built_from is None}
     return torch_modules(bundle.family, model if model is not None else rebuild(bundle.source), inputs)

@@ -78,9 +78,27 @@ def test_generation_ort_equals_torch_200_tokens(zoo_bundle, mode: str) -> None:
     bundle = zoo_bundle("gpt")
     prompts = ["Beautiful is", "Errors should never", "\n"]
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
-        a = ort_dep.generate(prompts, mode_config(mode, 200), seed=5)
+        a = ort_dep.generate(prompts, mode_config(mode, 200), seed=5)  # the in-graph loop
+        host = ort_dep.generate(prompts, mode_config(mode, 200), seed=5, host=True)
         b = torch_dep.generate(prompts, mode_config(mode, 200), seed=5)
-    assert a == b and all(len(t) == 200 for t in a)
+    assert a == host == b and all(len(t) == 200 for t in a)
+
+
+def test_in_graph_loop_stops_like_the_host_loop_and_hands_over_near_the_context(zoo_bundle) -> None:
+    bundle = zoo_bundle("gpt")
+    prompts = ["Beautiful is", "Errors should never", "\n"]
+    with deploykit.load(bundle.path) as dep:
+        assert dep.runners["generate"].spec.input_names()[:3] == ["input_ids", "position_ids", "attention_mask"]
+        for mode in MODES:  # stop at ' ' or '.': rows end at different steps, the loop ends when all have
+            config = mode_config(mode, 60, stop=(1, 13))
+            ids = [dep.codec().encode(p) for p in prompts]
+            assert [t.tolist() for t in dep.generate_ids(ids, config, seed=2)] == \
+                [t.tolist() for t in dep.generate_ids(ids, config, seed=2, host=True)]
+        context = bundle.loop.context
+        with pytest.raises(InputError, match="reached the model's context"):  # the host loop says what went wrong
+            dep.generate(["a" * (context - 10)], mode_config("greedy", 20))
+    with deploykit.load(bundle.path, backend="torch") as reference:
+        assert "generate" not in reference.runners  # torch runs the host loop: the check compares the two
 
 
 def test_vit_accuracy_through_ort(zoo_bundle) -> None:

@@ -24,10 +24,15 @@ def make_runners(
     bundle: Bundle, backend: str = "ort-cpu", options: RunnerOptions | None = None,
     modules: Mapping[str, Any] | None = None,
 ) -> dict[str, Runner]:
-    """One (inactive) runner per graph role of `bundle` on `backend`; the torch backend runs `modules` (role -> module)."""
+    """One (inactive) runner per graph role of `bundle` on `backend`; the torch backend runs `modules` (role -> module).
+
+    Loop graphs built from another role's graph (`Graph.built_from`) run on onnxruntime only: torch has no module for
+    them and TensorRT is not given them, so their loops run on the host there."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {choices(BACKENDS)}.")
     graphs = bundle.graphs
+    if backend in ("torch", "tensorrt"):
+        graphs = {role: g for role, g in graphs.items() if g.built_from is None}
     if backend == "torch":
         if modules is None:
             raise InputError("the torch backend runs the original modules: build them with "

@@ -36,7 +36,8 @@ def inspect_cmd(
         rules = ", ".join(
             f"{d} >= {r.min}" + (f", % {r.multiple_of} == 0" if r.multiple_of > 1 else "") for d, r in g.spec.dims.items()
         )
-        table.add_row(role, "", "", "", "", f"{g.path.name}  {g.size_bytes / 1024:.1f} KiB  opset {g.opset}  {rules}")
+        built = f"  the whole loop, built from {g.built_from}" if g.built_from else ""
+        table.add_row(role, "", "", "", "", f"{g.path.name}  {g.size_bytes / 1024:.1f} KiB  opset {g.opset}  {rules}{built}")
         for io, specs in (("in", g.spec.inputs), ("out", g.spec.outputs)):
             for s in specs:
                 close = "]" if isinstance(s.high, str) else ")"  # a dim name bounds values inclusively

@@ -89,7 +89,7 @@ def sample_cmd(
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
     size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
-    host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM: run the loop on the host, one graph call per step, instead of in the graph")] = False,
+    host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM, small KV-cache LMs: run the loop on the host, one graph call per step, instead of in the graph")] = False,
     scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm, ddim, euler, euler-a, heun or dpm++2m (score networks: langevin); default: the bundle's first")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)")] = None,
     karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="euler, euler-a, heun, dpm++2m: Karras sigmas (default: the scheduler config's)")] = None,
@@ -114,7 +114,7 @@ def sample_cmd(
                         "--size": size, "--host-loop": host_loop, "--scheduler": scheduler, "--eta": eta,
                         "--karras": karras, "--clipped-model-output": clipped_model_output, "--guidance": guidance,
                         "--interpolate": interpolate}
-        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"}, "translate": {"--prompt", "--beam"}}
+        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--beam"}}
         _refuse_unused(text_flags | sample_flags, takes.get(use, set()), dep.kind.title)
         if use == "sample":
             given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
@@ -139,7 +139,7 @@ def sample_cmd(
             config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
             ids = [_ids(p) for p in prompt_ids] if prompt_ids else [codec.encode(p) for p in prompt]
             prompt = prompt or [codec.decode(i) for i in ids]
-            texts = [p + codec.decode(t) for p, t in zip(prompt, dep.generate_ids(ids, config, seed))]
+            texts = [p + codec.decode(t) for p, t in zip(prompt, dep.generate_ids(ids, config, seed, host_loop))]
     for source, text in zip(prompt, texts):
         console.print(f"{source} -> {text}" if use == "translate" else text, highlight=False, markup=False)
     if out is not None:

@@ -21,9 +21,10 @@ from ..backends.ort import OrtRunner
 from ..backends.torch import TorchRunner
 from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
 from ..errors import ExportError, InputError, ParityError
+from ..loop_graphs import build_loop_graphs
 from ..parity import ParityReport
 from ..runtimes.kinds import kind_of
-from ..specs import dims_label
+from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
     EXTERNAL_DATA_THRESHOLD,
@@ -141,6 +142,9 @@ def export(
                 if data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
                     graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in data_files]
                 refs[name], orts[name] = TorchRunner(name, spec, role.torch_module), OrtRunner(name, spec, path, options=EXPORT_CHECKS)
+            for name, entry in build_loop_graphs(loop, tmp / "graphs").items():  # checked by the loop check below
+                graphs[name] = entry
+                orts[name] = OrtRunner(name, GraphSpec.from_json(entry["spec"]), tmp / entry["file"], options=EXPORT_CHECKS)
             with ExitStack() as stack:
                 for runner in (*refs.values(), *orts.values()):
                     stack.enter_context(runner)

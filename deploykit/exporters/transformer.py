@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..loop_graphs import IN_GRAPH_MAX_BYTES
 from ..runtimes.graphs import ClassifierConfig
 from ..runtimes.tokens import lm_fields
 from ..runtimes.transformer import EncoderDecoderConfig, FullRecomputeConfig, KVCacheConfig
 from ..specs import DimRule, TensorSpec
 from .feedforward import BATCHES, classifier_roles
+from .onnx_export import weight_bytes
 from .recurrent import vocabulary
 from .registry import Family, Role, Tolerance, attribute, register
 
@@ -92,7 +94,7 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
 
 def _gpt_loop(model: nn.Module) -> KVCacheConfig:
     return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model),
-                         **lm_fields(model))
+                         **lm_fields(model), in_graph=weight_bytes(model) <= IN_GRAPH_MAX_BYTES)
 
 
 # prefill (empty past), single-token decode after a long past, a chunk after a short past

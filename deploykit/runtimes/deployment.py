@@ -47,9 +47,10 @@ class Deployment:
         self._codec: Codec | None = None
 
     def runner(self, role: str | None = None) -> Runner:
-        """The runner of `role` (optional when the bundle has a single graph)."""
-        if role is None and len(self.runners) == 1:
-            return next(iter(self.runners.values()))
+        """The runner of `role` (optional when the bundle has a single graph besides loop graphs built from it)."""
+        own = [r for r, g in self.bundle.graphs.items() if g.built_from is None]
+        if role is None and len(own) == 1:
+            return self.runners[own[0]]
         if role not in self.runners:
             raise InputError(f"role {role!r} is not in this bundle; choose one of {choices(self.runners)}.")
         return self.runners[role]
@@ -143,15 +144,16 @@ class Deployment:
             self._codec = CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab))
         return self._codec
 
-    def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0) -> list[str]:
+    def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0, host: bool = False) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""
         codec = self.codec()
-        out = self.generate_ids([codec.encode(p) for p in prompts], config, seed)
+        out = self.generate_ids([codec.encode(p) for p in prompts], config, seed, host)
         return [codec.decode(t) for t in out]
 
-    def generate_ids(self, prompts: Sequence[Sequence[int] | np.ndarray], config: SamplingConfig, seed: int = 0
-                     ) -> list[np.ndarray]:
-        """New token ids after each prompt of ids; stops at the model's EOS id and at `config.stop`."""
+    def generate_ids(self, prompts: Sequence[Sequence[int] | np.ndarray], config: SamplingConfig, seed: int = 0,
+                     host: bool = False) -> list[np.ndarray]:
+        """New token ids after each prompt of ids; stops at the model's EOS id and at `config.stop`. A bundle that carries
+        its loop as one graph runs it there on onnxruntime, unless `host` (one graph call per token, as torch runs it)."""
         loop = self.require("generate")
         assert isinstance(loop, LanguageModelConfig)
         if loop.eos is not None and loop.eos not in config.stop:
@@ -159,7 +161,7 @@ class Deployment:
         ids = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
         check_seed(seed)
         try:
-            return generate(self.kind.token_model(self.runners, loop), ids, config, seed)
+            return generate(self.kind.token_model(self.runners, loop), ids, config, seed, host)
         except MemoryError as exc:  # numpy refuses the token buffer; name the option, not numpy
             raise InputError(f"max_new_tokens {config.max_new_tokens} for {len(ids)} prompt(s) does not fit in this "
                              f"machine's memory ({exc}); ask for fewer tokens.") from exc

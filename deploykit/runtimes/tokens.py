@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -89,26 +89,49 @@ def pick_tokens(logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig
     return np.minimum(index, logits.shape[-1] - 1).astype(np.int64)
 
 
-def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingConfig, seed: int = 0) -> list[np.ndarray]:
-    """New tokens for each prompt (stop token excluded), up to config.max_new_tokens each."""
+@runtime_checkable
+class LoopInGraph(Protocol):
+    """A TokenModel that can also run the whole sampling loop in one graph call."""
+
+    def generate_in_graph(self, prompts: Sequence[np.ndarray], uniforms: np.ndarray, config: SamplingConfig
+                          ) -> np.ndarray | None:
+        """Tokens [rows, <= max_new_tokens] picked from uniforms [max_new_tokens, rows] (the loop may stop once every
+        row has picked a stop token), or None when this call must run on the host (no loop graph on this backend, or
+        the context would overflow: the host loop then says so)."""
+
+
+def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingConfig, seed: int = 0,
+             host: bool = False) -> list[np.ndarray]:
+    """New tokens for each prompt (stop token excluded), up to config.max_new_tokens each: in one graph call when the
+    model has a loop graph (unless `host`), else one call per token; both pick from the same seeded uniforms."""
     config.check(model.vocab_size)
-    rng = np.random.default_rng(seed)
+    rows = len(prompts)
+    uniforms = np.random.default_rng(seed).random((config.max_new_tokens, rows))
+    tokens = None if host or not isinstance(model, LoopInGraph) else model.generate_in_graph(prompts, uniforms, config)
+    if tokens is None:
+        tokens = _host_loop(model, prompts, uniforms, config)
+    stop = np.asarray(config.stop, np.int64)
+    hits = (tokens[:, :, None] == stop).any(-1)  # np.isin costs 4x as much on a handful of ids
+    length = np.where(hits.any(1), hits.argmax(1), tokens.shape[1])
+    return [tokens[i, : length[i]] for i in range(rows)]
+
+
+def _host_loop(model: TokenModel, prompts: Sequence[np.ndarray], uniforms: np.ndarray, config: SamplingConfig
+               ) -> np.ndarray:
+    """Tokens [rows, <= max_new_tokens], one model call per token, stopping once every row has picked a stop token."""
     rows = len(prompts)
     out = np.zeros((rows, config.max_new_tokens), np.int64)
-    length = np.full(rows, config.max_new_tokens)
     done = np.zeros(rows, bool)
     stop = np.asarray(config.stop, np.int64)
     logits = model.start(prompts)
     for t in range(config.max_new_tokens):
-        tokens = pick_tokens(logits, rng.random(rows), config)
+        tokens = pick_tokens(logits, uniforms[t], config)
         out[:, t] = tokens
-        stopped = ~done & (tokens[:, None] == stop).any(1)  # np.isin costs 4x as much on a handful of ids
-        length[stopped] = t
-        done |= stopped
+        done |= (tokens[:, None] == stop).any(1)
         if done.all() or t == config.max_new_tokens - 1:
-            break
+            return out[:, : t + 1]
         logits = model.step(tokens)
-    return [out[i, : length[i]] for i in range(rows)]
+    return out
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -282,6 +305,7 @@ class LanguageModelConfig(LoopConfig):
     vocab: list[str]
     context: int | None = None
     eos: int | None = None  # generation stops at this id (besides any stop tokens asked for)
+    in_graph: bool = False  # the bundle also carries the whole sampling loop as one graph (loop_graphs.py)
     check_tokens: int = 200
     check_modes: list[str] = field(default_factory=lambda: list(MODES))
 
@@ -320,14 +344,16 @@ def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """check_tokens tokens (fewer if the context is shorter) for two prompts of different lengths, per check mode."""
+    """check_tokens tokens (fewer if the context is shorter) for two prompts of different lengths, per check mode, by
+    the loop graph (when the backend has it) and by the host loop."""
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, len(loop.vocab), size=n) for n in PROMPT_LENGTHS]
     longest = max(PROMPT_LENGTHS)
     count = loop.check_tokens if loop.context is None else min(loop.check_tokens, loop.context - longest)
     lm = kind_of(loop).token_model(runners, loop)
-    return {f"tokens.{mode}": _padded(generate(lm, prompts, mode_config(mode, count), seed), count)
-            for mode in loop.check_modes}
+    paths = {"": False} | ({".host": True} if loop.in_graph else {})  # a bundle with a loop graph proves both loops
+    return {f"tokens.{mode}{suffix}": _padded(generate(lm, prompts, mode_config(mode, count), seed, host), count)
+            for mode in loop.check_modes for suffix, host in paths.items()}
 
 
 def check_translation(runners: Runners, loop: TranslationConfig, seed: int) -> dict[str, np.ndarray]:

@@ -12,12 +12,15 @@ from ..errors import InputError
 from .kinds import TEXT, LoopKind, Runners, register
 from .tokens import (
     LanguageModelConfig,
+    SamplingConfig,
     TranslationConfig,
     check_language_model,
     check_prompts,
     check_translation,
     pad_prompts,
 )
+
+GENERATE_ROLE = "generate"  # the whole sampling loop over decoder_with_past as one graph (loop_graphs.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,12 @@ def _context_full(context: int) -> InputError:
     )
 
 
+def _left_padded(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, attention mask, position ids) [rows, longest] of left-padded prompts; positions count real tokens."""
+    tokens, mask = pad_prompts(prompts, left=True)
+    return tokens, mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
+
+
 class CachedLM:
     """TokenModel over a `decoder_with_past` graph: left-padded prefill, then one token per step.
 
@@ -63,8 +72,8 @@ class CachedLM:
     and position_ids count only real tokens, so each row decodes as if it were alone.
     """
 
-    def __init__(self, runner: Runner, loop: KVCacheConfig) -> None:
-        self.runner, self.loop = runner, loop
+    def __init__(self, runner: Runner, loop: KVCacheConfig, whole: Runner | None = None) -> None:
+        self.runner, self.loop, self.whole = runner, loop, whole
         self.vocab_size, self.context = len(loop.vocab), loop.context
         self.names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
         self.presents = [(n, n.replace("past_key_values", "present")) for n in self.names]
@@ -80,8 +89,7 @@ class CachedLM:
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Prefill all prompts (left-padded) against an empty cache."""
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
-        tokens, mask = pad_prompts(prompts, left=True)
-        positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+        tokens, mask, positions = _left_padded(prompts)
         empty = np.zeros((len(prompts), self.loop.heads, 0, self.loop.head_dim), np.float32)
         self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
         self.next_position = lengths.copy()
@@ -101,6 +109,20 @@ class CachedLM:
         """Reorder cache, mask and positions along the batch."""
         self.feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self.feeds.items()}
         self.next_position = self.next_position[rows]
+
+    def generate_in_graph(self, prompts: Sequence[np.ndarray], uniforms: np.ndarray, config: SamplingConfig
+                          ) -> np.ndarray | None:
+        """The whole loop in the `generate` graph: prefill, then one decode per token after the first."""
+        lengths = check_prompts(prompts, self.vocab_size, context=self.context)
+        if self.whole is None or lengths.max() + len(uniforms) - 1 > self.context:
+            return None
+        tokens, mask, positions = _left_padded(prompts)
+        feeds = {"input_ids": tokens, "position_ids": positions, "attention_mask": mask,
+                 "uniforms": uniforms, "temperature": np.asarray([config.temperature], np.float64),
+                 "top_k": np.asarray([config.top_k or 0], np.int64),
+                 "top_p": np.asarray([2.0 if config.top_p is None else config.top_p], np.float64),
+                 "stop": np.asarray([*config.stop, -1], np.int64)}  # -1 matches no token: never an empty stop list
+        return self.whole.infer(feeds)["tokens"]
 
 
 class FullRecomputeLM:
@@ -186,7 +208,7 @@ class EncoderDecoderLM:
 
 
 register(LoopKind(KVCacheConfig, "KV-cache LM", "generate", check=check_language_model, writer=TEXT,
-                  token_model=lambda runners, loop: CachedLM(runners[loop.role], loop)))
+                  token_model=lambda runners, loop: CachedLM(runners[loop.role], loop, runners.get(GENERATE_ROLE))))
 register(LoopKind(FullRecomputeConfig, "full-recompute LM", "generate", check=check_language_model, writer=TEXT,
                   token_model=lambda runners, loop: FullRecomputeLM(runners[loop.role], loop)))
 register(LoopKind(EncoderDecoderConfig, "encoder-decoder", "translate", check=check_translation, writer=TEXT,
