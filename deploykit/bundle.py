@@ -101,9 +101,9 @@ class Bundle:
         """Family name the exporter used."""
         return str(self.manifest["family"])
 
-    @property
+    @cached_property
     def graphs(self) -> dict[str, Graph]:
-        """Role -> graph."""
+        """Role -> graph (parsed once: loops read specs on every call)."""
         return {
             role: Graph(role, self.path / g["file"], GraphSpec.from_json(g["spec"]), int(g["opset"]), int(g["bytes"]),
                         g.get("built_from"))

@@ -4,6 +4,8 @@ Hopfield retrieval, and the errors users hit."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from deploykit.errors import InputError
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import binarized_digits, load_digits, toy_2d
 from deploykit.models.train_latent import corrupt, digit_patterns
-from deploykit.runtimes.diffusion import network_output
+from deploykit.runtimes.diffusion import Denoiser
 from deploykit.runtimes.schedulers import make_scheduler
 from deploykit.runtimes.schedulers.ddim import DDIMScheduler
 from deploykit.runtimes.schedulers.ddpm import DDPMScheduler
@@ -99,7 +101,7 @@ def test_whole_trajectory_ort_equals_torch_and_in_graph_equals_host(zoo_bundle, 
     labels = np.arange(8) % 10
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
         host = ort_dep.sample(8, 5, ort_dep.options(labels=labels, steps=steps, host=True, **options))
-        graph = ort_dep.sample(8, 5, ort_dep.options(labels=labels, steps=steps, **options))
+        graph = ort_dep.sample(8, 5, ort_dep.options(labels=labels, steps=steps, host=False, **options))
         reference = torch_dep.sample(8, 5, torch_dep.options(labels=labels, steps=steps, host=True, **options))
     np.testing.assert_allclose(host, reference, atol=atol)
     np.testing.assert_allclose(graph, host, atol=atol)
@@ -110,7 +112,7 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
         loop, x = dep.bundle.loop, _draw((6, 1, 8, 8), 0)
         labels = np.arange(6)
-        batched, split = (network_output(dep.runner("denoiser"), loop, x, 300, labels, 2.5, b) for b in (True, False))
+        batched, split = (Denoiser(dep.runner("denoiser"), loop, 6, labels, 2.5, b)(x, 300) for b in (True, False))
         np.testing.assert_allclose(batched, split, atol=1e-5)
         labels = np.repeat(np.arange(10), 5)
         guided = dep.sample(50, 2, dep.options(labels=labels, host=True, scheduler="ddim", guidance=3.0))
@@ -148,11 +150,25 @@ def test_latent_diffusion_end_to_end_and_guidance_refused(zoo_bundle) -> None:
     assert 0.15 < a.mean() < 0.5 and abs(a.mean() - train.mean()) < 0.1  # ink coverage like the digits
 
 
+def test_the_default_loop_is_the_faster_one(zoo_bundle) -> None:
+    """Conditional-only sampling (guidance 1) runs on the host, one denoiser call of n per step, where the sampler
+    graph would evaluate cond and uncond (2n); guided sampling runs in the graph, one call."""
+    calls: Counter[str] = Counter()
+    with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
+        for role, runner in dep.runners.items():
+            runner.infer = lambda *a, _infer=runner.infer, _role=role, **k: (calls.update([_role]), _infer(*a, **k))[1]
+        dep.sample(2, 0, dep.options(steps=5, scheduler="ddim"))
+        assert calls == {"denoiser": 5}
+        calls.clear()
+        dep.sample(2, 0, dep.options(steps=5, scheduler="ddim", guidance=3.0))
+        assert calls == {"sampler": 1}
+
+
 def test_annealed_langevin_lands_on_the_moons(zoo_bundle) -> None:
     bundle = zoo_bundle("ncsn-moons")
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch") as torch_dep:
         host = ort_dep.sample(300, 0, ort_dep.options(steps=30, host=True))
-        graph = ort_dep.sample(300, 0, ort_dep.options(steps=30))
+        graph = ort_dep.sample(300, 0, ort_dep.options(steps=30, host=False))
         reference = torch_dep.sample(300, 0, torch_dep.options(steps=30, host=True))
     np.testing.assert_allclose(host, reference, atol=1e-4)
     np.testing.assert_allclose(graph, host, atol=1e-4)

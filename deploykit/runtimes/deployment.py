@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import cached_property
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -97,16 +98,17 @@ class Deployment:
             raise InputError(f"a '{kind.name}' bundle samples with {kind.options.__name__}, not {type(options).__name__}; "
                              "build them with Deployment.options(...).")
         check_count(n)
-        check_fits(n * self._row_bytes(), f"--n {n}", "sample fewer at a time (several runs with different --seed)")
+        check_fits(n * self._row_bytes, f"--n {n}", "sample fewer at a time (several runs with different --seed)")
         try:
             return kind.sample(self.runners, self.loop, n, seed, options)
         except MemoryError as exc:  # numpy refuses an allocation it cannot make; name the request, not numpy
             raise InputError(f"--n {n} does not fit in this machine's memory ({exc}); sample fewer at a time "
                              "(several runs with different --seed).") from exc
 
+    @cached_property
     def _row_bytes(self) -> int:
         """Bytes one batch row takes in the inputs and outputs of the bundle's largest graph at its first check shape:
-        a lower bound on what each sample holds while the loop runs."""
+        a lower bound on what each sample holds while the loop runs (once per deployment: small loops are µs)."""
         dims = self.bundle.check_shapes[0] | {"batch": 1}
         return max(graph.spec.nbytes(dims) for graph in self.bundle.graphs.values())
 

@@ -58,11 +58,15 @@ class DiffusionOptions(SampleOptions):
     guidance w: out = out(uncond) + w (out(cond) - out(uncond)); 1 is plain conditional sampling,
     0 unconditional, any finite w >= 0 is accepted. batched=False runs cond and uncond as two calls (for
     comparison). on_step(done, total) reports progress (the in-graph loop then runs in PROGRESS_CHUNKS calls).
+
+    host None picks the faster loop: the sampler graph, except for conditional-only sampling (a class-conditional
+    model at w = 1), where the graph still evaluates cond and uncond in one batch of 2n (its guidance is an input,
+    not a branch) while the host loop makes one call of n: 1.4-2x faster on the zoo DDPM.
     """
 
     labels: np.ndarray | None = None
     steps: int | None = None
-    host: bool = False
+    host: bool | None = None
     scheduler: str | None = None
     eta: float | None = None
     karras: bool | None = None
@@ -108,25 +112,36 @@ def _dtype_of(net: Runner, name: str) -> str:
     return next(s.dtype for s in net.spec.inputs if s.name == name)
 
 
-def network_output(net: Runner, loop: DiffusionConfig, x: np.ndarray, t: float, labels: np.ndarray | None,
-                   guidance: float, batched: bool = True, checked: bool = False) -> np.ndarray:
-    """One denoiser evaluation at timestep t; with labels, classifier-free guidance (w = 1: conditional only).
-    `checked`: the loop validated these feeds' shapes and ranges on its first call (Runner.infer)."""
-    output = net.spec.output_names()[0]
-    steps = timestep_feed(_dtype_of(net, "t"), np.full(len(x), t, np.float64))
-    if labels is None:
-        return net.infer({"x": x, "t": steps}, checked)[output]
-    null = np.full_like(labels, loop.num_classes)
-    if guidance == 1.0:
-        return net.infer({"x": x, "t": steps, "label": labels}, checked)[output]
-    if batched:
-        both = net.infer({"x": np.concatenate([x, x]), "t": np.concatenate([steps, steps]),
-                          "label": np.concatenate([labels, null])}, checked)[output]
-        cond, uncond = both[: len(x)], both[len(x):]
-    else:
-        cond = net.infer({"x": x, "t": steps, "label": labels}, checked)[output]
-        uncond = net.infer({"x": x, "t": steps, "label": null}, checked)[output]
-    return (uncond + np.float32(guidance) * (cond - uncond)).astype(np.float32)
+class Denoiser:
+    """The denoiser as a host loop calls it, n rows at a time: what stays fixed over the loop (output name, t dtype,
+    the label feeds of classifier-free guidance) is built once, so a step costs the graph call and the guidance mix."""
+
+    def __init__(self, net: Runner, loop: DiffusionConfig, n: int, labels: np.ndarray | None, guidance: float,
+                 batched: bool = True) -> None:
+        self.net, self.n, self.output = net, n, net.spec.output_names()[0]
+        self.dtype = np.dtype(_dtype_of(net, "t"))
+        self.integer = bool(np.issubdtype(self.dtype, np.integer))  # timestep_feed's rounding, once per loop
+        self.guidance = np.float32(guidance)
+        self.mode = "plain" if labels is None else "conditional" if guidance == 1.0 else "batched" if batched else "split"
+        null = None if labels is None else np.full_like(labels, loop.num_classes)
+        self.labels = {"plain": {}, "conditional": {"label": labels}, "split": {"label": labels},
+                       "batched": {"label": None if labels is None else np.concatenate([labels, null])}}[self.mode]
+        self.null = {"label": null}
+
+    def __call__(self, x: np.ndarray, t: float, checked: bool = False) -> np.ndarray:
+        """One evaluation at timestep t (w = 1: conditional only). `checked`: the loop validated these feeds' shapes
+        and ranges on its first call (Runner.infer)."""
+        rows = 2 * self.n if self.mode == "batched" else self.n
+        steps = np.full(rows, round(t) if self.integer else t, self.dtype)  # round: half to even, like np.round
+        if self.mode in ("plain", "conditional"):
+            return self.net.infer({"x": x, "t": steps, **self.labels}, checked)[self.output]
+        if self.mode == "batched":
+            both = self.net.infer({"x": np.concatenate([x, x]), "t": steps, **self.labels}, checked)[self.output]
+            cond, uncond = both[: self.n], both[self.n:]
+        else:
+            cond = self.net.infer({"x": x, "t": steps, **self.labels}, checked)[self.output]
+            uncond = self.net.infer({"x": x, "t": steps, **self.null}, checked)[self.output]
+        return uncond + self.guidance * (cond - uncond)
 
 
 def draw_noise(loop: DiffusionConfig, scheduler: Scheduler, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,10 +166,10 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     on_step = options.on_step
     x, noise = draw_noise(loop, scheduler, n, seed)
     total = len(scheduler.timesteps)
-    if options.host:
-        for i, t in enumerate(scheduler.timesteps):
-            out = network_output(runners["denoiser"], loop, scheduler.scale_model_input(x, i), float(t), labels,
-                                 guidance, options.batched, checked=i > 0)
+    if options.host or (options.host is None and labels is not None and guidance == 1.0):
+        denoiser = Denoiser(runners["denoiser"], loop, n, labels, guidance, options.batched)
+        for i, t in enumerate(scheduler.timesteps.tolist()):
+            out = denoiser(scheduler.scale_model_input(x, i), t, checked=i > 0)
             x = scheduler.step(out, i, x, noise[i])
             if on_step:
                 on_step(i + 1, total)

@@ -104,10 +104,12 @@ def invert_on_host(runners: Mapping[str, Runner], loop: FlowConfig, given: np.nd
     orderings = loop.orderings
     layers = range(len(orderings))
     total = np.zeros(len(given), np.float32)
+    checked = False  # every call takes arrays of the first one's shapes and dtype: validate that one
     for k in (reversed(layers) if loop.sequential == "sample" else layers):
         partial = np.zeros_like(given)
         for i in orderings[k]:
-            out = runners[f"inverse_step.{k}"].infer({"partial": partial, "given": given})
+            out = runners[f"inverse_step.{k}"].infer({"partial": partial, "given": given}, checked)
+            checked = True
             partial[:, i] = out["candidate"][:, i]
         given, total = partial, total + out["logdet"]
     return given, total

@@ -30,13 +30,28 @@ OPTION_FLAGS = {"eta": "--eta", "karras": "--karras", "clipped_model_output": "-
 OPTION_KEYS = {"eta": "eta", "karras": "karras", "clipped_model_output": "use_clipped_model_output"}  # config keys
 
 
-def affine_step(x: np.ndarray, h: np.ndarray, out: np.ndarray, noise: np.ndarray, row: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(x_next, h_next) by one row of COLUMNS, in float32 like the graph."""
-    _, cx, co, clip, p, q, r, s, u, hp, hq = row.astype(np.float32, copy=False)
-    x0 = np.clip(cx * x + co * out, -clip, clip)
-    x_next = p * x0 + q * x + r * out + s * noise + u * h
-    return x_next.astype(np.float32, copy=False), (hp * x0 + hq * x).astype(np.float32, copy=False)
+def _weighted_sum(terms: Sequence[tuple[float, np.ndarray | None]]) -> np.ndarray | None:
+    """sum of c * a in float32, left to right, leaving out terms with c = 0 or a = None (zeros): adding 0 to a sum
+    does not change it, so the host step does only the work its scheduler needs (the graph computes every term).
+    None when every term is left out."""
+    total = None
+    for c, a in terms:
+        if c and a is not None:
+            total = c * a if total is None else total + c * a
+    return total
+
+
+def affine_step(x: np.ndarray, h: np.ndarray | None, out: np.ndarray, noise: np.ndarray, row: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x_next, h_next) by one row of COLUMNS, in float32 like the graph (x, h, out, noise are float32; the row's
+    float32 coefficients as Python floats keep every product float32). A history of None is all zeros."""
+    _, cx, co, clip, p, q, r, s, u, hp, hq = row.tolist()
+    x0 = _weighted_sum(((cx, x), (co, out)))
+    x0 = np.zeros_like(x) if x0 is None else x0
+    if clip != np.inf:  # np.clip costs more than the rest of the step
+        x0 = np.minimum(np.maximum(x0, -clip), clip)
+    x_next = _weighted_sum(((p, x0), (q, x), (r, out), (s, noise), (u, h)))
+    return np.zeros_like(x) if x_next is None else x_next, _weighted_sum(((hp, x0), (hq, x)))
 
 
 def row(cin: float = 1.0, cx: float = 0.0, co: float = 0.0, clip: float = np.inf, p: float = 0.0, q: float = 0.0,
@@ -68,12 +83,13 @@ class Scheduler:
 
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         """The network's input at call `index` (Euler-style samplers feed x / sqrt(sigma^2 + 1))."""
-        return (sample * self.table[index, 0]).astype(np.float32)
+        scale = float(self.table[index, 0])
+        return sample if scale == 1.0 else sample * scale  # float32 stays float32
 
     def step(self, out: np.ndarray, index: int, sample: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """The sample after call `index`, given the network output there and injected noise (the history
         buffer of multistep and two-stage samplers is kept here, reset at index 0)."""
-        history = np.zeros_like(sample) if index == 0 or self._history is None else self._history
+        history = None if index == 0 else self._history  # None: zeros
         sample, self._history = affine_step(sample, history, out, noise, self.table[index])
         return sample
 
