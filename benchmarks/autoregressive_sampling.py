@@ -1,17 +1,17 @@
 """Masked autoregressive sampling: WaveNet fast vs naive, PixelCNN / MADE / NADE per image, ORT vs torch loops.
 
-    python benchmarks/autoregressive_sampling.py [--out bundles/bench]
+    python benchmarks/autoregressive_sampling.py [--out bundles/bench] [--rounds 5] [--quick]
 
-One thread per backend, one run. Also prints each zoo model's test NLL computed through ORT.
+One thread per backend; variants run in alternating rounds, rates median (p10-p90). Also prints each zoo
+model's test NLL computed through ORT.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-from recurrent_loops import ONE_THREAD, _best_of, _bundle, _row
+from timing import ONE_THREAD, VERSUS_HEAD, arguments, timed, versus_row, zoo_bundle
 
 import deploykit
 from deploykit.models import autoregressive as ar
@@ -19,39 +19,43 @@ from deploykit.models.data import binarized_digits, level_digits, load_digits, t
 from deploykit.runtimes.autoregressive import sample_dimensionwise
 
 
-def wavenet(out: Path) -> None:
+def wavenet(out: Path, rounds: int) -> None:
     """Fast vs naive per sample once the receptive field is full (naive re-runs the whole field per sample)."""
-    bundle = _bundle("wavenet", out)
+    bundle = zoo_bundle("wavenet", out)
     field = bundle.loop.receptive_field
     steady, label = 300, np.array(1)
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
-        def naive_steady() -> float:
-            head = _best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=field, fast=False)), 1)
-            return (_best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=field + steady, fast=False)), 1) - head) / steady
-
-        fast = _best_of(lambda: ort.sample(1, 0, ort.options(labels=label, steps=2000)), 2) / 2000
-        naive = naive_steady()
+        t = timed({
+            "fast": lambda: ort.sample(1, 0, ort.options(labels=label, steps=2000)),
+            "torch": lambda: tch.sample(1, 0, tch.options(labels=label, steps=2000)),
+            "naive head": lambda: ort.sample(1, 0, ort.options(labels=label, steps=field, fast=False)),
+            "naive": lambda: ort.sample(1, 0, ort.options(labels=label, steps=field + steady, fast=False)),
+        }, rounds)
+        fast = np.median(t["fast"]) / 2000
+        naive = (np.median(t["naive"]) - np.median(t["naive head"])) / steady
         print(f"WaveNet, receptive field {field}, batch 1 (ORT): fast {1 / fast:.0f} samples/s, naive {1 / naive:.0f} "
               f"samples/s -> fast is {naive / fast:.1f}x")
-        t_fast = _best_of(lambda: tch.sample(1, 0, tch.options(labels=label, steps=2000)), 2) / 2000
-        _row("WaveNet fast generation, batch 1", fast, t_fast, "samples/s", 1)
-        o16 = _best_of(lambda: ort.sample(16, 0, ort.options(steps=500)), 2)
-        t16 = _best_of(lambda: tch.sample(16, 0, tch.options(steps=500)), 2)
-        _row("WaveNet fast generation, batch 16", o16, t16, "samples/s", 16 * 500)
+        versus_row("WaveNet fast generation, batch 1", t["fast"], t["torch"], "samples/s", 2000)
+        t = timed({"ort": lambda: ort.sample(16, 0, ort.options(steps=500)),
+                   "torch": lambda: tch.sample(16, 0, tch.options(steps=500))}, rounds)
+        versus_row("WaveNet fast generation, batch 16", t["ort"], t["torch"], "samples/s", 16 * 500)
 
 
-def images(out: Path) -> None:
+def images(out: Path, rounds: int) -> None:
     for name in ("pixelcnn", "made", "nade", "fvsbn"):
-        bundle = _bundle(name, out)
+        bundle = zoo_bundle(name, out)
         with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
             for batch in (1, 16):
-                o = _best_of(lambda: ort.sample(batch, 0))
-                t = _best_of(lambda: tch.sample(batch, 0))
-                _row(f"{name} sampling, batch {batch}", o, t, "images/s", batch)
-                print(f"{'':<34} per image: ORT {o / batch * 1e3:.2f} ms, torch {t / batch * 1e3:.2f} ms")
-            if name == "nade":
-                full = _best_of(lambda: sample_dimensionwise(ort.runners, bundle.loop, 16, 0))
-                print(f"{'':<34} NADE recursion vs 64 full passes, batch 16 (ORT): {full / o:.1f}x faster")
+                variants = {"ort": lambda: ort.sample(batch, 0), "torch": lambda: tch.sample(batch, 0)}
+                if name == "nade" and batch == 16:
+                    variants["full passes"] = lambda: sample_dimensionwise(ort.runners, bundle.loop, 16, 0)
+                t = timed(variants, rounds)
+                versus_row(f"{name} sampling, batch {batch}", t["ort"], t["torch"], "images/s", batch)
+                print(f"{'':<36} per image: ORT {np.median(t['ort']) / batch * 1e3:.2f} ms, "
+                      f"torch {np.median(t['torch']) / batch * 1e3:.2f} ms")
+                if "full passes" in t:
+                    print(f"{'':<36} NADE recursion vs 64 full passes, batch 16 (ORT): "
+                          f"{np.median(t['full passes']) / np.median(t['ort']):.1f}x faster")
 
 
 def likelihoods(out: Path) -> None:
@@ -64,7 +68,7 @@ def likelihoods(out: Path) -> None:
         "wavenet": (ar.mu_law_encode(audio, 256), kind),
     }
     for name, (x, labels) in data.items():
-        bundle = _bundle(name, out)
+        bundle = zoo_bundle(name, out)
         with deploykit.load(bundle.path) as ort, deploykit.load(bundle.path, "torch") as tch:
             got, want = ort.log_prob(x, labels), tch.log_prob(x, labels)
         dims = x[0].size
@@ -73,12 +77,10 @@ def likelihoods(out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
-    args = parser.parse_args()
-    print(f"{'loop':<34} {'ORT':>12} {'torch':>12}  {'unit':<10} {'ratio':>7}")
-    wavenet(args.out)
-    images(args.out)
+    args, rounds = arguments(__doc__, 5, 2, "")
+    print(f"{rounds} interleaved rounds, rates median (p10-p90)\n{VERSUS_HEAD}")
+    wavenet(args.out, rounds)
+    images(args.out, rounds)
     likelihoods(args.out)
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from recurrent_loops import ONE_THREAD, _bundle
-from timing import arguments, interleaved, spread
+from timing import ONE_THREAD, arguments, interleaved, spread, zoo_bundle
 
 import deploykit
 from deploykit.models.data import load_digits
@@ -36,7 +35,7 @@ def main() -> None:
     samplers = [(label, name, 100 if args.quick and name == "ddpm" else steps, extra)
                 for label, name, steps, extra in SAMPLERS]
     variants = [(s, host) for s in samplers for host in (True, False)]
-    ddpm, cnn = _bundle("ddpm-digits", args.out), _bundle("cnn", args.out)
+    ddpm, cnn = zoo_bundle("ddpm-digits", args.out), zoo_bundle("cnn", args.out)
     data = load_digits()
     labels = np.arange(BATCH) % 10
     with deploykit.load(ddpm.path, options=ONE_THREAD) as dep, deploykit.load(cnn.path, options=ONE_THREAD) as reader:

@@ -1,19 +1,18 @@
 """Diffusion and energy sampling: denoiser step latency, DDPM-1000 vs DDIM-50, batched vs two-call guidance,
 in-graph (ONNX Scan) vs host loop, ORT vs torch, and how the ORT - torch gap grows with the number of steps.
 
-    python benchmarks/diffusion_sampling.py [--out bundles/bench]
+    python benchmarks/diffusion_sampling.py [--out bundles/bench] [--rounds 5] [--quick]
 
-One thread per backend, one run, the trained zoo models (class-conditional DDPM U-Net on 8x8 digits,
+One thread per backend, variants in alternating rounds (median, p10-p90), the trained zoo models (class-conditional DDPM U-Net on 8x8 digits,
 Bernoulli RBM). Loops: the same numpy scheduler and injected noise over each backend.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-from recurrent_loops import ONE_THREAD, _best_of, _bundle, _row
+from timing import ONE_THREAD, VERSUS_HEAD, arguments, spread, timed, versus_row, zoo_bundle
 
 import deploykit
 from deploykit.runtimes.energy import gibbs_chain
@@ -21,18 +20,19 @@ from deploykit.runtimes.energy import gibbs_chain
 BATCH = 16
 
 
-def denoiser_step(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
+def denoiser_step(ort: deploykit.Deployment, tch: deploykit.Deployment, rounds: int) -> None:
     for batch in (1, BATCH):
         rng = np.random.default_rng(0)
         feeds = {"x": rng.standard_normal((batch, 1, 8, 8), dtype=np.float32), "t": np.full(batch, 500),
                  "label": np.arange(batch) % 10}
-        o = _best_of(lambda: [ort.infer(feeds, "denoiser") for _ in range(50)]) / 50
-        t = _best_of(lambda: [tch.infer(feeds, "denoiser") for _ in range(50)]) / 50
-        print(f"denoiser step, batch {batch}: ORT {o * 1e3:.3f} ms, torch {t * 1e3:.3f} ms")
-        _row(f"denoiser step, batch {batch}", o, t, "images/s", batch)
+        t = timed({"ort": lambda: [ort.infer(feeds, "denoiser") for _ in range(50)],
+                   "torch": lambda: [tch.infer(feeds, "denoiser") for _ in range(50)]}, rounds)
+        print(f"denoiser step, batch {batch}: ORT {spread(np.asarray(t['ort']) / 50, fmt='.3f')} ms, "
+              f"torch {spread(np.asarray(t['torch']) / 50, fmt='.3f')} ms")
+        versus_row(f"denoiser step, batch {batch}", t["ort"], t["torch"], "images/s", 50 * batch)
 
 
-def loops(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
+def loops(ort: deploykit.Deployment, tch: deploykit.Deployment, rounds: int) -> None:
     labels = np.arange(BATCH) % 10
     runs = {
         "DDPM 1000, host": (1000, True, dict(scheduler="ddpm")),
@@ -45,10 +45,11 @@ def loops(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
     }
     times = {}
     for name, (steps, host, options) in runs.items():
-        o = _best_of(lambda: ort.sample(BATCH, 0, ort.options(labels=labels, steps=steps, host=host, **options)), repeats=2)
-        t = _best_of(lambda: tch.sample(BATCH, 0, tch.options(labels=labels, steps=steps, host=True, **options)), repeats=1)
-        times[name] = o
-        _row(f"{name}, batch {BATCH}", o, t, "images/s", BATCH)
+        t = timed({"ort": lambda: ort.sample(BATCH, 0, ort.options(labels=labels, steps=steps, host=host, **options)),
+                   "torch": lambda: tch.sample(BATCH, 0, tch.options(labels=labels, steps=steps, host=True, **options))},
+                  rounds)
+        times[name] = float(np.median(t["ort"]))
+        versus_row(f"{name}, batch {BATCH}", t["ort"], t["torch"], "images/s", BATCH)
     print(f"DDPM 1000 / DDIM 50 wall time (ORT host): {times['DDPM 1000, host'] / times['DDIM 50, host']:.1f}x")
     print(f"CFG two calls / batched (ORT host): {times['DDIM 50 + CFG two calls, host'] / times['DDIM 50 + CFG batched, host']:.2f}x")
     for name in ("DDPM 1000", "DDIM 50", "DDIM 50 + CFG"):
@@ -68,29 +69,28 @@ def error_growth(ort: deploykit.Deployment, tch: deploykit.Deployment) -> None:
             print(f"{name:<16} {steps:>5} steps: max |ORT - torch| {gap.max():.2e}, mean {gap.mean():.2e}")
 
 
-def gibbs(out: Path) -> None:
-    bundle = _bundle("rbm-digits", out)
+def gibbs(out: Path, rounds: int) -> None:
+    bundle = zoo_bundle("rbm-digits", out)
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
         runner, loop = ort.runner("gibbs"), bundle.loop
-        graph = _best_of(lambda: gibbs_chain(runner, loop, BATCH, 1000, 0), repeats=2)
-        host = _best_of(lambda: gibbs_chain(runner, loop, BATCH, 1000, 0, per_call=1), repeats=2)
-        ref = _best_of(lambda: gibbs_chain(tch.runner("gibbs"), loop, BATCH, 1000, 0), repeats=1)
-        _row(f"RBM 1000 Gibbs steps in-graph, b{BATCH}", graph, ref, "chains/s", BATCH)
-        _row(f"RBM 1000 Gibbs steps host loop, b{BATCH}", host, ref, "chains/s", BATCH)
-        print(f"RBM: in-graph {graph * 1e3:.0f} ms vs host loop {host * 1e3:.0f} ms ({host / graph:.1f}x)")
+        t = timed({"graph": lambda: gibbs_chain(runner, loop, BATCH, 1000, 0),
+                   "host": lambda: gibbs_chain(runner, loop, BATCH, 1000, 0, per_call=1),
+                   "torch": lambda: gibbs_chain(tch.runner("gibbs"), loop, BATCH, 1000, 0)}, rounds)
+        versus_row(f"RBM 1000 Gibbs steps in-graph, b{BATCH}", t["graph"], t["torch"], "chains/s", BATCH)
+        versus_row(f"RBM 1000 Gibbs steps host loop, b{BATCH}", t["host"], t["torch"], "chains/s", BATCH)
+        print(f"RBM: in-graph {spread(t['graph'], fmt='.0f')} ms vs host loop {spread(t['host'], fmt='.0f')} ms "
+              f"({np.median(t['host']) / np.median(t['graph']):.1f}x)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bundles/bench"))
-    args = parser.parse_args()
-    print(f"{'':<34} {'ORT':>12} {'torch':>12}  {'unit':<10} {'ratio':>7}")
-    bundle = _bundle("ddpm-digits", args.out)
+    args, rounds = arguments(__doc__, 5, 2, "")
+    print(f"{rounds} interleaved rounds, rates median (p10-p90)\n{VERSUS_HEAD}")
+    bundle = zoo_bundle("ddpm-digits", args.out)
     with deploykit.load(bundle.path, options=ONE_THREAD) as ort, deploykit.load(bundle.path, "torch", ONE_THREAD) as tch:
-        denoiser_step(ort, tch)
-        loops(ort, tch)
+        denoiser_step(ort, tch, rounds)
+        loops(ort, tch, rounds)
         error_growth(ort, tch)
-    gibbs(args.out)
+    gibbs(args.out, rounds)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ InferenceSession.run, both measured in the same process on the same calls.
     python benchmarks/loop_glue.py [--out bundles/bench] [--rounds 15] [--quick]
 
 Loops (ORT-CPU, one thread), each on the host (one graph call per step) and in the graph (the default): the zoo
-`gpt` generating 128 tokens at batch 1 (top-p), DDIM-50 on the zoo DDPM (n = 1) and the MAF's inversion (n = 1).
+`gpt` generating 128 tokens at batch 1 (top-p), guided DDIM-50 on the zoo DDPM (n = 1, w = 3) and the MAF's
+inversion (n = 1); and unguided DDIM-50 (w = 1), whose default is the host loop.
 Each round runs every loop once, in alternating order; glue = (loop time - session time) / loop time, median and
 p10-p90 over the rounds.
 """
@@ -15,8 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recurrent_loops import ONE_THREAD, _bundle
-from timing import arguments, interleaved, spread
+from timing import ONE_THREAD, arguments, interleaved, spread, zoo_bundle
+
+BLOCK_S = 0.02
 
 import deploykit
 from deploykit.runtimes.tokens import mode_config
@@ -43,7 +45,7 @@ class SessionClock:
 
 def main() -> None:
     args, rounds = arguments(__doc__, 15, 3, "")
-    deps = {name: deploykit.load(_bundle(name, args.out).path, options=ONE_THREAD).__enter__()
+    deps = {name: deploykit.load(zoo_bundle(name, args.out).path, options=ONE_THREAD).__enter__()
             for name in ("gpt", "ddpm-digits", "maf-moons")}
     clocks = {name: SessionClock(dep) for name, dep in deps.items()}
     gpt, ddpm, maf = deps["gpt"], deps["ddpm-digits"], deps["maf-moons"]
@@ -53,26 +55,37 @@ def main() -> None:
     for where, host in (("host", True), ("in graph", False)):
         loops |= {
             f"gpt 128 tokens b=1, {where}": ("gpt", lambda h=host: gpt.generate_ids([prompt], config, seed=1, host=h)),
-            f"DDIM-50 n=1, {where}": ("ddpm-digits", lambda h=host: ddpm.sample(1, 0, ddpm.options(
-                steps=50, scheduler="ddim", host=h))),
+            f"DDIM-50 n=1 w=3, {where}": ("ddpm-digits", lambda h=host: ddpm.sample(1, 0, ddpm.options(
+                steps=50, scheduler="ddim", guidance=3.0, host=h))),
             f"MAF inversion n=1, {where}": ("maf-moons", lambda h=host: maf.sample(1, 0, maf.options(host=h))),
         }
-    for _, run in loops.values():
+    loops["DDIM-50 n=1 w=1, host (default)"] = ("ddpm-digits", lambda: ddpm.sample(1, 0, ddpm.options(
+        steps=50, scheduler="ddim")))
+    repeats = {}  # calls per round: a round of each loop lasts at least BLOCK_S, so sub-ms loops are not timer noise
+    for name, (_, run) in loops.items():
         run()  # warm up
+        start = time.perf_counter()
+        run()
+        repeats[name] = max(1, int(BLOCK_S / (time.perf_counter() - start)))
 
-    def measured(bundle: str, run: Callable[[], Any]) -> Callable[[], Any]:
+    def measured(name: str) -> Callable[[], Any]:
+        bundle, run = loops[name]
+
         def reset_then_run() -> Any:
             clocks[bundle].total = 0.0
-            return run()
+            for _ in range(repeats[name]):
+                run()
         return reset_then_run
 
     glue: dict[str, list[float]] = {name: [] for name in loops}
-    walls, _ = interleaved({name: measured(*loops[name]) for name in loops}, rounds,
+    walls, _ = interleaved({name: measured(name) for name in loops}, rounds,
                            after=lambda name, wall: glue[name].append((wall - clocks[loops[name][0]].total) / wall))
-    print(f"ORT-CPU, 1 thread, {rounds} interleaved rounds, median (p10-p90)")
-    print(f"{'loop':<32} {'wall ms':>22} {'glue %':>20}")
+    print(f"ORT-CPU, 1 thread, {rounds} interleaved rounds (each loop run back to back for >= {BLOCK_S * 1e3:.0f} ms per "
+          "round), median (p10-p90)")
+    print(f"{'loop':<32} {'calls/round':>11} {'wall ms per call':>22} {'glue %':>20}")
     for name in loops:
-        print(f"{name:<32} {spread(walls[name]):>22} {spread(glue[name], 100):>20}")
+        per_call = [w / repeats[name] for w in walls[name]]
+        print(f"{name:<32} {repeats[name]:>11} {spread(per_call, fmt='.2f'):>22} {spread(glue[name], 100):>20}")
     for dep in deps.values():
         dep.__exit__(None, None, None)
 
