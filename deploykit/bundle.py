@@ -250,7 +250,7 @@ _FILE = {"file": str, "sha256": str, "bytes": _Opt(int)}
 _TENSOR = {"name": str, "dtype": str, "shape": _List((int, str)), "high": _Opt((int, float, str)),
            "low": _Opt(_NUMBER), "padding": _Opt(str)}
 _SPEC = {"inputs": _List(_TENSOR), "outputs": _List(_TENSOR),
-         "dims": _Opt(_Map({"min": int, "multiple_of": int, "sum_of": _Opt(_List(str))}))}
+         "dims": _Opt(_Map({"min": int, "multiple_of": int, "sum_of": _Opt(_List(str)), "max": _Opt(int)}))}
 MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) are informational
     "schema_version": int, "family": str,
     "graphs": _Map(_FILE | {"opset": int, "spec": _SPEC, "external_data": _Opt(_List(_FILE)),

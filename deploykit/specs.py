@@ -16,17 +16,24 @@ CACHE_DIM = "past"  # the one symbolic dim that may be 0 without a rule saying s
 
 @dataclass(frozen=True)
 class DimRule:
-    """Constraint on a symbolic dimension: a minimum, a divisor, and optionally the sum of other dims."""
+    """Constraint on a symbolic dimension: a minimum, a divisor, optionally a maximum (e.g. a model's context) and
+    the sum of other dims."""
 
     min: int = 1
     multiple_of: int = 1
     sum_of: tuple[str, ...] = ()  # e.g. total = past + seq for an attention mask over cache and new tokens
+    max: int | None = None
+
+    def text(self) -> str:
+        """The rule as users read it, e.g. '>= 1 and <= 64'."""
+        return (f">= {self.min}" + (f" and <= {self.max}" if self.max is not None else "")
+                + (f" and a multiple of {self.multiple_of}" if self.multiple_of > 1 else ""))
 
     def check(self, name: str, value: int, where: str) -> None:
         """Raise InputError if `value` breaks the rule."""
-        if value < self.min or value % self.multiple_of:
-            rule = f">= {self.min}" + (f" and a multiple of {self.multiple_of}" if self.multiple_of > 1 else "")
-            raise InputError(f"{where}: dimension '{name}' is {value}, expected {rule}; resize or pad the input.")
+        if value < self.min or value % self.multiple_of or (self.max is not None and value > self.max):
+            raise InputError(f"{where}: dimension '{name}' is {value}, expected {self.text()}; resize or pad the "
+                             "input.")
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,7 @@ class GraphSpec:
             "outputs": [s.to_json() for s in self.outputs],
             "dims": {
                 k: {"min": r.min, "multiple_of": r.multiple_of} | ({"sum_of": list(r.sum_of)} if r.sum_of else {})
+                | ({"max": r.max} if r.max is not None else {})
                 for k, r in self.dims.items()
             },
         }
@@ -224,7 +232,8 @@ class GraphSpec:
         return cls(
             tuple(TensorSpec.from_json(s) for s in data["inputs"]),
             tuple(TensorSpec.from_json(s) for s in data["outputs"]),
-            {k: DimRule(v["min"], v["multiple_of"], tuple(v.get("sum_of", ()))) for k, v in data.get("dims", {}).items()},
+            {k: DimRule(v["min"], v["multiple_of"], tuple(v.get("sum_of", ())), v.get("max"))
+             for k, v in data.get("dims", {}).items()},
         )
 
 

@@ -70,7 +70,8 @@ class BufferBlock(Block):
         return F.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
-def build_buffer_model() -> SdpaGPT:
+def build_buffer_model(buffer: int | None = None) -> SdpaGPT:
+    """The buffer pattern with a [buffer, buffer] mask (default: the model's context)."""
     model = SdpaGPT()
-    model.blocks = nn.ModuleList(BufferBlock(32, 4, model.context) for _ in range(model.layers))
+    model.blocks = nn.ModuleList(BufferBlock(32, 4, buffer or model.context) for _ in range(model.layers))
     return model.eval()

@@ -175,13 +175,32 @@ def test_sdpa_kv_cache_model_exports_as_written_and_decodes_like_torch(tmp_path:
         assert ort_dep.generate(["abc", "h ."], config) == torch_dep.generate(["abc", "h ."], config)
 
 
-def test_a_cache_sliced_from_a_context_buffer_gets_an_actionable_export_error(tmp_path: Path) -> None:
-    """GPT-2's `bias[:, :, total - seq:total]` bounds the cache by the buffer (context 64): torch.export, told that
-    past is a Dim, says so and how to fix it, instead of the data-dependent `Eq(u0, 3)` it gave with string dims."""
+def test_a_cache_sliced_from_a_context_buffer_exports_and_decodes_like_torch(tmp_path: Path) -> None:
+    """GPT-2's / nanoGPT's `bias[:, :, total - seq:total]` over a [context, context] buffer: the dims carry the
+    protocol's bound (past < context, seq and total <= context), so torch.export can prove the slice in range."""
     from sdpa_gpt import build_buffer_model
 
-    with pytest.raises(ExportError, match=r"Constraints violated \(past\)!.*<= 63 Suggested fixes: past = "
-                                          r"Dim\('past', max=63\)"):
-        deploykit.export(build_buffer_model(), "gpt", tmp_path / "buffer")
+    model = build_buffer_model()
+    bundle = deploykit.export(model, "gpt", tmp_path / "buffer")
+    assert bundle.graphs["decoder_with_past"].spec.dims["past"].max == model.context - 1
+    assert max(s["total"] for s in bundle.check_shapes) <= model.context  # GPT_SHAPES' cache of 200 clipped
+    with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch", model=model) as torch_dep:
+        config = mode_config("top-p", 40)
+        assert ort_dep.generate(["abc", "h ."], config, seed=1) == torch_dep.generate(["abc", "h ."], config, seed=1)
+        with pytest.raises(InputError, match="dimension 'total' is 65, expected >= 1 and <= 64"):
+            ort_dep.infer({"input_ids": np.zeros((1, 1), np.int64), "position_ids": np.zeros((1, 1), np.int64),
+                           "attention_mask": np.ones((1, 65), np.int64)}
+                          | {n: np.zeros((1, 4, 64, 8), np.float32) for n in ort_dep.runners["decoder_with_past"]
+                             .spec.input_names()[3:]}, "decoder_with_past")
+
+
+def test_a_buffer_shorter_than_the_context_gets_an_actionable_export_error(tmp_path: Path) -> None:
+    """A mask buffer of 32 in a model declaring context 64: torch.export, told that past is a Dim up to 63, says
+    which bound the code needs and how to fix it, instead of a data-dependent `Eq(u0, 3)` as with string dims."""
+    from sdpa_gpt import build_buffer_model
+
+    with pytest.raises(ExportError, match=r"Constraints violated \(past\)!.*Suggested fixes: past = "
+                                          r"Dim\('past', max=31\)"):
+        deploykit.export(build_buffer_model(32), "gpt", tmp_path / "buffer")
     assert not (tmp_path / "buffer").exists()
 

@@ -33,9 +33,7 @@ def inspect_cmd(
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()), highlight=False, markup=False)
     table = Table("role", "io", "name", "dtype", "shape", "file / rules")
     for role, g in b.graphs.items():
-        rules = ", ".join(
-            f"{d} >= {r.min}" + (f", % {r.multiple_of} == 0" if r.multiple_of > 1 else "") for d, r in g.spec.dims.items()
-        )
+        rules = ", ".join(f"{d} {r.text()}" for d, r in g.spec.dims.items())
         built = f"  the whole loop, built from {g.built_from}" if g.built_from else ""
         table.add_row(role, "", "", "", "", f"{g.path.name}  {g.size_bytes / 1024:.1f} KiB  opset {g.opset}  {rules}{built}")
         for io, specs in (("in", g.spec.inputs), ("out", g.spec.outputs)):

@@ -180,7 +180,7 @@ def weight_bytes(module: nn.Module) -> int:
 
 
 def _export_dims(role: Role) -> dict[str, Any]:
-    """One torch.export Dim per declared dim name, shared by every input that names it, with the DimRule's minimum;
+    """One torch.export Dim per declared dim name, shared by every input that names it, with the DimRule's bounds;
     a dim that must be a multiple of k is k * Dim (so h // k and h % k == 0 are facts, not guards). A sum of dims
     (`total = past + seq`) is left for torch.export to infer (Dim.AUTO): its derived dims are linear in one dim.
 
@@ -194,10 +194,11 @@ def _export_dims(role: Role) -> dict[str, Any]:
         if rule.sum_of:
             dims[name] = torch.export.Dim.AUTO
         elif rule.multiple_of > 1:
+            top = None if rule.max is None else rule.max // rule.multiple_of
             dims[name] = rule.multiple_of * torch.export.Dim(f"{name}_over_{rule.multiple_of}",
-                                                             min=max(1, -(-rule.min // rule.multiple_of)))
+                                                             min=max(1, -(-rule.min // rule.multiple_of)), max=top)
         else:
-            dims[name] = torch.export.Dim(name, min=rule.min)
+            dims[name] = torch.export.Dim(name, min=rule.min, max=rule.max)
     return dims
 
 

@@ -88,7 +88,9 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
     )
     outputs = ("logits", *past_names(cfg["layers"], "present"))
     example = {"batch": 2, "seq": 3, "past": 4, "total": 7}
-    dims = {"total": DimRule(min=1, sum_of=("past", "seq"))}
+    context = cfg["context"]  # positions past it do not exist: code may slice a [context, context] causal buffer
+    dims = {"seq": DimRule(min=1, max=context), "past": DimRule(min=0, max=context - 1),
+            "total": DimRule(min=1, max=context, sum_of=("past", "seq"))}
     return {"decoder_with_past": Role(DecoderWithPast(model), inputs, outputs, example, dims)}
 
 
@@ -104,6 +106,17 @@ GPT_SHAPES = [
     {"batch": 3, "seq": 1, "past": 200, "total": 201},
     {"batch": 2, "seq": 5, "past": 9, "total": 14},
 ]
+
+
+def _gpt_shapes(model: nn.Module) -> list[dict[str, int]]:
+    """GPT_SHAPES within the model's context (a context of 64 checks a cache of 63, not 200)."""
+    context = int(attribute(model, "context", "gpt", GPT_PROTOCOL))
+    shapes = []
+    for shape in GPT_SHAPES:
+        seq = min(shape["seq"], context)
+        past = min(shape["past"], context - seq)
+        shapes.append({"batch": shape["batch"], "seq": seq, "past": past, "total": past + seq})
+    return shapes
 
 
 def _nocache_roles(model: nn.Module) -> dict[str, Role]:
@@ -188,7 +201,7 @@ def _encdec_loop(model: nn.Module) -> EncoderDecoderConfig:
 # trained zoo models (ORT-CPU 1.31 vs torch 2.13), noted beside each, leaves >= 5x headroom.
 # Generated and beam-searched tokens compare exactly.
 register(Family("gpt", "causal decoder with KV cache: prefill and decode from one graph", GPT_PROTOCOL,
-                _gpt_roles, lambda m: GPT_SHAPES, Tolerance(1e-4, 1e-4), ("kv_cache",), _gpt_loop))  # seen 1.7e-5
+                _gpt_roles, _gpt_shapes, Tolerance(1e-4, 1e-4), ("kv_cache",), _gpt_loop))  # seen 1.7e-5
 register(Family("gpt-nocache", "causal decoder without cache: generation recomputes the sequence", NOCACHE_PROTOCOL,
                 _nocache_roles, lambda m: [{"batch": 1, "time": 1}, {"batch": 3, "time": 40}], Tolerance(1e-4, 1e-4),
                 ("full_recompute",), _nocache_loop))  # seen 3.3e-6
