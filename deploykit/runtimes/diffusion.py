@@ -119,21 +119,20 @@ class Denoiser:
     def __init__(self, net: Runner, loop: DiffusionConfig, n: int, labels: np.ndarray | None, guidance: float,
                  batched: bool = True) -> None:
         self.net, self.n, self.output = net, n, net.spec.output_names()[0]
-        self.dtype = np.dtype(_dtype_of(net, "t"))
-        self.integer = bool(np.issubdtype(self.dtype, np.integer))  # timestep_feed's rounding, once per loop
+        self.dtype = _dtype_of(net, "t")
         self.guidance = np.float32(guidance)
-        self.mode = "plain" if labels is None else "conditional" if guidance == 1.0 else "batched" if batched else "split"
+        guided = labels is not None and guidance != 1.0
+        self.mode = ("batched" if batched else "split") if guided else "single"
         null = None if labels is None else np.full_like(labels, loop.num_classes)
-        self.labels = {"plain": {}, "conditional": {"label": labels}, "split": {"label": labels},
-                       "batched": {"label": None if labels is None else np.concatenate([labels, null])}}[self.mode]
+        self.labels = {"label": np.concatenate([labels, null])} if self.mode == "batched" else \
+            {} if labels is None else {"label": labels}
         self.null = {"label": null}
 
-    def __call__(self, x: np.ndarray, t: float, checked: bool = False) -> np.ndarray:
-        """One evaluation at timestep t (w = 1: conditional only). `checked`: the loop validated these feeds' shapes
-        and ranges on its first call (Runner.infer)."""
-        rows = 2 * self.n if self.mode == "batched" else self.n
-        steps = np.full(rows, round(t) if self.integer else t, self.dtype)  # round: half to even, like np.round
-        if self.mode in ("plain", "conditional"):
+    def __call__(self, x: np.ndarray, t: float | np.number, checked: bool = False) -> np.ndarray:
+        """One evaluation at timestep t, as the graph takes it (`timestep_feed`). `checked`: the loop validated these
+        feeds' shapes and ranges on its first call (Runner.infer)."""
+        steps = np.full(2 * self.n if self.mode == "batched" else self.n, t, self.dtype)
+        if self.mode == "single":
             return self.net.infer({"x": x, "t": steps, **self.labels}, checked)[self.output]
         if self.mode == "batched":
             both = self.net.infer({"x": np.concatenate([x, x]), "t": steps, **self.labels}, checked)[self.output]
@@ -168,7 +167,7 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     total = len(scheduler.timesteps)
     if options.host or (options.host is None and labels is not None and guidance == 1.0):
         denoiser = Denoiser(runners["denoiser"], loop, n, labels, guidance, options.batched)
-        for i, t in enumerate(scheduler.timesteps.tolist()):
+        for i, t in enumerate(timestep_feed(denoiser.dtype, scheduler.timesteps)):
             out = denoiser(scheduler.scale_model_input(x, i), t, checked=i > 0)
             x = scheduler.step(out, i, x, noise[i])
             if on_step:
