@@ -72,8 +72,8 @@ class CachedLM:
     and position_ids count only real tokens, so each row decodes as if it were alone.
     """
 
-    def __init__(self, runner: Runner, loop: KVCacheConfig, whole: Runner | None = None) -> None:
-        self.runner, self.loop, self.whole = runner, loop, whole
+    def __init__(self, runner: Runner, loop: KVCacheConfig, loop_graph: Runner | None = None) -> None:
+        self.runner, self.loop, self.loop_graph = runner, loop, loop_graph
         self.vocab_size, self.context = len(loop.vocab), loop.context
         self.names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
         self.presents = [(n, n.replace("past_key_values", "present")) for n in self.names]
@@ -114,7 +114,7 @@ class CachedLM:
                           ) -> np.ndarray | None:
         """The whole loop in the `generate` graph: prefill, then one decode per token after the first."""
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
-        if self.whole is None or lengths.max() + len(uniforms) - 1 > self.context:
+        if self.loop_graph is None or lengths.max() + len(uniforms) - 1 > self.context:
             return None
         tokens, mask, positions = _left_padded(prompts)
         feeds = {"input_ids": tokens, "position_ids": positions, "attention_mask": mask,
@@ -122,7 +122,7 @@ class CachedLM:
                  "top_k": np.asarray([config.top_k or 0], np.int64),
                  "top_p": np.asarray([2.0 if config.top_p is None else config.top_p], np.float64),
                  "stop": np.asarray([*config.stop, -1], np.int64)}  # -1 matches no token: never an empty stop list
-        return self.whole.infer(feeds)["tokens"]
+        return self.loop_graph.infer(feeds)["tokens"]
 
 
 class FullRecomputeLM:
