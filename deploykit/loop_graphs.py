@@ -58,6 +58,10 @@ class _Nodes:
             return self(op, x, self.const([axis], np.int64), keepdims=keepdims)
         return self(op, x, axes=[axis], keepdims=keepdims)
 
+    def last(self, x: str) -> str:
+        """x[:, -1:] (the last column, kept as an axis)."""
+        return self("Slice", x, self.const([-1], np.int64), self.const([INT64_MAX], np.int64), self.const([1], np.int64))
+
     def graph(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.GraphProto:
         return helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.constants)
 
@@ -86,7 +90,7 @@ def _pick(n: _Nodes, logits: str, u: str, vocab: int) -> str:
 
     def top_k(b: _Nodes, x: str) -> str:
         values, _ = b("TopK", x, "top_k", outputs=2, axis=1)
-        kth = b("Slice", values, b.const([-1], np.int64), b.const([INT64_MAX], np.int64), b.const([1], np.int64))
+        kth = b.last(values)
         return b("Where", b("Less", x, kth), b.const(-np.inf, np.float64), x)
 
     def top_p(b: _Nodes, p: str) -> str:
@@ -109,7 +113,7 @@ def _pick(n: _Nodes, logits: str, u: str, vocab: int) -> str:
         p = b("If", has_p, then_branch=_branch("top_p", lambda c: top_p(c, p), TensorProto.DOUBLE, opset),
               else_branch=_branch("all_p", lambda c: c("Identity", p), TensorProto.DOUBLE, opset))
         cdf = b("CumSum", p, b.const(1, np.int64))
-        total = b("Slice", cdf, b.const([-1], np.int64), b.const([INT64_MAX], np.int64), b.const([1], np.int64))
+        total = b.last(cdf)
         threshold = b("Mul", b("Unsqueeze", u, b.const([1], np.int64)), total)
         index = b.reduce("ReduceSum", b("Cast", b("Less", cdf, threshold), to=TensorProto.INT64), 1, 0)
         return b("Min", index, b.const(vocab - 1, np.int64))
@@ -162,8 +166,8 @@ def _renamed(graph: onnx.GraphProto, names: dict[str, str], prefix: str) -> tupl
     return _sorted(nodes), weights
 
 
-def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> GraphSpec:
-    """Write the whole generation loop over `decoder` (a decoder_with_past graph) to `out`; its spec."""
+def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> tuple[GraphSpec, int]:
+    """Write the whole generation loop over `decoder` (a decoder_with_past graph) to `out`; its spec and opset."""
     model = onnx.load(str(decoder))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     vocab = len(loop.vocab)
@@ -177,8 +181,7 @@ def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> GraphS
     # Loop body: (iteration, condition, *carried) -> (condition, *carried, token)
     body = _Nodes("body/", opset)
     body.nodes.extend(decoder_nodes)
-    logits = body("Squeeze", body("Slice", "step_logits", body.const([-1], np.int64), body.const([INT64_MAX], np.int64),
-                                  body.const([1], np.int64)), body.const([1], np.int64))
+    logits = body("Squeeze", body.last("step_logits"), body.const([1], np.int64))
     u = body("Gather", "uniforms", "iteration", axis=0)
     token = _pick(body, logits, u, vocab)
     hit = body.reduce("ReduceMax", body("Cast", body("Equal", body("Unsqueeze", token, body.const([1], np.int64)), "stop"),
@@ -187,8 +190,7 @@ def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> GraphS
     going = body("Not", body("Cast", body.reduce("ReduceMin", body("Cast", done, to=TensorProto.INT64), 0, 0),
                              to=TensorProto.BOOL))
     next_ids = body("Unsqueeze", token, body.const([1], np.int64))
-    last = body("Slice", "positions", body.const([-1], np.int64), body.const([INT64_MAX], np.int64), body.const([1], np.int64))
-    next_positions = body("Add", last, body.const(1, np.int64))
+    next_positions = body("Add", body.last("positions"), body.const(1, np.int64))
     column = body("ConstantOfShape", body("Shape", next_ids), value=numpy_helper.from_array(np.ones(1, np.int64)))
     next_mask = body("Concat", "mask", column, axis=1)
     token_out = body("Identity", token)
@@ -232,13 +234,13 @@ def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> GraphS
     built = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="deploykit")
     built.ir_version = model.ir_version
     onnx.save(built, str(out))
-    return spec
+    return spec, opset
 
 
 _DTYPES = {"int64": TensorProto.INT64, "float64": TensorProto.DOUBLE}
 
 # loop kind -> (role it builds, role it is built from, builder)
-BUILDERS: dict[str, tuple[str, str, Callable[[Path, Path, Any], GraphSpec]]] = {
+BUILDERS: dict[str, tuple[str, str, Callable[[Path, Path, Any], tuple[GraphSpec, int]]]] = {
     KVCacheConfig.kind: (GENERATE_ROLE, "decoder_with_past", build_kv_generation),
 }
 
@@ -248,7 +250,5 @@ def build_loop_graphs(loop: LoopConfig, graphs: Path) -> dict[str, dict[str, Any
     if loop.kind not in BUILDERS or not getattr(loop, "in_graph", False):
         return {}
     role, source, build = BUILDERS[loop.kind]
-    spec = build(graphs / f"{source}.onnx", graphs / f"{role}.onnx", loop)
-    opset = next(o.version for o in onnx.load(str(graphs / f"{role}.onnx"), load_external_data=False).opset_import
-                 if o.domain in ("", "ai.onnx"))
+    spec, opset = build(graphs / f"{source}.onnx", graphs / f"{role}.onnx", loop)
     return {role: {"file": f"graphs/{role}.onnx", "opset": opset, "spec": spec.to_json(), "built_from": source}}
