@@ -66,6 +66,21 @@ def test_default_attention_exports_and_greedy_tokens_equal_transformers_generate
         assert text == codec.decode(got)
 
 
+def test_graph_stores_every_linear_weight_as_torch_holds_it(exported) -> None:
+    """No Transpose over a weight (onnxruntime would fold it into a copy at each load) and no weight stored
+    transposed: each 2-D torch weight's bytes are an initializer of the graph, the tied GPT-2 LM head included."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, bundle, reference = exported
+    graph = onnx.load(str(bundle.path / "graphs" / "decoder_with_past.onnx")).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
+    stored = {(a.shape, a.tobytes()) for a in initializers.values() if a.ndim == 2}
+    weights = {p.data_ptr(): p.detach().numpy() for p in reference.parameters() if p.ndim == 2}
+    assert len(weights) > 4 and all((w.shape, w.tobytes()) in stored for w in weights.values())
+
+
 def test_verify_against_the_folder_the_user_names(exported, tmp_path: Path) -> None:
     _, bundle, _ = exported
     folder = Path(bundle.source["path"])

@@ -64,3 +64,22 @@ def test_top1_note_reads_the_class_axis_of_each_logits_layout() -> None:
         assert report.rows[0].note == "top-1 agrees 100.0%"
         if axis != len(shape) - 1:  # the last axis would have misread it
             assert np.mean(expected.argmax(-1) == actual.argmax(-1)) < 1
+
+
+def test_chunked_comparison_matches_the_whole_array(monkeypatch) -> None:
+    """Chunks of 7 elements give the figures of one pass over everything, the failing element in a late chunk."""
+    import deploykit.parity as parity
+
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((3, 5, 11)).astype(np.float32)
+    e[0, 1, 2], e[2, 4, 10] = np.inf, np.nan
+    a = e + rng.uniform(-1e-6, 1e-6, e.shape).astype(np.float32)
+    whole = compare_output("c", "logits", e, a, 1e-5, 1e-4)
+    monkeypatch.setattr(parity, "COMPARE_CHUNK", 7)
+    chunked = compare_output("c", "logits", e, a, 1e-5, 1e-4)
+    assert chunked == whole and whole.passed and whole.informative
+    a[2, 4, 9] += 1.0  # in the next-to-last chunk
+    assert not compare_output("c", "logits", e, a, 1e-5, 1e-4).passed
+    a[2, 4, 9] -= 1.0
+    a[2, 3, 0] = np.inf
+    assert compare_output("c", "logits", e, a, 1e-5, 1e-4).note == "NaN/Inf mismatch"

@@ -11,10 +11,11 @@ import onnxruntime as ort
 import pytest
 
 from deploykit.backends import BACKENDS, RunnerOptions, make_runners
-from deploykit.backends.ort import PROVIDERS
+from deploykit.backends.ort import PROVIDERS, OrtRunner
 from deploykit.bundle import load_bundle
 from deploykit.errors import BackendUnavailableError, DeploykitError, InputError
 from deploykit.sources import torch_reference
+from deploykit.specs import GraphSpec, TensorSpec
 
 AVAILABLE = set(ort.get_available_providers())
 
@@ -97,3 +98,32 @@ def test_profile_times_backends_in_alternating_blocks() -> None:
     assert [len(t) for t in times] == [25, 25] and calls[:4] == ["a", "a", "b", "b"]  # warm-up first
     timed, per = calls[4:], -(-25 // BLOCKS)
     assert timed[:2 * per] == ["a"] * per + ["b"] * per and timed[2 * per:4 * per] == ["b"] * per + ["a"] * per
+
+
+def test_shared_weights_replace_the_files_without_a_copy(tmp_path: Path) -> None:
+    """OrtRunner(weights=...) runs on the given arrays (the export's checks hand it the torch tensors); the export
+    refuses a data file whose bytes differ from the tensors it was written from."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from deploykit.errors import ExportError
+    from deploykit.exporters.onnx_export import _written_as
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
+              save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    spec = GraphSpec((TensorSpec("x", "float32", ("batch", 3)),), (TensorSpec("y", "float32", ("batch", 4)),), {})
+    stored = onnx.load(str(path), load_external_data=False).graph
+    assert set(_written_as(tmp_path, stored, {"w": w})) == {"w"}
+    with pytest.raises(ExportError, match="differs from the tensor"):
+        _written_as(tmp_path, stored, {"w": w + 1})
+    x = np.ones((2, 3), np.float32)
+    with OrtRunner("g", spec, path, weights={"w": 2 * w}) as runner:
+        np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ (2 * w))
+    with OrtRunner("g", spec, path) as runner:
+        np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ w)

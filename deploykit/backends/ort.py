@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,19 @@ INSTALL_HINT = {
 
 
 class OrtRunner(Runner):
-    """Runs an ONNX graph with an onnxruntime InferenceSession."""
+    """Runs an ONNX graph with an onnxruntime InferenceSession. `weights` (initializer name -> C-contiguous array)
+    replace the file's initializers of those names without a copy: the arrays must hold the same values."""
 
     def __init__(
-        self, role: str, spec: GraphSpec, path: Path, backend: str = "ort-cpu", options: RunnerOptions | None = None
+        self, role: str, spec: GraphSpec, path: Path, backend: str = "ort-cpu", options: RunnerOptions | None = None,
+        weights: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if backend not in PROVIDERS:
             raise BackendUnavailableError(f"unknown onnxruntime backend {backend!r}; choose one of {choices(PROVIDERS)}.")
         super().__init__(role, spec, options)
         self.backend = backend
         self.path = path
+        self.weights = dict(weights or {})
         self.session: Any = None
 
     def _activate(self) -> None:
@@ -61,6 +65,9 @@ class OrtRunner(Runner):
             so.intra_op_num_threads = self.options.threads
         if not self.options.prepack:  # external data is then mapped, not copied
             so.add_session_config_entry("session.disable_prepacking", "1")
+        self.shared = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in self.weights.items()]
+        for name, value in self.shared:  # the OrtValues must outlive the session: kept until deactivate
+            so.add_initializer(name, value)
         opts = [provider_options(p, self.options) for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers, provider_options=opts)
@@ -88,6 +95,7 @@ class OrtRunner(Runner):
 
     def _deactivate(self) -> None:
         self.session = None
+        self.shared = []
         self.resident = {}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

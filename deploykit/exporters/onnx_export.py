@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +203,25 @@ def _export_dims(role: Role) -> dict[str, Any]:
     return dims
 
 
-def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[GraphSpec, int, list[str]]:
-    """Export one role to `path`: its spec (outputs read back from the graph), opset, and the external-data files
-    written beside it (relative to `path`'s folder).
+@dataclass(frozen=True)
+class Exported:
+    """One role's graph on disk: its spec, opset, external-data files (relative to the graph's folder), and the
+    in-memory tensors those files hold, by initializer name (views of the torch weights, for the export's checks)."""
+
+    spec: GraphSpec
+    opset: int
+    data_files: list[str]
+    weights: dict[str, np.ndarray]
+
+
+def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Exported:
+    """Export one role to `path` (outputs read back from the graph into its spec).
 
     Weights always go to external data first: torch.onnx then streams them to disk one tensor at a time instead of
-    building the whole protobuf (and its serialization) in memory, and onnxruntime maps the file instead of copying
-    it during the export's checks. `inline_external_data` folds them back when the graph should be one file. The
-    checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
+    building the whole protobuf (and its serialization) in memory. The data file is then compared byte for byte
+    with the tensors it was written from, and the export's checks hand onnxruntime those tensors (`weights`)
+    instead of a second copy read from the file. `inline_external_data` folds them back when the graph should be
+    one file. The checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
     symbols = _export_dims(role)
     dynamic = tuple({i: symbols[d] for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
@@ -241,6 +253,8 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
         raise export_failure(name, role.module, exc, log) from exc
     log.unlink()
     _strip_metadata(program.model)
+    _gemm_transposed_weights(program.model)
+    weights = {v.name: v.const_value.numpy() for v in program.model.graph.initializers.values() if v.const_value is not None}
     program.save(str(path), external_data=True)
     del program
     _release_memory()
@@ -258,7 +272,27 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> tuple[
     unused = path.with_name(path.name + ".data")  # torch keeps tensors under 1 KiB inline: the file may hold none
     if unused.name not in data_files:
         unused.unlink(missing_ok=True)
-    return spec, int(opset_found), data_files
+    return Exported(spec, int(opset_found), data_files, _written_as(path.parent, model.graph, weights))
+
+
+def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The `tensors` that `graph`'s own external-data initializers hold, after checking the file byte for byte
+    against them (streamed: no copy of either); ExportError if any differs."""
+    out = {}
+    for init in graph.initializer:
+        array = tensors.get(init.name)
+        if init.data_location != onnx.TensorProto.EXTERNAL or array is None or not array.flags.c_contiguous:
+            continue
+        info = {entry.key: entry.value for entry in init.external_data}
+        data = memoryview(array).cast("B")
+        with open(folder / info["location"], "rb") as handle:
+            handle.seek(int(info.get("offset", 0)))
+            for start in range(0, len(data), CHUNK):
+                if handle.read(min(CHUNK, len(data) - start)) != data[start:start + CHUNK]:
+                    raise ExportError(f"external data for '{init.name}' in {info['location']} differs from the "
+                                      "tensor it was written from; the export is corrupt (disk full?).")
+        out[init.name] = array
+    return out
 
 
 def _release_memory() -> None:
@@ -347,6 +381,63 @@ def _strip_metadata(model: Any) -> None:
 
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         node.metadata_props.clear()
+
+
+def _gemm_transposed_weights(model: Any) -> None:
+    """Make every MatMul by a transposed 2-D weight W read W as torch stores it, through Gemm(x, W, transB=1)
+    (x flattened to 2-D and the product reshaped back). torch.onnx writes nn.Linear weights as W.T: a Transpose
+    node where W has another reader (a tied LM head: the embedding's Gather reads wte too), which onnxruntime folds
+    into a transposed copy at every session start (GPT-2 124M: 147 MiB more, at export and at each load), and
+    otherwise a folded initializer that is a transposed view of the torch tensor, which the file stores as a copy.
+    Stored as W, the file holds the torch tensors' own bytes: the export's checks hand onnxruntime those tensors."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    for node in list(graph):
+        weight = node.inputs[0] if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") else None
+        perm = node.attributes.get("perm")
+        if (weight is not None and weight.is_initializer() and weight.const_value is not None
+                and len(weight.const_value.shape) == 2 and (perm is None or list(perm.as_ints()) == [1, 0])
+                and _only_matmul_weight(node.outputs[0])):
+            _as_gemm(graph, node.outputs[0], weight)
+            graph.remove(node, safe=True)
+    for value in list(graph.initializers.values()):
+        array = value.const_value.numpy() if value.const_value is not None else None
+        if (array is not None and array.ndim == 2 and not array.flags.c_contiguous and array.T.flags.c_contiguous
+                and _only_matmul_weight(value)):
+            value.const_value = ir.tensor(array.T, name=value.name)
+            value.shape = ir.Shape(array.T.shape)
+            _as_gemm(graph, value, value)
+
+
+def _only_matmul_weight(value: Any) -> bool:
+    """Whether every reader of `value` is a MatMul taking it as its right operand (and it is no graph output)."""
+    uses = value.uses()
+    return bool(uses) and not value.is_graph_output() and all(u.node.op_type == "MatMul" and u.idx == 1 for u in uses)
+
+
+def _as_gemm(graph: Any, transposed: Any, weight: Any) -> None:
+    """Replace each MatMul(x, `transposed`) by Gemm over `weight` (N, K), whose transpose `transposed` is."""
+    import onnx_ir as ir
+
+    rows, cols = weight.const_value.shape
+    for matmul in {u.node for u in transposed.uses()}:
+        x, product = matmul.inputs[0], matmul.outputs[0]
+        if x.shape is not None and x.shape.rank() == 2:
+            nodes = [ir.node("Gemm", [x, weight], {"transB": 1})]
+        else:  # (..., K) -> (M, K) -> Gemm -> (..., N)
+            size = ir.node("Constant", [], {"value": ir.tensor(np.array([rows], np.int64))})
+            lead = ir.node("Shape", [x], {"end": -1})
+            flat = ir.node("Flatten", [x], {"axis": -1})
+            gemm = ir.node("Gemm", [flat.outputs[0], weight], {"transB": 1})
+            shape = ir.node("Concat", [lead.outputs[0], size.outputs[0]], {"axis": 0})
+            nodes = [size, lead, flat, gemm, shape, ir.node("Reshape", [gemm.outputs[0], shape.outputs[0]])]
+        result = nodes[-1].outputs[0]
+        result.dtype, result.shape = product.dtype, product.shape
+        graph.insert_before(matmul, nodes)
+        product.replace_all_uses_with(result, replace_graph_outputs=True)
+        result.name = product.name
+        graph.remove(matmul, safe=True)
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
