@@ -398,22 +398,24 @@ def _gemm_transposed_weights(model: Any) -> None:
         perm = node.attributes.get("perm")
         if (weight is not None and weight.is_initializer() and weight.const_value is not None
                 and len(weight.const_value.shape) == 2 and (perm is None or list(perm.as_ints()) == [1, 0])
-                and _only_matmul_weight(node.outputs[0])):
+                and _only_matmul_weight(node.outputs[0], graph)):
             _as_gemm(graph, node.outputs[0], weight)
             graph.remove(node, safe=True)
     for value in list(graph.initializers.values()):
         array = value.const_value.numpy() if value.const_value is not None else None
         if (array is not None and array.ndim == 2 and not array.flags.c_contiguous and array.T.flags.c_contiguous
-                and _only_matmul_weight(value)):
+                and _only_matmul_weight(value, graph)):
             value.const_value = ir.tensor(array.T, name=value.name)
             value.shape = ir.Shape(array.T.shape)
             _as_gemm(graph, value, value)
 
 
-def _only_matmul_weight(value: Any) -> bool:
-    """Whether every reader of `value` is a MatMul taking it as its right operand (and it is no graph output)."""
+def _only_matmul_weight(value: Any, graph: Any) -> bool:
+    """Whether every reader of `value` is a MatMul of `graph` (not of a loop body) taking it as its right operand,
+    and it is no graph output."""
     uses = value.uses()
-    return bool(uses) and not value.is_graph_output() and all(u.node.op_type == "MatMul" and u.idx == 1 for u in uses)
+    return bool(uses) and not value.is_graph_output() and all(
+        u.node.op_type == "MatMul" and u.idx == 1 and u.node.graph is graph for u in uses)
 
 
 def _as_gemm(graph: Any, transposed: Any, weight: Any) -> None:
