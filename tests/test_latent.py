@@ -4,8 +4,6 @@ Hopfield retrieval, and the errors users hit."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from deploykit.errors import InputError
 from deploykit.models import load_checkpoint, trained
 from deploykit.models.data import binarized_digits, load_digits, toy_2d
 from deploykit.models.train_latent import corrupt, digit_patterns
-from deploykit.runtimes.diffusion import Denoiser
+from deploykit.runtimes.diffusion import IN_GRAPH_LIMIT, Denoiser, DiffusionOptions, scheduler_for
 from deploykit.runtimes.schedulers import make_scheduler
 from deploykit.runtimes.schedulers.ddim import DDIMScheduler
 from deploykit.runtimes.schedulers.ddpm import DDPMScheduler
@@ -150,18 +148,32 @@ def test_latent_diffusion_end_to_end_and_guidance_refused(zoo_bundle) -> None:
     assert 0.15 < a.mean() < 0.5 and abs(a.mean() - train.mean()) < 0.1  # ink coverage like the digits
 
 
-def test_the_default_loop_is_the_faster_one(zoo_bundle) -> None:
-    """Conditional-only sampling (guidance 1) runs on the host, one denoiser call of n per step, where the sampler
-    graph would evaluate cond and uncond (2n); guided sampling runs in the graph, one call."""
-    calls: Counter[str] = Counter()
+def test_conditional_only_sampling_runs_n_rows_in_the_graph(zoo_bundle) -> None:
+    """The sampler graph takes [labels] at guidance 1 (one call of n rows per step, like the host loop's
+    denoiser) and [labels; null labels] when guided (2n); both reproduce the host loop."""
+    feeds: list[tuple[str, tuple[int, ...]]] = []
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
         for role, runner in dep.runners.items():
-            runner.infer = lambda *a, _infer=runner.infer, _role=role, **k: (calls.update([_role]), _infer(*a, **k))[1]
-        dep.sample(2, 0, dep.options(steps=5, scheduler="ddim"))
-        assert calls == {"denoiser": 5}
-        calls.clear()
-        dep.sample(2, 0, dep.options(steps=5, scheduler="ddim", guidance=3.0))
-        assert calls == {"sampler": 1}
+            runner.infer = lambda f, *a, _infer=runner.infer, _role=role, **k: (
+                feeds.append((_role, f["label"].shape)), _infer(f, *a, **k))[1]
+        for w in (1.0, 3.0):
+            feeds.clear()
+            graph = dep.sample(3, 0, dep.options(steps=5, scheduler="ddim", guidance=w))
+            assert feeds == [("sampler", (1 if w == 1 else 2, 3))]
+            host = dep.sample(3, 0, dep.options(steps=5, scheduler="ddim", guidance=w, host=True))
+            np.testing.assert_allclose(graph, host, atol=IN_GRAPH_LIMIT)
+
+
+def test_a_scheduler_is_set_up_once_per_loop_and_options(zoo_bundle) -> None:
+    """scheduler_for copies the loop's planned scheduler: same table, its own step() history, a fresh one for
+    other options."""
+    loop = zoo_bundle("ddpm-digits").loop
+    first, again = (scheduler_for(loop, DiffusionOptions(scheduler="dpm++2m", steps=7)) for _ in range(2))
+    other = scheduler_for(loop, DiffusionOptions(scheduler="dpm++2m", steps=8))
+    assert first is not again and first.table is again.table and len(other.timesteps) == 8
+    x = np.ones((1, 4), np.float32)
+    first.step(x, 0, x, x)  # DPM-Solver++(2M) keeps the last x0
+    assert again._history is None and first._history is not None
 
 
 def test_annealed_langevin_lands_on_the_moons(zoo_bundle) -> None:

@@ -21,7 +21,7 @@ from ..errors import ExportError, InputError
 from ..runtimes.diffusion import DiffusionConfig
 from ..runtimes.schedulers import COLUMNS, SCHEDULERS
 from ..runtimes.schedulers.noise_schedule import PREDICTIONS, scheduler_config, training_steps, zoo_config
-from ..specs import TensorSpec
+from ..specs import DimRule, TensorSpec
 from .latent import DecoderGraph
 from .registry import Family, Role, Tolerance, attribute, register
 
@@ -54,11 +54,15 @@ def affine_update(x: torch.Tensor, h: torch.Tensor, out: torch.Tensor, noise: to
 
 def guided_output(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
                   guidance: torch.Tensor | None) -> torch.Tensor:
-    """The network output; with `labels` = [label; null label] (2 * batch), classifier-free guidance
-    uncond + w (cond - uncond) from one batched call (stack/flatten: torch.onnx fails on cat in a scan body)."""
+    """The network output. `labels` [rows, batch]: one row is conditional sampling, one call of batch rows; a
+    second row of null labels makes it classifier-free guidance uncond + w (cond - uncond), one call of 2 * batch
+    (expand/flatten: torch.onnx fails on cat in a scan body). With one row, cond - uncond is exactly 0."""
     if labels is None:
         return net(x, t)
-    cond, uncond = net(torch.stack([x, x]).flatten(0, 1), torch.stack([t, t]).flatten(0, 1), labels).unflatten(0, (2, -1))
+    rows = labels.shape[0]
+    out = net(x.expand(rows, *x.shape).flatten(0, 1), t.expand(rows, *t.shape).flatten(0, 1),
+              labels.flatten(0, 1)).unflatten(0, (rows, -1))
+    cond, uncond = out[0], out[-1]
     return uncond + guidance[0] * (cond - uncond)  # guidance [1]
 
 
@@ -73,12 +77,10 @@ class SamplerGraph(nn.Module):
     def forward(self, x: torch.Tensor, history: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                 coefficients: torch.Tensor, label: torch.Tensor | None = None, guidance: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = None if label is None else torch.stack([label, torch.full_like(label, int(self.net.num_classes))]).flatten(0, 1)
-
         def body(carry: tuple[torch.Tensor, torch.Tensor], step: tuple[torch.Tensor, ...]
                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
             (x, h), (t, row, z) = carry, step
-            out = guided_output(self.net, x * row[0], t.expand(x.shape[0]), labels, guidance)
+            out = guided_output(self.net, x * row[0], t.expand(x.shape[0]), label, guidance)
             return affine_update(x, h, out, z, row), row[:1].clone()
 
         x, h = scan(body, (x, history), (timesteps, coefficients, noise))[0]
@@ -101,10 +103,11 @@ def _network_roles(net: nn.Module, event: tuple[int, ...], t_high: int, classes:
     net_in: tuple[TensorSpec, ...] = (x, t)
     if classes:  # guidance has no upper bound: the loop checks it is finite and >= 0 (--guidance)
         label = TensorSpec("label", "int64", ("batch",), high=classes + 1)
-        net_in, loop_in = (*net_in, label), (*loop_in, TensorSpec("label", "int64", ("batch",), high=classes),
-                                              TensorSpec("guidance", "float32", (1,)))
+        rows = TensorSpec("label", "int64", ("rows", "batch"), high=classes + 1)  # [labels] or [labels; null labels]
+        net_in, loop_in = (*net_in, label), (*loop_in, rows, TensorSpec("guidance", "float32", (1,)))
     return {"denoiser": Role(net, net_in, (output,), {"batch": 2}),
-            "sampler": Role(SamplerGraph(net), loop_in, ("sample", "history_out"), {"batch": 2, "steps": 3})}
+            "sampler": Role(SamplerGraph(net), loop_in, ("sample", "history_out"), {"batch": 2, "steps": 3, "rows": 2},
+                            {"rows": DimRule(min=1, max=2)})}
 
 
 def _schedule(net: nn.Module, family: str, protocol: str) -> dict[str, Any]:
@@ -187,7 +190,7 @@ def _score_loop(model: nn.Module) -> dict[str, Any]:
                            schedulers=["langevin"], schedule={"sigmas": sigmas, "step_size": step}, columns=list(COLUMNS))
 
 
-SHAPES = [{"batch": 1, "steps": 2}, {"batch": 5, "steps": 3}]
+SHAPES = [{"batch": 1, "steps": 2, "rows": 1}, {"batch": 5, "steps": 3, "rows": 2}]  # rows: conditional models
 # Tolerances (fp32; see README): one denoiser call stays within 1e-5 (GroupNorm sums in another order);
 # the bundle's loop check replays 20-step loops, where the error of each call passes through the
 # scheduler's 1/sqrt(abar_t) and the clip, so the family tolerance is set by the loops.
