@@ -4,6 +4,8 @@ Hopfield retrieval, and the errors users hit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -162,6 +164,20 @@ def test_conditional_only_sampling_runs_n_rows_in_the_graph(zoo_bundle) -> None:
             assert feeds == [("sampler", (1 if w == 1 else 2, 3))]
             host = dep.sample(3, 0, dep.options(steps=5, scheduler="ddim", guidance=w, host=True))
             np.testing.assert_allclose(graph, host, atol=IN_GRAPH_LIMIT)
+
+
+def test_a_sampler_taking_labels_alone_samples_conditional_only_on_the_host(zoo_bundle) -> None:
+    """Sampler graphs exported with label [n] (the null row made inside) evaluate 2n rows at any w: at w = 1 the
+    default is then the host loop, one denoiser call of n per step."""
+    calls: list[str] = []
+    with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
+        sampler = dep.runners["sampler"]
+        sampler.spec = replace(sampler.spec, inputs=tuple(replace(s, shape=("batch",)) if s.name == "label" else s
+                                                          for s in sampler.spec.inputs))
+        for role, runner in dep.runners.items():
+            runner.infer = lambda *a, _infer=runner.infer, _role=role, **k: (calls.append(_role), _infer(*a, **k))[1]
+        dep.sample(2, 0, dep.options(steps=5, scheduler="ddim"))
+    assert calls == ["denoiser"] * 5
 
 
 def test_a_scheduler_is_set_up_once_per_loop_and_options(zoo_bundle) -> None:
