@@ -281,7 +281,8 @@ def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndar
     out = {}
     for init in graph.initializer:
         array = tensors.get(init.name)
-        if init.data_location != onnx.TensorProto.EXTERNAL or array is None or not array.flags.c_contiguous:
+        if (init.data_location != onnx.TensorProto.EXTERNAL or array is None or not array.flags.c_contiguous
+                or array.dtype.kind not in "biuf"):  # onnxruntime takes numpy's own dtypes (not ml_dtypes' bfloat16)
             continue
         info = {entry.key: entry.value for entry in init.external_data}
         data = memoryview(array).cast("B")
