@@ -320,7 +320,7 @@ def _field(number: int, size: int) -> bytes:
 
 
 GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
-CHUNK = 64 << 20
+CHUNK = 16 << 20
 
 
 def inline_external_data(path: Path) -> None:
@@ -329,6 +329,7 @@ def inline_external_data(path: Path) -> None:
     data file in chunks, so memory stays at the graph's structure plus one chunk, whatever the weights weigh."""
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
+    _release_memory()  # what the export's checks freed goes back to the OS first: this runs at the export's peak
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent
     files = {entry.value for t in _initializers(model.graph) for entry in t.external_data if entry.key == "location"}
