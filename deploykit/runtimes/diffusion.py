@@ -182,8 +182,9 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     x, noise = draw_noise(loop, scheduler, n, seed)
     total = len(scheduler.timesteps)
     sampler = runners["sampler"]
-    rows = labels is not None and len(next(s.shape for s in sampler.spec.inputs if s.name == "label")) == 2
-    if options.host or (options.host is None and labels is not None and guidance == 1.0 and not rows):
+    # the sampler takes labels as [rows, n] (before: [n], the null row made inside, so always 2n rows)
+    label_rows = labels is not None and len(next(s.shape for s in sampler.spec.inputs if s.name == "label")) == 2
+    if options.host or (options.host is None and labels is not None and guidance == 1.0 and not label_rows):
         denoiser = Denoiser(runners["denoiser"], loop, n, labels, guidance, options.batched)
         for i, t in enumerate(timestep_feed(denoiser.dtype, scheduler.timesteps)):
             out = denoiser(scheduler.scale_model_input(x, i), t, checked=i > 0)
@@ -198,7 +199,7 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     timesteps = timestep_feed(_dtype_of(sampler, "timesteps"), scheduler.timesteps)
     state = {} if legacy else {"history": np.zeros_like(x)}
     chunk = total if on_step is None else -(-total // PROGRESS_CHUNKS)
-    if rows:  # [labels], or [labels; null labels] when guided: conditional-only sampling evaluates n rows, not 2n
+    if label_rows:  # [labels], or [labels; null labels] when guided: conditional-only sampling evaluates n rows, not 2n
         labels = labels[None] if guidance == 1.0 else np.stack([labels, np.full_like(labels, loop.num_classes)])
     extra = {} if labels is None else {"label": labels, "guidance": np.asarray([guidance], np.float32)}
     for start in range(0, total, chunk):
