@@ -51,6 +51,33 @@ def test_zoo_list_shows_metrics_of_trained_models(capsys, zoo_bundle) -> None:
     assert code == 0 and "test_accuracy=0.9" in out and cached_checkpoint("cnn").is_file()
 
 
+def test_processes_that_need_the_same_zoo_model_train_it_once(tmp_path: Path, monkeypatch) -> None:
+    """`trained()` holds a lock per checkpoint: a second caller waits for the first one's checkpoint."""
+    import threading
+    import time
+
+    from deploykit import models
+
+    monkeypatch.setenv("DEPLOYKIT_HOME", str(tmp_path))
+    runs = []
+
+    def slow_train(name: str, out: Path, on_step: object = None) -> dict[str, float]:
+        runs.append(name)
+        time.sleep(0.3)  # the second caller arrives while this one trains
+        return real_train(name, out, on_step)
+
+    real_train = models.train_zoo
+    monkeypatch.setattr(models, "train_zoo", slow_train)
+    paths: list[Path] = []
+    callers = [threading.Thread(target=lambda: paths.append(models.trained("hopfield-digits"))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert runs == ["hopfield-digits"] and paths == [cached_checkpoint("hopfield-digits")] * 2
+    assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == [".hopfield-digits.pt.lock", "hopfield-digits.pt"]
+
+
 def test_run_command_and_its_input_errors(capsys, zoo_bundle, tmp_path: Path) -> None:
     bundle = zoo_bundle("cgan").path
     np.savez(tmp_path / "in.npz", z=np.zeros((3, 16), np.float32), label=np.array([1, 2, 3]))

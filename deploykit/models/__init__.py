@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,5 +259,22 @@ def trained(name: str, on_step: OnStep = None) -> Path:
     """Path of the cached trained checkpoint of `name`, training it first if absent."""
     path = cached_checkpoint(name)
     if not path.is_file():
-        train_zoo(name, path, on_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path.with_name(f".{path.name}.lock")):  # another process training it: wait, then reuse
+            if not path.is_file():
+                train_zoo(name, path, on_step)
     return path
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file `lock` (POSIX flock). Without flock there is no lock: checkpoints
+    are still written atomically, so processes training the same model at once only repeat the work."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes, or the process dies
+        yield
