@@ -32,7 +32,7 @@ class OutputParity:
     informative: bool = True  # False when the reference is constant or within atol of 0: any output would pass
 
 
-COMPARE_CHUNK = 1 << 20
+COMPARE_CHUNK = 1 << 18  # 2 MiB per float64 temporary; a real LM's check shape holds ~10 of them at once
 
 
 def compare_output(

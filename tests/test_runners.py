@@ -127,3 +127,7 @@ def test_shared_weights_replace_the_files_without_a_copy(tmp_path: Path) -> None
         np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ (2 * w))
     with OrtRunner("g", spec, path) as runner:
         np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ w)
+    for arena in (True, False):  # the export's checks run without onnxruntime's arena: freed between check shapes
+        with OrtRunner("g", spec, path, options=RunnerOptions(arena=arena)) as runner:
+            assert runner.session.get_session_options().enable_cpu_mem_arena is arena
+            np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ w)

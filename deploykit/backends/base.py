@@ -29,6 +29,7 @@ class RunnerOptions:
     engine_cache: str | None = None  # ort-trt: directory where the TensorRT EP caches its engines
     io_binding: bool | None = None  # onnxruntime I/O binding; None: on for the GPU backends
     prepack: bool = True  # onnxruntime: repack weights for its kernels (faster calls; the packed copy is memory)
+    arena: bool = True  # onnxruntime CPU: keep freed buffers for the next call (faster; the memory stays held)
 
     def __post_init__(self) -> None:
         check_int("--threads", self.threads or 0, 0, MAX_THREADS, "0: the backend's default")

@@ -65,6 +65,7 @@ class OrtRunner(Runner):
             so.intra_op_num_threads = self.options.threads
         if not self.options.prepack:  # external data is then mapped, not copied
             so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = self.options.arena
         self.shared = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in self.weights.items()]
         for name, value in self.shared:  # the OrtValues must outlive the session: kept until deactivate
             so.add_initializer(name, value)

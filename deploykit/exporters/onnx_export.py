@@ -257,7 +257,7 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     weights = {v.name: v.const_value.numpy() for v in program.model.graph.initializers.values() if v.const_value is not None}
     program.save(str(path), external_data=True)
     del program
-    _release_memory()
+    release_memory()
     _localize_loop_weights(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -296,9 +296,11 @@ def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndar
     return out
 
 
-def _release_memory() -> None:
-    """Collect the exported program and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
-    gc.collect()
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), after collecting garbage cycles (the
+    exported program) unless `collect` is False: arrays are freed as soon as they are dropped, cycles need gc."""
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -329,7 +331,7 @@ def inline_external_data(path: Path) -> None:
     data file in chunks, so memory stays at the graph's structure plus one chunk, whatever the weights weigh."""
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    _release_memory()  # what the export's checks freed goes back to the OS first: this runs at the export's peak
+    release_memory()  # what the export's checks freed goes back to the OS first: this runs at the export's peak
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent
     files = {entry.value for t in _initializers(model.graph) for entry in t.external_data if entry.key == "location"}
