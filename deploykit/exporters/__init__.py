@@ -57,8 +57,9 @@ GOLDEN_SHARE = 0.05
 GOLDEN_MIN_BYTES = 16 << 20
 # The export's checks run onnxruntime on the torch model's own tensors (export_role checks the file against them) and
 # without prepacking, so no second copy of the weights is made while torch's is held; same kernels, same results.
-# Without the arena, what one check shape's run allocated is freed (and trimmed) before the next: GPT-2 124M's export
-# peak 1190 -> 1183 MiB (a long-past cache at batch 3 is the largest shape).
+# Without the arena, what one check shape's run allocated is freed (and trimmed) before the next. With the trim and
+# smaller compare chunks: GPT-2 124M's export peak 1202-1215 -> 1183-1206 MiB (its largest shape: a 200-token cache
+# for 3 rows).
 EXPORT_CHECKS = RunnerOptions(prepack=False, arena=False)
 
 
