@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,7 @@ class GoldenCase:
     name: str
     dims: dict[str, int]
     path: Path
+    allowed: dict[str, float] = field(default_factory=dict)  # output -> max abs the export's fp64/magnitude rule set
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(inputs, outputs) as arrays; BundleError for a file that is not a plain-array .npz (pickles refused)."""
@@ -114,7 +115,9 @@ class Bundle:
     def golden(self) -> list[GoldenCase]:
         """Golden cases recorded at export."""
         return [
-            GoldenCase(c["role"], c["case"], dict(c["dims"]), self.path / c["file"]) for c in self.manifest["golden"]
+            GoldenCase(c["role"], c["case"], dict(c["dims"]), self.path / c["file"],
+                       {k: float(v) for k, v in c.get("allowed", {}).items()})
+            for c in self.manifest["golden"]
         ]
 
     @cached_property
@@ -255,9 +258,11 @@ MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) ar
     "schema_version": int, "family": str,
     "graphs": _Map(_FILE | {"opset": int, "spec": _SPEC, "external_data": _Opt(_List(_FILE)),
                                "built_from": _Opt(str)}),
-    "golden": _List({"role": str, "case": str, "dims": _Map(int), "file": str, "sha256": str}),
+    "golden": _List({"role": str, "case": str, "dims": _Map(int), "file": str, "sha256": str,
+                     "allowed": _Opt(_Map(_NUMBER))}),
     "loop": _Map(object),  # typed by its LoopKind's config (LoopConfig.from_json)
-    "tolerance": {"atol": _NUMBER, "rtol": _NUMBER, "outputs": _Opt(_Map(_List(_NUMBER)))},
+    "tolerance": {"atol": _NUMBER, "rtol": _NUMBER, "outputs": _Opt(_Map(_List(_NUMBER))), "multiple": _Opt(_NUMBER),
+                  "magnitude": _Opt(_NUMBER)},
     "check_shapes": _List(_Map(int)), "source": _Map(object), "tokenizer": _Opt(_FILE),
     "precision": _Opt(_Map(object)), "edge": _Opt(_Map(object)),
 }

@@ -1,9 +1,22 @@
-"""Compare outputs of two runs and report per-output errors (the comparator is separate from runners)."""
+"""Compare outputs of two runs and report per-output errors (the comparator is separate from runners).
+
+The rule, per output (README, "Verify and tolerances"):
+1. fixed: |actual - expected| <= atol + rtol * |expected| everywhere (the family's fp32 tolerance).
+2. fp64, where the fixed rule fails and the torch original can run in float64: the fp32 rounding a correct
+   implementation has on this very input is measured as budget = max |torch fp32 - torch fp64|, and the graph passes
+   when max |actual - torch fp64| <= atol + multiple * budget. A graph that computes something else lands far above
+   the budget; another kernel order lands near 1x of it, at any depth and magnitude.
+3. magnitude, where the fixed rule fails and float64 cannot run: max |actual - expected| <= atol + magnitude *
+   max |expected|.
+Rules 2 and 3 record how far a deployment may stray from the stored fp32 outputs (`allowed`: by the triangle
+inequality, atol + (multiple + 1) * budget for fp64), so golden-vector verify on a device without torch keeps them.
+Integer outputs (token ids) are compared by the fixed rule only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,9 +43,30 @@ class OutputParity:
     passed: bool
     note: str = ""
     informative: bool = True  # False when the reference is constant or within atol of 0: any output would pass
+    rule: str = "fixed"  # fixed | fp64 | magnitude | recorded (a bound an export measured, replayed on golden vectors)
+    #                      | near-tie (token ids that diverge where the logits' bound could swap the pick)
+    budget: float | None = None  # fp64: max |torch fp32 - torch fp64|, the fp32 rounding on this input
+    ratio: float | None = None  # fp64: max |actual - torch fp64| / budget; magnitude, recorded: max_abs / allowed
+    allowed: float | None = None  # max |actual - expected| a deployment may show against the stored fp32 outputs
 
 
 COMPARE_CHUNK = 1 << 18  # 2 MiB per float64 temporary; a real LM's check shape holds ~10 of them at once
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over finite elements, in float64 chunks of COMPARE_CHUNK (same shapes)."""
+    flat_a, flat_b, worst = a.reshape(-1), b.reshape(-1), 0.0
+    for start in range(0, flat_a.size, COMPARE_CHUNK):
+        d = np.abs(flat_a[start:start + COMPARE_CHUNK].astype(np.float64) - flat_b[start:start + COMPARE_CHUNK])
+        d = d[np.isfinite(d)]
+        worst = max(worst, float(d.max())) if d.size else worst
+    return worst
+
+
+def max_magnitude(a: np.ndarray) -> float:
+    """max |a| over finite elements (0 for none)."""
+    finite = a[np.isfinite(a)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def compare_output(
@@ -72,9 +106,17 @@ def compare_output(
     return OutputParity(case, name, expected.shape, max_abs, max_rel, atol, rtol, passed, note, informative)
 
 
+# fp64 rule: another correct fp32 kernel order lands at 0.2-1.6x torch-fp32's own error against float64 (README,
+# measured over the zoo and 124M LMs); 4x leaves headroom for that spread and still rejects a graph that is wrong.
+FP64_MULTIPLE = 10.0
+# magnitude rule: 12 fp32 layers over large activations stayed within 2e-5 of max |reference| (GPT-2 124M, init 0.3).
+MAGNITUDE = 1e-4
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    """Parity tolerance: pass when |actual - expected| <= atol + rtol * |expected| elementwise.
+    """Parity tolerance: the fixed rule |actual - expected| <= atol + rtol * |expected| elementwise, then the fp64
+    `multiple` or the `magnitude` rule where it fails (module docstring).
 
     `outputs` overrides (atol, rtol) for named outputs, e.g. a sum over many terms beside per-element values.
     """
@@ -82,6 +124,8 @@ class Tolerance:
     atol: float
     rtol: float
     outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    multiple: float = FP64_MULTIPLE
+    magnitude: float = MAGNITUDE
 
     def of(self, output: str) -> tuple[float, float]:
         """(atol, rtol) for one output."""
@@ -89,14 +133,35 @@ class Tolerance:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (per-output overrides only when there are any)."""
-        return {"atol": self.atol, "rtol": self.rtol} | ({"outputs": {k: list(v) for k, v in self.outputs.items()}}
-                                                          if self.outputs else {})
+        return ({"atol": self.atol, "rtol": self.rtol, "multiple": self.multiple, "magnitude": self.magnitude}
+                | ({"outputs": {k: list(v) for k, v in self.outputs.items()}} if self.outputs else {}))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
-        """Inverse of to_json."""
+        """Inverse of to_json (bundles from before the fp64 rule get its defaults)."""
         return cls(float(data["atol"]), float(data["rtol"]),
-                   {k: (float(a), float(r)) for k, (a, r) in data.get("outputs", {}).items()})
+                   {k: (float(a), float(r)) for k, (a, r) in data.get("outputs", {}).items()},
+                   float(data.get("multiple", FP64_MULTIPLE)), float(data.get("magnitude", MAGNITUDE)))
+
+
+Outputs = Mapping[str, np.ndarray]
+
+
+def _rescue(row: OutputParity, expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance,
+            reference64: np.ndarray | None, recorded: float | None) -> OutputParity:
+    """Judge a float output the fixed rule failed by the recorded bound, the fp64 rule (given its reference) or
+    the magnitude rule."""
+    if recorded is not None:
+        return replace(row, rule="recorded", allowed=recorded, ratio=row.max_abs / recorded,
+                       passed=row.max_abs <= recorded)
+    if reference64 is not None:
+        budget = max_abs_diff(expected, reference64)
+        error = max_abs_diff(actual, reference64)
+        bound = row.atol + tolerance.multiple * budget
+        return replace(row, rule="fp64", budget=budget, ratio=error / budget if budget else float("inf"),
+                       allowed=row.atol + (tolerance.multiple + 1) * budget, passed=error <= bound)
+    allowed = row.atol + tolerance.magnitude * max_magnitude(expected)
+    return replace(row, rule="magnitude", allowed=allowed, ratio=row.max_abs / allowed, passed=row.max_abs <= allowed)
 
 
 @dataclass
@@ -113,12 +178,19 @@ class ParityReport:
     def add(
         self,
         case: str,
-        expected: Mapping[str, np.ndarray],
-        actual: Mapping[str, np.ndarray],
+        expected: Outputs,
+        actual: Outputs,
         tolerance: Tolerance,
         spec: GraphSpec | None = None,
+        reference64: Callable[[], Outputs | None] | None = None,
+        recorded: Mapping[str, float] | None = None,
     ) -> None:
-        """Compare every output of one case, each at its tolerance (`spec`: the graph's, for logits' class axis)."""
+        """Compare every output of one case, each at its tolerance (`spec`: the graph's, for logits' class axis).
+
+        Where the fixed rule fails on a float output: `recorded` (output -> allowed max abs, from the manifest) judges
+        it, else the fp64 rule on `reference64()` (called at most once per case; None where float64 cannot run: the
+        magnitude rule), else the magnitude rule."""
+        cache: list[Outputs | None] = []
         for name, value in expected.items():
             atol, rtol = tolerance.of(name)
             if name not in actual:
@@ -127,7 +199,27 @@ class ParityReport:
                 )
                 continue
             axis = spec.class_axis(name) if spec is not None else -1
-            self.rows.append(compare_output(case, name, value, actual[name], atol, rtol, axis))
+            row = compare_output(case, name, value, actual[name], atol, rtol, axis)
+            if not row.passed and np.isfinite(row.max_abs) and np.issubdtype(value.dtype, np.floating):
+                if not cache and reference64 is not None and name not in (recorded or {}):
+                    cache.append(reference64())
+                ref64 = cache[0] if cache and cache[0] is not None else None
+                row = _rescue(row, value, actual[name], tolerance, None if ref64 is None else ref64[name],
+                              (recorded or {}).get(name))
+            self.rows.append(row)
+
+    def excuse(self, case: str, output: str, note: str) -> None:
+        """Pass a failed row whose difference the caller explained (a token loop's near-tie flip), saying why."""
+        self.rows = [replace(r, passed=True, rule="near-tie", note=note) if (r.case, r.output) == (case, output) else r
+                     for r in self.rows]
+
+    def bound(self, output: str) -> float | None:
+        """The largest bound the fp64 or magnitude rule allowed an output over every case so far (None: none set)."""
+        return max((r.allowed for r in self.rows if r.output == output and r.allowed is not None), default=None)
+
+    def allowed(self, case: str) -> dict[str, float]:
+        """Output -> the bound the fp64 or magnitude rule set for one case (recorded with its golden vectors)."""
+        return {r.output: r.allowed for r in self.rows if r.case == case and r.allowed is not None}
 
     def uninformative(self) -> list[str]:
         """Cases whose every output is constant or within atol of 0 on the reference: they pass whatever the
@@ -143,12 +235,20 @@ class ParityReport:
                 "rows": [asdict(r) | {"shape": list(r.shape)} for r in self.rows]}
 
     def table(self) -> str:
-        """Plain-text table, one row per output per case."""
-        head = f"{'case':<28} {'output':<16} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'atol':>8} {'rtol':>8}  result"
-        lines = [head, "-" * len(head)]
+        """Plain-text table, one row per output per case (rule: how the row was judged; the fp64 rule shows its
+        budget and ratio, the others the bound they allowed)."""
+        head = (f"{'case':<28} {'output':<16} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'atol':>8} {'rtol':>8} "
+                f"{'rule':<10} {'budget':>9} {'ratio':>7}  result")
+        lines, vacuous = [head, "-" * len(head)], set(self.uninformative())
         for r in self.rows:
+            budget = f"{r.budget:.2e}" if r.budget is not None else f"<{r.allowed:.1e}" if r.allowed is not None else "-"
+            ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+            result = "ok" if r.passed else "FAIL"
+            if r.passed and r.case in vacuous:
+                result = "vacuous"  # the whole case passes whatever the graph computes
             lines.append(
                 f"{r.case:<28} {r.output:<16} {str(list(r.shape)):<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} "
-                f"{r.atol:>8.0e} {r.rtol:>8.0e}  {'ok' if r.passed else 'FAIL'}{' (' + r.note + ')' if r.note else ''}"
+                f"{r.atol:>8.0e} {r.rtol:>8.0e} {r.rule:<10} {budget:>9} {ratio:>7}  {result}"
+                f"{' (' + r.note + ')' if r.note else ''}"
             )
         return "\n".join(lines)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .backends import RunnerOptions, make_runners
+from .backends.torch import reference64
 from .bundle import LOOP_ROLE, Bundle, load_bundle
 from .checks import check_seed
 from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
-from .runtimes.kinds import kind_of
+from .runtimes.kinds import compare_loop, kind_of
 from .sources import torch_reference
 from .specs import dims_label
 
@@ -75,11 +76,12 @@ def verify(
                 if check is None:
                     raise BundleError(f"bundle {b.path}: a loop run is recorded, but '{loop.kind}' loops have no check; "
                                       "re-export the bundle.")
-                actual = check(runners, loop, int(inputs["seed"]))
+                seed_run = int(inputs["seed"])
+                compare_loop(result.report, f"golden {case.role} {case.name}", runners, loop, seed_run, expected,
+                             check(runners, loop, seed_run), tol, recorded=case.allowed)
             else:
-                actual = runners[case.role].infer(inputs)
-            spec = b.graphs[case.role].spec if case.role in b.graphs else None
-            result.report.add(f"golden {case.role} {case.name}", expected, actual, tol, spec)
+                result.report.add(f"golden {case.role} {case.name}", expected, runners[case.role].infer(inputs), tol,
+                                  b.graphs[case.role].spec, recorded=case.allowed)
         if "precision" in b.manifest:
             result.notes.append(f"{b.manifest['precision']['mode']} accuracy change, measured at quantize time:\n"
                                 + accuracy_table(b.manifest["precision"]["accuracy"]))
@@ -87,7 +89,9 @@ def verify(
             result.notes.append("fresh inputs: skipped (--golden-only)")
             return result
         try:
-            references = make_runners(b, "torch", options, torch_reference(b, model))
+            modules = torch_reference(b, model)
+            references = make_runners(b, "torch", options, modules)
+            references64 = make_runners(b, "torch", replace(options or RunnerOptions(), float64=True), modules)
         except (BackendUnavailableError, InputError) as exc:
             if fresh:
                 raise
@@ -99,19 +103,33 @@ def verify(
         with ExitStack() as stack:
             for ref in references.values():
                 stack.enter_context(ref)
+            for ref in references64.values():  # activated only where a case needs them
+                stack.callback(ref.deactivate)
+
+            def infer64(role: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                references64[role].activate()
+                return references64[role].infer(inputs)
+
+            def loop64() -> dict[str, np.ndarray]:
+                for ref in references64.values():
+                    ref.activate()
+                return check(references64, loop, seed)
+
             for role, ref in references.items():
                 for dims in b.check_shapes:
                     case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
                     result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), tol,
-                                      runners[role].spec)
+                                      runners[role].spec, lambda: reference64(lambda: infer64(role, inputs)))  # noqa: B023
+                references64[role].deactivate()
             if "precision" in b.manifest:
                 result.notes.append(
                     f"loop replay: skipped for a {b.manifest['precision']['mode']} bundle (its tokens may diverge "
                     "from torch); see the top-1 agreement of the logits above"
                 )
             elif check is not None:
-                result.report.add(f"fresh loop seed={seed}", check(references, loop, seed), check(runners, loop, seed), tol)
+                compare_loop(result.report, f"fresh loop seed={seed}", runners, loop, seed, check(references, loop, seed),
+                             check(runners, loop, seed), tol, lambda: reference64(loop64))
     finally:
         for runner in runners.values():
             runner.deactivate()

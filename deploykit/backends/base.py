@@ -30,6 +30,7 @@ class RunnerOptions:
     io_binding: bool | None = None  # onnxruntime I/O binding; None: on for the GPU backends
     prepack: bool = True  # onnxruntime: repack weights for its kernels (faster calls; the packed copy is memory)
     arena: bool = True  # onnxruntime CPU: keep freed buffers for the next call (faster; the memory stays held)
+    float64: bool = False  # torch: run the module in float64, outputs in the graph's dtypes (the fp64 parity rule)
 
     def __post_init__(self) -> None:
         check_int("--threads", self.threads or 0, 0, MAX_THREADS, "0: the backend's default")

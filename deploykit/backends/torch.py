@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,21 @@ def import_torch() -> Any:
     return torch
 
 
+def reference64(run: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """`run()` over float64 TorchRunners, or None where the model does not run in float64 (a tensor it keeps outside
+    its parameters and buffers, an op without a float64 kernel): parity then falls back to its magnitude rule."""
+    try:
+        return run()
+    except Exception:  # noqa: BLE001  (any failure of the float64 copy means: no float64 reference)
+        return None
+
+
 class TorchRunner(Runner):
-    """Runs a torch module (eager, CPU) on numpy feeds in graph-input order."""
+    """Runs a torch module (eager, CPU) on numpy feeds in graph-input order.
+
+    With `options.float64` it runs the module with float64 copies of its floating parameters and buffers (made at
+    activate, released at deactivate; the module itself is untouched) on float64 casts of the float feeds, and
+    returns outputs in the graph's dtypes, so loops run it like any runner."""
 
     backend = "torch"
 
@@ -32,6 +46,7 @@ class TorchRunner(Runner):
         super().__init__(role, spec, options)
         self.module = module
         self._saved_threads: int | None = None
+        self._float64: dict[str, Any] | None = None
 
     def _activate(self) -> None:
         torch = import_torch()
@@ -39,15 +54,26 @@ class TorchRunner(Runner):
         if self.options.threads:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.options.threads)
+        if self.options.float64:
+            tensors = (*self.module.named_parameters(), *self.module.named_buffers())
+            self._float64 = {n: t.detach().double() if t.is_floating_point() else t for n, t in tensors}
 
     def _deactivate(self) -> None:
+        self._float64 = None
         if self._saved_threads is not None:
             import_torch().set_num_threads(self._saved_threads)
             self._saved_threads = None
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = import_torch()
+        args = [torch.from_numpy(feeds[n]) for n in self.spec.input_names()]
         with torch.inference_mode():
-            result = self.module(*(torch.from_numpy(feeds[n]) for n in self.spec.input_names()))
-        values = result if isinstance(result, (tuple, list)) else (result,)
-        return {n: v.detach().numpy() for n, v in zip(self.spec.output_names(), values)}
+            if self._float64 is None:
+                result = self.module(*args)
+            else:
+                args = [a.double() if a.is_floating_point() else a for a in args]
+                result = torch.func.functional_call(self.module, self._float64, tuple(args))
+        values = [v.detach().numpy() for v in (result if isinstance(result, (tuple, list)) else (result,))]
+        if self._float64 is not None:
+            values = [v.astype(s.dtype) for s, v in zip(self.spec.outputs, values)]
+        return dict(zip(self.spec.output_names(), values))

@@ -18,12 +18,12 @@ from torch import nn
 
 from ..backends.base import Runner, RunnerOptions
 from ..backends.ort import OrtRunner
-from ..backends.torch import TorchRunner
+from ..backends.torch import TorchRunner, reference64
 from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
 from ..errors import ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
-from ..parity import ParityReport
-from ..runtimes.kinds import kind_of
+from ..parity import Outputs, ParityReport
+from ..runtimes.kinds import compare_loop, kind_of
 from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
@@ -61,6 +61,7 @@ GOLDEN_MIN_BYTES = 16 << 20
 # smaller compare chunks: GPT-2 124M's export peak 1202-1215 -> 1183-1206 MiB (its largest shape: a 200-token cache
 # for 3 rows).
 EXPORT_CHECKS = RunnerOptions(prepack=False, arena=False)
+FLOAT64 = RunnerOptions(float64=True)  # the fp64 parity reference, made only for a case the fixed rule fails
 
 
 def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
@@ -80,6 +81,13 @@ def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
     if size > len(loop.vocab):
         raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
     return path
+
+
+def _allowed(report: ParityReport, case: str) -> dict[str, Any]:
+    """A golden entry's `allowed` (output -> max abs against the stored outputs) where the fp64 or magnitude rule set
+    one, so golden verify without torch holds the deployment to what the export measured."""
+    allowed = report.allowed(case)
+    return {"allowed": allowed} if allowed else {}
 
 
 def torch_modules(family: str, model: nn.Module, inputs: Mapping[str, Sequence[str]] | None = None
@@ -138,6 +146,7 @@ def export(
             golden: list[dict[str, Any]] = []
             report = ParityReport()
             refs: dict[str, Runner] = {}
+            refs64: dict[str, Runner] = {}
             orts: dict[str, Runner] = {}
             for name, role in roles.items():
                 path = tmp / "graphs" / f"{name}.onnx"
@@ -146,6 +155,7 @@ def export(
                 if done.data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
                     graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in done.data_files]
                 refs[name] = TorchRunner(name, done.spec, role.torch_module)
+                refs64[name] = TorchRunner(name, done.spec, role.torch_module, FLOAT64)
                 orts[name] = OrtRunner(name, done.spec, path, options=EXPORT_CHECKS, weights=done.weights)
             for name, entry in build_loop_graphs(loop, tmp / "graphs").items():  # checked by the loop check below
                 graphs[name] = entry
@@ -153,6 +163,18 @@ def export(
             with ExitStack() as stack:
                 for runner in (*refs.values(), *orts.values()):
                     stack.enter_context(runner)
+                for runner in refs64.values():  # activated only where a case needs them
+                    stack.callback(runner.deactivate)
+
+                def infer64(name: str, inputs: Outputs) -> Outputs:
+                    refs64[name].activate()
+                    return refs64[name].infer(inputs)
+
+                def loop64() -> Outputs:
+                    for runner in refs64.values():
+                        runner.activate()
+                    return kind.check(refs64, loop, 0)
+
                 for name, role in roles.items():
                     budget, stored = max(GOLDEN_MIN_BYTES, GOLDEN_SHARE * weight_bytes(role.module)), 0
                     for index, dims in enumerate(shapes):  # every shape is compared; the first ones that fit are stored
@@ -166,18 +188,24 @@ def export(
                                               f"check shape {case}: {type(exc).__name__}: {str(exc)[:300]}; the "
                                               f"'{family}' family runs every check shape, so the model must take "
                                               "them.") from exc
-                        report.add(f"{name} {case}", expected, orts[name].infer(inputs), fam.tolerance, orts[name].spec)
+                        label = f"{name} {case}"
+                        report.add(label, expected, orts[name].infer(inputs), fam.tolerance, orts[name].spec,
+                                   lambda: reference64(lambda: infer64(name, inputs)))  # noqa: B023  (called here)
                         size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
                         if index and stored + size > budget:
                             continue
                         stored += size
                         save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
-                        golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"})
+                        golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"}
+                                      | _allowed(report, label))
+                    refs64[name].deactivate()  # its float64 copy of the weights goes before the next role's
                 if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
                     expected = kind.check(refs, loop, 0)
                     save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
-                    golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"})
-                    report.add("loop seed=0", expected, kind.check(orts, loop, 0), fam.tolerance)
+                    compare_loop(report, "loop seed=0", orts, loop, 0, expected, kind.check(orts, loop, 0), fam.tolerance,
+                                 lambda: reference64(loop64))
+                    golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"}
+                                  | _allowed(report, "loop seed=0"))
                 problems = kind.structure(orts, loop) if kind.structure else []
             for name, role in roles.items():  # sessions closed: fold small graphs' weights back into one file
                 if "external_data" in graphs[name] and weight_bytes(role.module) <= external_threshold:

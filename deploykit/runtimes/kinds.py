@@ -21,10 +21,13 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..errors import BundleError, InputError, choices
+from ..parity import ParityReport, Tolerance
 
 C = TypeVar("C", bound="LoopConfig")
 Use = Literal["sample", "generate", "translate", "stream", "graphs"]
 Runners = Mapping[str, Runner]
+Arrays = Mapping[str, np.ndarray]
+Flips = Callable[[Runners, Any, int, Arrays, Arrays, Tolerance, "float | None"], dict[str, str]]
 # sampling option (field of a kind's options dataclass) -> its name in messages: the `deploykit sample` flag
 OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering", "fast": "--naive",
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
@@ -146,7 +149,9 @@ class LoopKind:
 
     sample(runners, config, n, seed, options) -> samples; check(runners, config, seed) -> arrays of a
     short seeded loop run (stored at export, replayed by verify); structure(runners, config) -> problems
-    beyond parity; token_model(runners, config) for generate/translate kinds; log_prob(runners, config,
+    beyond parity; token_model(runners, config) for generate/translate kinds; flips(runners, config, seed,
+    expected, actual, tolerance, bound) explains token outputs of `check` that diverge (output -> note) where
+    the logits, off by `bound`, could swap a pick (judged on the runners' own logits); log_prob(runners, config,
     x, labels, host) for density models. `quick` are options of a short sampling run (quantize's
     comparison, Triton's probe); `serving` the options a Triton loop model fixes.
     """
@@ -160,6 +165,7 @@ class LoopKind:
     structure: Callable[[Runners, Any], list[str]] | None = None
     writer: Writer | None = None
     token_model: Callable[[Runners, Any], Any] | None = None
+    flips: Flips | None = None
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
     serving: Mapping[str, Any] = field(default_factory=dict)
@@ -226,3 +232,18 @@ def parse_loop(data: Any, where: str = "loop") -> LoopConfig:
 def kind_of(config: LoopConfig) -> LoopKind:
     """The registered kind of a config."""
     return get_kind(config.kind)
+
+
+def compare_loop(report: ParityReport, case: str, runners: Runners, loop: LoopConfig, seed: int, expected: Arrays,
+                 actual: Arrays, tolerance: Tolerance, reference64: Callable[[], Arrays | None] | None = None,
+                 recorded: Mapping[str, float] | None = None) -> None:
+    """Add a loop check's comparison (`actual`: its run on `runners`) to `report`, by the parity rule, and pass token
+    outputs whose divergence the kind's `flips` explains as near-ties (judged on `runners`)."""
+    report.add(case, expected, actual, tolerance, reference64=reference64, recorded=recorded)
+    kind = kind_of(loop)
+    failed = [r.output for r in report.rows if r.case == case and not r.passed and r.output in actual]
+    if kind.flips is None or not failed:
+        return
+    pick = {k: expected[k] for k in failed}, {k: actual[k] for k in failed}
+    for output, note in kind.flips(runners, loop, seed, *pick, tolerance, report.bound("logits")).items():
+        report.excuse(case, output, note)

@@ -16,6 +16,7 @@ from .tokens import (
     check_language_model,
     check_prompts,
     check_translation,
+    explain_flips,
     pad_prompts,
 )
 
@@ -231,7 +232,7 @@ def check_vrnn(runners: Runners, loop: VrnnConfig, seed: int) -> dict[str, np.nd
 
 
 register(LoopKind(StreamConfig, "streaming RNN", "stream", check=check_stream))
-register(LoopKind(TokenLMConfig, "recurrent LM", "generate", check=check_language_model, writer=TEXT,
+register(LoopKind(TokenLMConfig, "recurrent LM", "generate", check=check_language_model, flips=explain_flips, writer=TEXT,
                   token_model=lambda runners, loop: RecurrentLM(runners[loop.role], loop)))
 register(LoopKind(Seq2SeqConfig, "seq2seq", "translate", check=check_translation, writer=TEXT, token_model=Seq2SeqModel))
 register(LoopKind(

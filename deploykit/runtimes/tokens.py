@@ -7,7 +7,7 @@ onnxruntime picks the same tokens from the same seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -16,6 +16,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..errors import BackendUnavailableError, InputError, choices
+from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
 
 
@@ -346,13 +347,18 @@ def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """check_tokens tokens (fewer if the context is shorter) for two prompts of different lengths, per check mode, by
-    the loop graph (when the backend has it) and by the host loop."""
+def _check_run(loop: LanguageModelConfig, seed: int) -> tuple[list[np.ndarray], int]:
+    """The language-model check's prompts and token count for `seed`."""
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, len(loop.vocab), size=n) for n in PROMPT_LENGTHS]
     longest = max(PROMPT_LENGTHS)
-    count = loop.check_tokens if loop.context is None else min(loop.check_tokens, loop.context - longest)
+    return prompts, loop.check_tokens if loop.context is None else min(loop.check_tokens, loop.context - longest)
+
+
+def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """check_tokens tokens (fewer if the context is shorter) for two prompts of different lengths, per check mode, by
+    the loop graph (when the backend has it) and by the host loop."""
+    prompts, count = _check_run(loop, seed)
     lm = kind_of(loop).token_model(runners, loop)
     graph = isinstance(lm, LoopInGraph) and lm.loop_graph is not None
     out = {}
@@ -373,3 +379,51 @@ def check_translation(runners: Runners, loop: TranslationConfig, seed: int) -> d
     greedy = generate(model, sources, mode_config("greedy", width, (loop.eos,)))
     beams = [beam_search(model, s, 4, width, loop.eos)[0] for s in sources]
     return {"greedy": _padded(greedy, width), "beam4": _padded(beams, width)}
+
+
+def near_tie(logits: np.ndarray, uniform: float, config: SamplingConfig, tokens: tuple[int, int], slack: float) -> bool:
+    """Whether logits [vocab] off by up to `slack` each could make `config` pick either of two tokens with this
+    uniform: greedy, when their logits are within 2 slack; sampling, when both lie in the stretch of the CDF that
+    a shift of the normalized CDF by expm1(2 slack / temperature) (the most such logits can move it) reaches."""
+    low, high = sorted(tokens)
+    if config.temperature == 0:
+        return abs(float(logits[low]) - float(logits[high])) <= 2 * slack
+    shift = float(np.expm1(2 * slack / config.temperature))
+    ends = np.clip(np.array([uniform - shift, uniform + shift]), 0.0, np.nextafter(1.0, 0.0))
+    first, last = pick_tokens(np.repeat(logits[None], 2, 0), ends, config)
+    return bool(first <= low and high <= last)
+
+
+def explain_flips(runners: Runners, loop: LanguageModelConfig, seed: int, expected: Mapping[str, np.ndarray],
+                  actual: Mapping[str, np.ndarray], tolerance: Tolerance, bound: float | None) -> dict[str, str]:
+    """The language-model check's token outputs (tokens.MODE[.host]) that diverge only where the two picks were a
+    near-tie: at each row's first difference, the runners' own logits on the common prefix, off by the logits'
+    parity bound (`bound`, else the fixed rule's atol + rtol max |logits|), could pick either (near_tie). The rows
+    are not compared after it: from there the two runs continue different texts."""
+    prompts, count = _check_run(loop, seed)
+    lm = kind_of(loop).token_model(runners, loop)
+    atol, rtol = tolerance.of("logits")
+    notes = {}
+    for name, want in expected.items():
+        got = actual[name]
+        mode = name.split(".")[1]
+        if want.shape != got.shape or mode not in MODES:
+            continue
+        uniforms = np.random.default_rng(seed).random((count, len(prompts)))  # as generate draws them
+        flips = []
+        for row in range(len(prompts)):
+            differ = np.flatnonzero(want[row] != got[row])
+            if not differ.size:
+                continue
+            step = int(differ[0])
+            picks = int(want[row, step]), int(got[row, step])
+            if min(picks) < 0:  # one run stopped there: not a pick between two tokens
+                break
+            logits = lm.start([np.concatenate([prompts[row], want[row, :step]])])[0]
+            slack = max(bound or 0.0, atol + rtol * float(np.abs(logits).max()))
+            if not near_tie(logits, float(uniforms[step, row]), mode_config(mode, count), picks, slack):
+                break
+            flips.append(f"row {row} step {step}: {picks[0]} or {picks[1]} within logits +-{slack:.1e}")
+        else:
+            notes[name] = "near-tie " + "; ".join(flips) + "; not compared after"
+    return notes

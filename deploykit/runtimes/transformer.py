@@ -17,6 +17,7 @@ from .tokens import (
     check_language_model,
     check_prompts,
     check_translation,
+    explain_flips,
     pad_prompts,
 )
 
@@ -207,9 +208,9 @@ class EncoderDecoderLM:
         self.feeds = {k: np.ascontiguousarray(v[rows]) for k, v in self.feeds.items()}
 
 
-register(LoopKind(KVCacheConfig, "KV-cache LM", "generate", check=check_language_model, writer=TEXT,
+register(LoopKind(KVCacheConfig, "KV-cache LM", "generate", check=check_language_model, flips=explain_flips, writer=TEXT,
                   token_model=lambda runners, loop: CachedLM(runners[loop.role], loop, runners.get(GENERATE_ROLE))))
-register(LoopKind(FullRecomputeConfig, "full-recompute LM", "generate", check=check_language_model, writer=TEXT,
+register(LoopKind(FullRecomputeConfig, "full-recompute LM", "generate", check=check_language_model, flips=explain_flips, writer=TEXT,
                   token_model=lambda runners, loop: FullRecomputeLM(runners[loop.role], loop)))
 register(LoopKind(EncoderDecoderConfig, "encoder-decoder", "translate", check=check_translation, writer=TEXT,
                   token_model=EncoderDecoderLM))
