@@ -268,3 +268,23 @@ def test_class_conditional_unet2d_condition_model_exports_with_class_labels(tmp_
     expected = reference_loop(resolved.model, "euler", 12, start / np.float32(sched.init_noise_sigma), noise, labels, 5.0)
     # untrained UNet, guidance 5, sigma_max 157: samples reach |x| ~ 400; measured 3.4e-4 there (8e-7 relative)
     np.testing.assert_allclose(got, expected, atol=2e-6 * max(50.0, np.abs(expected).max()))
+
+
+def test_dpm_solver_default_config_exports_and_matches_diffusers(tmp_path: Path) -> None:
+    """DPMSolverMultistepScheduler() as save_pretrained writes it (variance_type null: no variance channels, not a
+    learned variance) exports with DPM-Solver++(2M) first and samples like diffusers' own loop."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DPMSolverMultistepScheduler()).save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "scheduler" / "scheduler_config.json").read_text())["variance_type"] is None
+    resolved = resolve(f"diffusers:{tmp_path / 'p'}")
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source)
+    with deploykit.load(bundle.path) as dep:
+        assert dep.bundle.loop.schedulers[0] == "dpm++2m"
+        sched = scheduler_for(dep.bundle.loop, DiffusionOptions(steps=12))
+        start, noise = draw_noise(dep.bundle.loop, sched, 2, 0)
+        got = dep.sample(2, 0, dep.options(steps=12))
+    expected = reference_loop(resolved.model, "dpm++2m", 12, start / np.float32(sched.init_noise_sigma), noise)
+    np.testing.assert_allclose(got, expected, atol=2e-6 * max(50.0, np.abs(expected).max()))

@@ -27,7 +27,8 @@ class DDPMScheduler(Scheduler):
     def set_timesteps(self, steps: int) -> None:
         total = training_steps(self.config)
         check_steps(steps, total, "denoising step")
-        variance_type = self.config.get("variance_type", "fixed_small")
+        # None (what DPM-Solver's and UniPC's configs save) falls through diffusers' DDPM branches as fixed_small
+        variance_type = self.config.get("variance_type") or "fixed_small"
         if variance_type not in VARIANCES:
             raise InputError(f"scheduler config variance_type={variance_type!r}: deploykit runs fixed variances "
                              f"({', '.join(VARIANCES)}); a learned variance needs the network's variance channels.")
