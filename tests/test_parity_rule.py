@@ -238,3 +238,19 @@ def test_token_divergence_is_excused_only_at_a_near_tie(zoo_bundle) -> None:
     finally:
         for runner in runners.values():
             runner.deactivate()
+
+
+def test_an_onnxruntime_failure_in_the_checks_names_the_role_and_shape(tmp_path: Path, monkeypatch) -> None:
+    """A backend exception inside the export's checks becomes an ExportError naming the graph and the check shape,
+    and nothing is written."""
+    from deploykit.backends.ort import OrtRunner as Ort
+    from deploykit.errors import ExportError
+
+    def broken(self, feeds):  # noqa: ANN001, ANN202
+        raise RuntimeError("\x1b[31m[ONNXRuntimeError] : 1 : FAIL : Attempting to broadcast an axis by a dimension "
+                           "other than 1. 56 by 96\x1b[0m")
+
+    monkeypatch.setattr(Ort, "_infer", broken)
+    with pytest.raises(ExportError, match=r"'model' graph at check shape batch=1: \[ONNXRuntimeError\].*56 by 96\. ") as err:
+        deploykit.export(Cancelling().eval(), "mlp", tmp_path / "b")
+    assert "\x1b" not in str(err.value) and not (tmp_path / "b").exists()

@@ -122,6 +122,9 @@ def test_shared_weights_replace_the_files_without_a_copy(tmp_path: Path) -> None
     assert set(_written_as(tmp_path, stored, {"w": w})) == {"w"}
     with pytest.raises(ExportError, match="differs from the tensor"):
         _written_as(tmp_path, stored, {"w": w + 1})
+    # the same bytes in the torch parameter's own shape (ConvNeXt's layer scale): handed over in the graph's dims
+    assert _written_as(tmp_path, stored, {"w": w.reshape(4, 3)})["w"].shape == (3, 4)
+    assert not _written_as(tmp_path, stored, {"w": w[:2]}) and not _written_as(tmp_path, stored, {"w": w.view(np.int32)})
     x = np.ones((2, 3), np.float32)
     with OrtRunner("g", spec, path, weights={"w": 2 * w}) as runner:
         np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ (2 * w))

@@ -7,8 +7,8 @@ import os
 import platform
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,14 @@ from ..backends.base import Runner, RunnerOptions
 from ..backends.ort import OrtRunner
 from ..backends.torch import TorchRunner, reference64
 from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
-from ..errors import ExportError, InputError, ParityError
+from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
 from ..parity import Outputs, ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
 from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
+    ANSI,
     EXTERNAL_DATA_THRESHOLD,
     OPSET,
     export_role,
@@ -81,6 +82,20 @@ def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
     if size > len(loop.vocab):
         raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
     return path
+
+
+@contextmanager
+def _backend_failure(what: str) -> Iterator[None]:
+    """ExportError naming `what` for an exception onnxruntime raises in the export's checks (ours pass through)."""
+    try:
+        yield
+    except DeploykitError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
+        text = ANSI.sub("", str(exc)).strip()
+        first = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise ExportError(f"onnxruntime fails on {what}: {first}. This is a bug in the export (or in onnxruntime); "
+                          "please report it with the model.") from exc
 
 
 def _allowed(report: ParityReport, case: str) -> dict[str, Any]:
@@ -189,7 +204,9 @@ def export(
                                               f"'{family}' family runs every check shape, so the model must take "
                                               "them.") from exc
                         label = f"{name} {case}"
-                        report.add(label, expected, orts[name].infer(inputs), fam.tolerance, orts[name].spec,
+                        with _backend_failure(f"the exported '{name}' graph at check shape {case}"):
+                            actual = orts[name].infer(inputs)
+                        report.add(label, expected, actual, fam.tolerance, orts[name].spec,
                                    lambda: reference64(lambda: infer64(name, inputs)))  # noqa: B023  (called here)
                         size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
                         if index and stored + size > budget:
@@ -202,7 +219,9 @@ def export(
                 if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
                     expected = kind.check(refs, loop, 0)
                     save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
-                    compare_loop(report, "loop seed=0", orts, loop, 0, expected, kind.check(orts, loop, 0), fam.tolerance,
+                    with _backend_failure("the exported graphs' sampling loop (seed 0)"):
+                        actual = kind.check(orts, loop, 0)
+                    compare_loop(report, "loop seed=0", orts, loop, 0, expected, actual, fam.tolerance,
                                  lambda: reference64(loop64))
                     golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"}
                                   | _allowed(report, "loop seed=0"))
@@ -228,6 +247,7 @@ def export(
                 "golden": golden,
                 "check_shapes": shapes,
                 "tolerance": fam.tolerance.to_json(),
+                "parity": report.summary(),
                 "loop": loop.to_json(),
                 "source": src,
                 "tools": _versions(),

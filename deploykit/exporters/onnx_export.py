@@ -7,6 +7,7 @@ import ctypes
 import gc
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -277,12 +278,17 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
 
 def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The `tensors` that `graph`'s own external-data initializers hold, after checking the file byte for byte
-    against them (streamed: no copy of either); ExportError if any differs."""
+    against them (streamed: no copy of either); ExportError if any differs. Each comes back as a view in the
+    initializer's own dims: the graph may hold a parameter in another shape of the same bytes (ConvNeXt's layer
+    scale [C, 1, 1] as [C]), and onnxruntime would take the torch shape for the graph's. A tensor of another
+    element count or dtype than its initializer is left out (onnxruntime reads that one from the file)."""
     out = {}
     for init in graph.initializer:
         array = tensors.get(init.name)
         if (init.data_location != onnx.TensorProto.EXTERNAL or array is None or not array.flags.c_contiguous
-                or array.dtype.kind not in "biuf"):  # onnxruntime takes numpy's own dtypes (not ml_dtypes' bfloat16)
+                or array.dtype.kind not in "biuf"  # onnxruntime takes numpy's own dtypes (not ml_dtypes' bfloat16)
+                or array.dtype != onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+                or array.size != math.prod(init.dims)):
             continue
         info = {entry.key: entry.value for entry in init.external_data}
         data = memoryview(array).cast("B")
@@ -292,7 +298,7 @@ def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndar
                 if handle.read(min(CHUNK, len(data) - start)) != data[start:start + CHUNK]:
                     raise ExportError(f"external data for '{init.name}' in {info['location']} differs from the "
                                       "tensor it was written from; the export is corrupt (disk full?).")
-        out[init.name] = array
+        out[init.name] = array.reshape(tuple(init.dims))
     return out
 
 
