@@ -55,17 +55,18 @@ def _step(*args: str) -> dict[str, float]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _save(arch: str, folder: Path) -> int:
+def save_model(arch: str, folder: Path, seed: int = 0, init: float = 0.02) -> int:
+    """A random-init ~124M `arch` (gpt2 | llama) saved with save_pretrained (weights N(0, init)); its parameter count."""
     import torch
     import transformers
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if arch == "gpt2":  # GPT-2 small: 124M
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(initializer_range=init))
     else:  # Llama-style at a similar size: RoPE, RMSNorm, SwiGLU, 4 key/value heads for 12 query heads
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-            num_key_value_heads=4, max_position_embeddings=2048))
+            num_key_value_heads=4, max_position_embeddings=2048, initializer_range=init))
     model.save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
 
@@ -146,7 +147,7 @@ def main() -> None:
     prompt = [(7 * i + 3) % 1000 + 10 for i in range(32)]
     for arch in args.arch:
         work = Path(tempfile.mkdtemp(prefix=f"hf-{arch}-"))
-        params = _save(arch, work / "model")
+        params = save_model(arch, work / "model")
         weights_mb = params * 4 / 2**20
         print(f"\n## {arch}: {params / 1e6:.1f}M parameters, {weights_mb:.0f} MiB fp32 weights")
         exp = _step("export", str(work / "model"), str(work / "bundle"))

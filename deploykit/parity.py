@@ -221,6 +221,17 @@ class ParityReport:
         """Output -> the bound the fp64 or magnitude rule set for one case (recorded with its golden vectors)."""
         return {r.output: r.allowed for r in self.rows if r.case == case and r.allowed is not None}
 
+    def summary(self) -> dict[str, Any]:
+        """How the rows were judged: outputs per rule, and per rescuing rule its largest ratio (the export records
+        this in the manifest's `parity`)."""
+        rules: dict[str, int] = {}
+        worst: dict[str, float] = {}
+        for r in self.rows:
+            rules[r.rule] = rules.get(r.rule, 0) + 1
+            if r.ratio is not None and np.isfinite(r.ratio):
+                worst[r.rule] = max(worst.get(r.rule, 0.0), r.ratio)
+        return {"outputs": rules, "worst_ratio": worst}
+
     def uninformative(self) -> list[str]:
         """Cases whose every output is constant or within atol of 0 on the reference: they pass whatever the
         graph computes (a zero-initialized head, an uncalibrated network), so they prove nothing."""

@@ -43,7 +43,9 @@ def inspect_cmd(
                 table.add_row("", io, s.name, s.dtype, escape(s.shape_text()), extra)
     console.print(table)
     console.print(
-        f"tolerance atol={b.tolerance.atol:g} rtol={b.tolerance.rtol:g}; loop {b.loop.to_json()}; "
+        f"tolerance atol={b.tolerance.atol:g} rtol={b.tolerance.rtol:g}, else fp64 budget x{b.tolerance.multiple:g} "
+        f"or magnitude {b.tolerance.magnitude:g}; export parity {b.manifest.get('parity', 'not recorded')}; "
+        f"loop {b.loop.to_json()}; "
         f"golden cases: {', '.join(f'{c.role} {c.name}' for c in b.golden)}",
         highlight=False,
         markup=False,
