@@ -38,6 +38,7 @@ def torch_original(source: str | None, bundle: Path) -> Any:
 
 
 from . import (  # noqa: F401
+    compress_cmd,
     engine_cmd,
     export_cmd,
     inspect_cmd,

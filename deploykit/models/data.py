@@ -52,6 +52,18 @@ def python_text() -> str:
     return "\n\n".join(d.strip() for d in docs) + "\n"
 
 
+def held_out_text(alphabet: str | list[str] | None = None) -> str:
+    """English text the zoo language models did not train on (python_text's is theirs): docstrings of other stdlib
+    modules, kept to `alphabet`'s characters when given."""
+    import functools
+    import heapq
+    import re
+    import textwrap
+
+    text = "\n\n".join((m.__doc__ or "").strip() for m in (re, textwrap, functools, heapq)) + "\n"
+    return text if alphabet is None else "".join(c for c in text if c in set(alphabet))
+
+
 def noisy_tones(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) [n, length, 1]: sums of two sines of random frequency and phase, plus N(0, 0.3^2) noise."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,99 @@
+"""compress / decompress: bit-exact round trips under the zoo language models, rates at the model's cross-entropy,
+refusals of what cannot be coded or decoded, nothing written on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.backends import RunnerOptions
+from deploykit.cli import main
+from deploykit.errors import InputError
+from deploykit.models.data import held_out_text
+from deploykit.runtimes.compress import read_header
+
+pytest.importorskip("constriction")
+
+
+def _inputs(vocab: list[str], n: int) -> list[bytes]:
+    """n inputs: held-out passages of 1-300 characters and random strings over the vocabulary."""
+    rng = np.random.default_rng(0)
+    text = held_out_text(vocab)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(1, 300))
+        if i % 2:
+            start = int(rng.integers(0, len(text) - length))
+            out.append(text[start:start + length].encode())
+        else:
+            out.append("".join(rng.choice(vocab, size=length)).encode())
+    return out
+
+
+@pytest.mark.parametrize("name", ["char-lm", "gpt"])
+def test_round_trips_are_bit_exact_and_rates_match_the_cross_entropy(name: str, zoo_bundle) -> None:
+    bundle = zoo_bundle(name)
+    with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
+        vocab = dep.bundle.loop.vocab
+        for data in _inputs(vocab, 200):
+            packed = dep.compress(data)
+            assert dep.decompress(packed.data) == data
+        text = held_out_text(vocab)[:4000].encode()  # past the gpt's context: coded in windows
+        packed = dep.compress(text)
+        assert dep.decompress(packed.data) == text
+    _, words = read_header(packed.data)
+    header_bits, code_bits = 8 * (len(packed.data) - 4 * len(words)), 32 * len(words)
+    # the range coder spends the cross-entropy plus its quantization loss (within 1 %) and its last word
+    assert packed.cross_entropy_bits - 32 <= code_bits <= 1.01 * packed.cross_entropy_bits + 32
+    assert header_bits < 8 * 400
+    assert code_bits / len(text) < np.log2(len(vocab)) - 0.5  # the model beats a uniform code over its alphabet
+
+
+def test_another_bundle_thread_count_or_a_corrupt_file_is_refused(zoo_bundle) -> None:
+    data = held_out_text(zoo_bundle("char-lm").loop.vocab)[:200].encode()
+    with deploykit.load(zoo_bundle("char-lm").path, options=RunnerOptions(threads=1)) as dep:
+        blob = dep.compress(data).data
+        with pytest.raises(InputError, match="truncated|corrupt|does not reproduce"):
+            dep.decompress(blob[:-4])
+        flipped = bytearray(blob)
+        flipped[len(blob) - 4 * len(read_header(blob)[1]) + 1] ^= 0xFF  # the first code word (the last one's low
+        # bits may be padding)
+        with pytest.raises(InputError, match="corrupt|does not reproduce"):
+            dep.decompress(bytes(flipped))
+        with pytest.raises(InputError, match="not a deploykit compressed file"):
+            dep.decompress(b"hello world")
+        with pytest.raises(InputError, match="empty"):
+            dep.compress(b"")
+        with pytest.raises(InputError, match="not UTF-8"):
+            dep.compress(b"ok \xff")
+        with pytest.raises(InputError, match="character|vocabulary"):
+            dep.compress("a \u2603 snowman".encode())  # a character the char-LM never saw
+    with deploykit.load(zoo_bundle("char-lm").path, options=RunnerOptions(threads=2)) as dep:
+        with pytest.raises(InputError, match="threads 1"):
+            dep.decompress(blob)
+        for text in _inputs(dep.bundle.loop.vocab, 10):  # two threads both ways: round trips as well
+            assert dep.decompress(dep.compress(text).data) == text
+    with deploykit.load(zoo_bundle("gpt").path, options=RunnerOptions(threads=1)) as dep:
+        with pytest.raises(InputError, match="another bundle"):
+            dep.decompress(blob)
+    with deploykit.load(zoo_bundle("mlp").path) as dep:
+        with pytest.raises(InputError, match="can generate text"):
+            dep.compress(data)
+
+
+def test_cli_round_trip_and_nothing_written_on_failure(zoo_bundle, tmp_path: Path) -> None:
+    bundle = zoo_bundle("char-lm").path
+    source = tmp_path / "in.txt"
+    source.write_bytes(held_out_text(zoo_bundle("char-lm").loop.vocab)[:500].encode())
+    packed, back = tmp_path / "in.dkz", tmp_path / "back.txt"
+    assert main(["compress", str(bundle), str(source), "--out", str(packed)]) == 0
+    assert main(["decompress", str(packed), "--bundle", str(bundle), "--out", str(back)]) == 0
+    assert back.read_bytes() == source.read_bytes()
+    assert main(["compress", str(bundle), str(source), "--out", str(packed)]) == 2  # exists: no silent overwrite
+    other = tmp_path / "other.txt"
+    assert main(["decompress", str(packed), "--bundle", str(zoo_bundle("gpt").path), "--out", str(other)]) == 2
+    assert main(["decompress", str(packed), "--bundle", str(bundle), "--out", str(other), "--threads", "2"]) == 2
+    assert not other.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["back.txt", "in.dkz", "in.txt"]
