@@ -138,3 +138,49 @@ def test_cli_exports_a_folder_as_it_is(bpe: Path, tmp_path: Path) -> None:
     sample = subprocess.run([sys.executable, "-m", "deploykit", "sample", tmp_path / "b", "--prompt", "Now", "--mode",
                              "greedy", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0 and sample.stdout.startswith("Now"), sample.stderr
+
+
+def _tiny(kind: str, folder: Path) -> Path:
+    torch.manual_seed(0)
+    if kind == "bart":
+        transformers.BartForConditionalGeneration(transformers.BartConfig(
+            vocab_size=300, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)).save_pretrained(folder)
+    elif kind == "t5":
+        transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=300, d_model=32, d_ff=32, num_layers=1, num_heads=2, d_kv=16)).save_pretrained(folder)
+    elif kind == "bert":
+        transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    else:
+        transformers.ViTForImageClassification(transformers.ViTConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8,
+            patch_size=4)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["bart", "t5", "bert", "vit"])
+def test_an_encoder_decoder_or_encoder_folder_never_becomes_a_gpt_bundle(kind: str, tmp_path: Path) -> None:
+    """BART used to load as BartForCausalLM (its encoder dropped, its decoder embeddings re-initialized at random) and
+    export as a 'gpt' bundle that verified green: it is refused, naming the model type, before any export."""
+    folder = _tiny(kind, tmp_path / kind)
+    with pytest.raises(InputError, match=f"model type '{kind}'.*(encoder-decoder|not a causal language model)"):
+        resolve(f"hf:{folder}")
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_weights_that_do_not_fit_the_model_are_refused(change: str, tmp_path: Path, bpe: Path) -> None:
+    """A weight file with a tensor the model lacks, or without one it needs: transformers would drop or randomly
+    initialize it (a bundle of another model); refused, naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _save("gpt2", tmp_path / "model", bpe)
+    weights = load_file(folder / "model.safetensors")
+    if change == "extra":
+        weights["extra.weight"] = torch.zeros(3)
+    else:
+        del weights["transformer.h.0.mlp.c_fc.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    name = "unexpected 1: extra.weight" if change == "extra" else "missing 1: transformer.h.0.mlp.c_fc.weight"
+    with pytest.raises(InputError, match=f"do not fit GPT2LMHeadModel \\({name}\\)"):
+        resolve(f"hf:{folder}")

@@ -91,6 +91,28 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
+    """InputError unless config.json describes a decoder-only causal LM: an encoder-decoder (BART, T5, Marian) or
+    an encoder (BERT, ViT) would load as another model or not at all."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
+        raise InputError(f"hf:{folder}: config.json could not be read by transformers "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
+    kind = getattr(config, "model_type", "?")
+    architectures = list(getattr(config, "architectures", None) or [])
+    causal = [a for a in architectures if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    if getattr(config, "is_encoder_decoder", False) or (architectures and not causal):
+        what = "an encoder-decoder" if getattr(config, "is_encoder_decoder", False) else "not a causal language model"
+        raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
+                         f"{what}; hf:DIR exports decoder-only causal LMs (GPT-2, Llama, Qwen, Phi-3, GPT-NeoX, OPT, "
+                         "Gemma, GPT-J, StableLM and other *ForCausalLM models). Encoder-decoders and encoders are "
+                         "not supported yet.")
+    if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
+        raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
+                         f"{transformers.__version__}; hf:DIR exports decoder-only causal LMs.")
+
+
 def load(folder: str | Path) -> HFSource:
     """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family; InputError naming what is missing."""
     root = Path(folder)
@@ -100,10 +122,18 @@ def load(folder: str | Path) -> HFSource:
     if not any(any(root.glob(p)) for p in WEIGHTS):
         raise InputError(f"hf:{folder}: no weights (*.safetensors or *.bin) beside config.json; nothing is downloaded.")
     transformers = _transformers()
+    _check_decoder(folder, transformers, root)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=torch.float32)
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            root, local_files_only=True, dtype=torch.float32, output_loading_info=True)
     except (ValueError, OSError, KeyError) as exc:
-        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it ({exc}).") from exc
+        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it ({str(exc)[:300]}).") from exc
+    wrong = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(wrong.values()):  # a silently re-initialized tensor would make a bundle of another model
+        found = "; ".join(f"{k.split('_')[0]} {len(v)}: {', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''}"
+                          for k, v in wrong.items() if v)
+        raise InputError(f"hf:{folder}: the weights do not fit {type(model).__name__} ({found}); transformers would "
+                         "drop or randomly fill them. Give the folder save_pretrained wrote for this model.")
     tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     size = int(model.config.vocab_size)
     names: list[str] = []
