@@ -1,13 +1,16 @@
 """`deploykit compress BUNDLE INPUT --out FILE` and `deploykit decompress FILE --bundle BUNDLE --out OUTPUT`: lossless
-coding of text under a language-model bundle (torch-free; runtimes/compress.py)."""
+coding under a bundle's own model (torch-free; runtimes/compress.py): text files under a language model, .npy arrays
+of examples at their levels under PixelCNN, FVSBN/MADE/NADE and WaveNet bundles."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from ..api import load
@@ -45,23 +48,31 @@ def _write(out: Path, data: bytes, force: bool) -> None:
 
 @app.command("compress")
 def compress_cmd(
-    bundle: Annotated[Path, typer.Argument(help="a language-model bundle (character LM, gpt, hf:DIR)")],
-    input: Annotated[Path, typer.Argument(help="UTF-8 text file to compress")],  # noqa: A002
+    bundle: Annotated[Path, typer.Argument(help="a language-model bundle (character LM, gpt, hf:DIR) or a PixelCNN, "
+                                                "FVSBN/MADE/NADE or WaveNet bundle")],
+    input: Annotated[Path, typer.Argument(help="UTF-8 text file, or .npy of examples [N, ...] at the model's levels")],  # noqa: A002
     out: Annotated[Path, typer.Option(help="compressed file to write")],
     backend: Backend = "ort-cpu",
     threads: Threads = 1,
     force: Force = False,
 ) -> None:
-    """Compress a text file losslessly with a language model's next-token probabilities (range coding)."""
-    data = _read(input, "INPUT")
+    """Compress a text file (language models) or a .npy of examples (masked autoregressive models) losslessly with
+    the model's next-symbol probabilities (range coding)."""
+    data: bytes | np.ndarray = _read(input, "INPUT")
+    if input.suffix == ".npy":
+        try:
+            data = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"INPUT '{input}' is not a readable .npy array ({str(exc)[:120]}).") from exc
     if out.exists() and not force:  # before minutes of coding
         raise InputError(f"--out '{out}' exists; pass --force to replace it, or choose another path.")
     with load(bundle, backend, RunnerOptions(threads=threads)) as dep, progress_bar("compressing") as step:
         result = dep.compress(data, step)
     _write(out, result.data, force)
-    entropy = result.cross_entropy_bits / max(len(data), 1)
-    console.print(f"{input}: {len(data)} bytes -> {len(result.data)} bytes ({result.bits_per_byte:.3f} bits/byte; "
-                  f"the model's cross-entropy {entropy:.3f} bits/byte over {result.header.tokens} tokens) -> {out}")
+    size = result.header.size
+    console.print(f"{input}: {size} bytes -> {len(result.data)} bytes ({result.bits_per_byte:.3f} bits/byte; the "
+                  f"model's cross-entropy {result.cross_entropy_bits / size:.3f} bits/byte over "
+                  f"{result.header.symbols} symbols) -> {out}")
 
 
 @app.command("decompress")
@@ -75,7 +86,13 @@ def decompress_cmd(
 ) -> None:
     """Restore the original of a compressed file (checked against its sha256 before anything is written)."""
     blob = _read(file, "FILE")
+    if out.exists() and not force:  # before minutes of decoding
+        raise InputError(f"--out '{out}' exists; pass --force to replace it, or choose another path.")
     with load(bundle, backend, RunnerOptions(threads=threads)) as dep, progress_bar("decompressing") as step:
         data = dep.decompress(blob, step)
+    if isinstance(data, np.ndarray):  # an array comes back as the .npy it was given as
+        buffer = io.BytesIO()
+        np.save(buffer, data, allow_pickle=False)
+        data = buffer.getvalue()
     _write(out, data, force)
     console.print(f"{file}: {len(blob)} bytes -> {len(data)} bytes (sha256 checked) -> {out}")

@@ -364,6 +364,133 @@ def write_audio(out: Path, codes: np.ndarray, loop: WavenetConfig, runners: Runn
     write_wav(out, mu_law_decode(codes, loop.levels), loop.sample_rate)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max())
+    return p / p.sum()
+
+
+def _two_levels(logit: np.ndarray) -> np.ndarray:
+    """[p(0), p(1)] of a Bernoulli logit, in float64."""
+    one = 1.0 / (1.0 + np.exp(-float(logit)))
+    return np.array([1.0 - one, one])
+
+
+class _Symbols:
+    """One example's values coded dimension by dimension in the sampling order, batch 1, the same graph calls when
+    encoding and decoding (runtimes.compress.SymbolModel); subclasses say how a call reads and writes."""
+
+    levels: int
+    classes: int = 0
+
+    def __init__(self, runners: Runners, loop: MaskedConfig) -> None:
+        self.runners, self.loop, self.classes = runners, loop, loop.num_classes
+        self.k, self.positions = 0, np.empty(0, np.int64)
+        self.label: dict[str, np.ndarray] = {}
+
+    def order(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Flat indices of an example of `shape` in coding order."""
+        raise NotImplementedError
+
+    def check(self, shape: tuple[int, ...]) -> str | None:
+        """What is wrong with an example shape, or None."""
+        raise NotImplementedError
+
+    def begin(self, shape: tuple[int, ...], label: int | None) -> None:
+        """Start an example (label: its class for a class-conditional model)."""
+        self.k, self.positions = 0, self.order(shape)
+        self.label = {} if label is None else {"label": np.array([label], np.int64)}
+        self._start(shape)
+
+    def _start(self, shape: tuple[int, ...]) -> None: ...
+
+
+class RasterSymbols(_Symbols):
+    """PixelCNN: pixels in raster order, channels inside a pixel, `levels` values each."""
+
+    def __init__(self, runners: Runners, loop: RasterConfig) -> None:
+        super().__init__(runners, loop)
+        self.levels, self.shape = loop.levels, tuple(loop.input_shape)
+
+    def check(self, shape: tuple[int, ...]) -> str | None:
+        return None if shape == self.shape else f"images of shape {list(self.shape)} (C, H, W)"
+
+    def order(self, shape: tuple[int, ...]) -> np.ndarray:
+        c, h, w = shape
+        return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+    def _start(self, shape: tuple[int, ...]) -> None:
+        self.image = np.zeros((1, *shape), np.int64)
+
+    def probabilities(self) -> np.ndarray:
+        logits = self.runners["conditionals"].infer({"image": self.image} | self.label, checked=self.k > 0)["logits"]
+        return _softmax(logits.reshape(1, self.levels, -1)[0, :, self.positions[self.k]])
+
+    def push(self, symbol: int) -> None:
+        self.image.flat[self.positions[self.k]] = symbol
+        self.k += 1
+
+
+class BinarySymbols(_Symbols):
+    """FVSBN / MADE (bernoulli, ordering 0 of an ensemble) and NADE (its O(H) step graph): 0/1 per dimension."""
+
+    levels = 2
+
+    def check(self, shape: tuple[int, ...]) -> str | None:
+        if getattr(self.loop, "distribution", "bernoulli") != "bernoulli":
+            return "binary data, but this model's dimensions are gaussian (continuous values have no lossless code)"
+        return None if shape == (self.loop.num_inputs,) else f"binary vectors of {self.loop.num_inputs} dimensions"
+
+    def order(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(self.loop.orderings[0], np.int64)
+
+    def _start(self, shape: tuple[int, ...]) -> None:
+        self.x = np.zeros((1, *shape), np.float32)
+        self.feeds = {"total": np.zeros((1, getattr(self.loop, "hidden", 0)), np.float32), "x_prev": np.zeros(1, np.float32)}
+
+    def probabilities(self) -> np.ndarray:
+        if isinstance(self.loop, NadeConfig):
+            self.out = self.runners["step"].infer(self.feeds | {"index": np.array([self.k], np.int64)}, checked=self.k > 0)
+            return _two_levels(self.out["logit"][0])
+        logits = self.runners[mask_role(self.loop, 0)].infer({"x": self.x}, checked=self.k > 0)["logits"]
+        return _two_levels(logits[0, self.positions[self.k]])
+
+    def push(self, symbol: int) -> None:
+        self.x[0, self.positions[self.k]] = symbol
+        if isinstance(self.loop, NadeConfig):
+            self.feeds = {"total": self.out["next_total"], "x_prev": np.array([symbol], np.float32)}
+        self.k += 1
+
+
+class WavenetSymbols(_Symbols):
+    """WaveNet: mu-law codes in time order, by fast generation's step graph and its layer queues."""
+
+    def __init__(self, runners: Runners, loop: WavenetConfig) -> None:
+        super().__init__(runners, loop)
+        self.levels = loop.levels
+
+    def check(self, shape: tuple[int, ...]) -> str | None:
+        return None if len(shape) == 1 else "clips of mu-law codes [length]"
+
+    def order(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.arange(shape[0])
+
+    def _start(self, shape: tuple[int, ...]) -> None:
+        loop = self.loop
+        self.feeds = {"sample": np.full(1, loop.start, np.int64)} | self.label
+        self.feeds |= {f"past_queue.{i}": np.zeros((1, c, d), np.float32) for i, (c, d) in enumerate(loop.queues)}
+
+    def probabilities(self) -> np.ndarray:
+        self.out = self.runners["step"].infer(self.feeds, checked=self.k > 0)
+        return _softmax(self.out["logits"][0])
+
+    def push(self, symbol: int) -> None:
+        self.feeds["sample"] = np.array([symbol], np.int64)
+        for i in range(len(self.loop.queues)):
+            self.feeds[f"past_queue.{i}"] = self.out[f"present_queue.{i}"]
+        self.k += 1
+
+
 def _density(runners: Runners, loop: MaskedConfig, x: np.ndarray, labels: np.ndarray | None, host: bool) -> np.ndarray:
     if host:
         raise InputError("host=True is for flow bundles (IAF density on the host).")
@@ -373,22 +500,22 @@ def _density(runners: Runners, loop: MaskedConfig, x: np.ndarray, labels: np.nda
 register(LoopKind(
     DimensionwiseConfig, "FVSBN/MADE", "sample", DimensionwiseOptions,
     sample=lambda runners, loop, n, seed, o: sample_dimensionwise(runners, loop, n, seed, o.ordering),
-    check=check_dimensionwise, structure=masked_problems, writer=IMAGES, log_prob=_density,
+    check=check_dimensionwise, structure=masked_problems, writer=IMAGES, log_prob=_density, symbols=BinarySymbols,
 ))
 register(LoopKind(
     NadeConfig, "NADE", "sample", SampleOptions,
     sample=lambda runners, loop, n, seed, o: sample_nade(runners, loop, n, seed),
-    check=check_nade, structure=masked_problems, writer=IMAGES, log_prob=_density,
+    check=check_nade, structure=masked_problems, writer=IMAGES, log_prob=_density, symbols=BinarySymbols,
 ))
 register(LoopKind(
     RasterConfig, "PixelCNN", "sample", LabelOptions,
     sample=lambda runners, loop, n, seed, o: sample_raster(runners, loop, n, seed, o.labels),
-    check=check_raster, structure=masked_problems, writer=IMAGES, log_prob=_density,
+    check=check_raster, structure=masked_problems, writer=IMAGES, log_prob=_density, symbols=RasterSymbols,
 ))
 register(LoopKind(
     WavenetConfig, "WaveNet", "sample", WavenetOptions,
     sample=lambda runners, loop, n, seed, o: sample_wavenet(
         runners, loop, n, loop.sample_rate if o.steps is None else o.steps, seed, o.labels, o.fast),
-    check=check_wavenet, structure=masked_problems, log_prob=_density, quick={"steps": 400},
+    check=check_wavenet, structure=masked_problems, log_prob=_density, quick={"steps": 400}, symbols=WavenetSymbols,
     writer=Writer((".wav", ".npy"), "WaveNet writes audio as .wav (or its mu-law codes as .npy).", write_audio),
 ))

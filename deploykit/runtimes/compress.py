@@ -1,9 +1,12 @@
-"""Lossless compression with a language-model bundle: a range coder (constriction's queue coder) driven by the
-model's next-token distributions spends about -log2 p(token) bits per token (MacKay 2003, ch. 6).
+"""Lossless compression with a bundle's own likelihood model: a range coder (constriction's queue coder) driven by
+the model's next-symbol distributions spends about -log2 p(symbol) bits per symbol (MacKay 2003, ch. 6).
 
-Encoder and decoder compute the same distributions by the same calls: the first token under a uniform distribution,
-then one `step` per token over the bundle's own token model (a context-bounded model restarts from the last half of
-its context when it is full, both ways). Probabilities are computed in float64 from the logits and quantized by
+Two payloads. Text, under a language model: the first token under a uniform distribution, then one `step` per token
+over the bundle's token model (a context-bounded model restarts from the last half of its context when it is full).
+Arrays of examples at their levels, under a masked autoregressive model (PixelCNN pixels, FVSBN/MADE/NADE binary
+dimensions, WaveNet mu-law codes): each example's values in the sampling order through the kind's SymbolModel, one
+graph call per value at batch 1; a class-conditional model codes the label that gives the example its highest
+likelihood first (uniform over the classes, its bits in the rate). Encoder and decoder make the same calls. Probabilities are computed in float64 from the logits and quantized by
 constriction's leaky categorical model (fixed precision, every token at least one count), so equal logits give equal
 integer frequencies. Floating point may differ across backends, thread counts and CPUs: the header records what
 decoding needs (bundle, backend, threads, onnxruntime, machine) and decoding refuses another bundle or backend;
@@ -21,7 +24,7 @@ import platform
 import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,7 +35,30 @@ from .kinds import kind_of
 from .tokens import Codec, LanguageModelConfig
 
 MAGIC = b"DKZ\x01"  # deploykit compressed file, format 1
-Progress = Callable[[int, int], None]  # (tokens done, tokens in all)
+Progress = Callable[[int, int], None]  # (symbols done, symbols in all)
+
+
+class SymbolModel(Protocol):
+    """What a loop kind declares (`LoopKind.symbols`) to code one example's values: the values' range, the number of
+    classes (0: unconditional), and the next value's distribution as values are pushed in `order`."""
+
+    levels: int
+    classes: int
+
+    def check(self, shape: tuple[int, ...]) -> str | None:
+        """What an example of `shape` should be instead, or None when it fits."""
+
+    def order(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Flat indices of an example in coding order."""
+
+    def begin(self, shape: tuple[int, ...], label: int | None) -> None:
+        """Start coding one example."""
+
+    def probabilities(self) -> np.ndarray:
+        """The next value's distribution [levels] (float64)."""
+
+    def push(self, symbol: int) -> None:
+        """Take the next value."""
 
 
 @dataclass(frozen=True)
@@ -44,19 +70,22 @@ class Header:
     threads: int | None  # the runners' intra-op threads (None: the backend's default)
     onnxruntime: str
     machine: str
-    tokens: int
-    window: int | None  # the model's context: full, it restarts from the last half
-    size: int  # bytes of the original
-    sha256: str  # of the original
+    payload: str  # text | array
+    symbols: int  # tokens, or values (labels included) of every example
+    size: int  # bytes of the original (text) or of the array's data
+    sha256: str  # of those bytes
+    window: int | None = None  # text: the model's context (full, it restarts from the last half)
+    shape: list[int] | None = None  # array: [examples, ...]
+    dtype: str | None = None  # array: its numpy dtype
 
 
 @dataclass(frozen=True)
 class Compressed:
-    """A compressed file and its rate beside the model's own cross-entropy on the same tokens."""
+    """A compressed file and its rate beside the model's own cross-entropy on the same symbols."""
 
     data: bytes
     header: Header
-    cross_entropy_bits: float  # sum of -log2 p(token) under the float64 distributions coded with
+    cross_entropy_bits: float  # sum of -log2 p(symbol) under the float64 distributions coded with
 
     @property
     def bits_per_byte(self) -> float:
@@ -73,26 +102,21 @@ def _coder() -> Any:
     return constriction
 
 
-def _language_model(bundle: Bundle, runners: dict[str, Runner]) -> tuple[Any, LanguageModelConfig]:
-    loop = bundle.loop
-    assert isinstance(loop, LanguageModelConfig)  # the codec (Deployment.codec) refused every other bundle
-    return kind_of(loop).token_model(runners, loop), loop
+class _TextModel:
+    """Next-token distributions of a language model along a token sequence (the first token: uniform)."""
 
-
-class _Distributions:
-    """Next-token distributions along a token sequence, computed identically when encoding and decoding."""
-
-    def __init__(self, model: Any, vocab: int, window: int | None) -> None:
-        self.model, self.vocab, self.window = model, vocab, window
+    def __init__(self, bundle: Bundle, runners: dict[str, Runner], window: int | None) -> None:
+        loop = bundle.loop
+        assert isinstance(loop, LanguageModelConfig)  # the codec (Deployment.codec) refused every other bundle
+        self.model, self.vocab, self.window = kind_of(loop).token_model(runners, loop), len(loop.vocab), window
         self.seen: list[int] = []
         self.logits: np.ndarray | None = None
         self.fed = 0  # tokens the model's state holds
 
-    def next(self) -> np.ndarray:
+    def probabilities(self) -> np.ndarray:
         """Probabilities [vocab] (float64) of the next token."""
-        if not self.seen:
+        if self.logits is None:
             return np.full(self.vocab, 1.0 / self.vocab)
-        assert self.logits is not None
         x = self.logits.astype(np.float64)
         p = np.exp(x - x.max())
         return p / p.sum()
@@ -110,6 +134,8 @@ class _Distributions:
 
 
 def _tokens_of(codec: Codec, data: bytes) -> np.ndarray:
+    if not data:
+        raise InputError("the input is empty; there is nothing to compress.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -122,6 +148,44 @@ def _tokens_of(codec: Codec, data: bytes) -> np.ndarray:
     return ids
 
 
+def _symbol_model(bundle: Bundle, runners: dict[str, Runner]) -> SymbolModel:
+    kind = kind_of(bundle.loop)
+    if kind.symbols is None:
+        raise InputError(f"arrays compress under PixelCNN, FVSBN/MADE/NADE and WaveNet bundles; this "
+                         f"'{bundle.loop.kind}' bundle ({kind.title}) has no per-value distributions to code with "
+                         "(text goes to language-model bundles).")
+    return kind.symbols(runners, bundle.loop)
+
+
+def _levels_of(model: SymbolModel, x: np.ndarray) -> np.ndarray:
+    """The examples [N, ...] as int64 levels; InputError naming the first value or shape that does not fit."""
+    if x.ndim < 2 or not x.size:
+        raise InputError(f"the input array has shape {list(x.shape)}; give examples stacked as [N, ...] (N >= 1).")
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"the input array has dtype {x.dtype}; give integer levels 0..{model.levels - 1}.")
+    problem = model.check(tuple(x.shape[1:]))
+    if problem:
+        raise InputError(f"the input array holds examples of shape {list(x.shape[1:])}; this bundle codes {problem}.")
+    levels = x.astype(np.int64)
+    bad = np.argwhere((levels != x) | (levels < 0) | (levels >= model.levels))
+    if bad.size:
+        at = tuple(int(i) for i in bad[0])
+        raise InputError(f"value {x[at]!r} at index {list(at)} is not a level 0..{model.levels - 1} of this model "
+                         "(values must be integers in the model's range: quantize them first).")
+    return levels
+
+
+def _labels(bundle: Bundle, runners: dict[str, Runner], model: SymbolModel, x: np.ndarray) -> list[int | None]:
+    """Per example, the class under which the model gives it the highest likelihood (None: unconditional)."""
+    if not model.classes:
+        return [None] * len(x)
+    loop, kind = bundle.loop, kind_of(bundle.loop)
+    inputs = runners[loop.conditionals_roles()[0]].spec.inputs
+    feed = x.astype(next(s.dtype for s in inputs if s.name == loop.input_name))
+    scores = [kind.log_prob(runners, loop, feed, np.full(len(x), k, np.int64), False) for k in range(model.classes)]
+    return [int(k) for k in np.argmax(np.stack(scores), 0)]
+
+
 def _identity(bundle: Bundle, runners: dict[str, Runner]) -> dict[str, Any]:
     import onnxruntime
 
@@ -130,27 +194,63 @@ def _identity(bundle: Bundle, runners: dict[str, Runner]) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "machine": platform.machine()}
 
 
-def compress(bundle: Bundle, runners: dict[str, Runner], codec: Codec, data: bytes,
+class _Counter:
+    """Progress over `total` symbols."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def compress(bundle: Bundle, runners: dict[str, Runner], data: bytes | np.ndarray, codec: Codec | None = None,
              progress: Progress | None = None) -> Compressed:
-    """`data` (UTF-8 text) coded under the bundle's language model (active runners)."""
-    if not data:
-        raise InputError("the input is empty; there is nothing to compress.")
+    """Text (bytes, through `codec`, under a language model) or an array of examples (under a masked autoregressive
+    model), coded with the bundle's active runners."""
     constriction = _coder()
-    model, loop = _language_model(bundle, runners)
-    ids = _tokens_of(codec, data)
-    dist = _Distributions(model, len(loop.vocab), loop.context)
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
     bits = 0.0
-    for i, token in enumerate(ids.tolist()):
-        p = dist.next()
-        bits -= float(np.log2(p[token]))
-        encoder.encode(np.asarray([token], np.int32), family, p[None])
-        dist.push(token)
-        if progress is not None:
-            progress(i + 1, len(ids))
-    header = Header(**_identity(bundle, runners), tokens=int(len(ids)), window=loop.context,
-                    size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def code(p: np.ndarray, symbol: int) -> None:
+        nonlocal bits
+        bits -= float(np.log2(p[symbol]))
+        encoder.encode(np.asarray([symbol], np.int32), family, p[None])
+
+    if isinstance(data, (bytes, bytearray)):
+        assert codec is not None
+        ids = _tokens_of(codec, bytes(data))
+        window = bundle.loop.context if isinstance(bundle.loop, LanguageModelConfig) else None
+        text, count = _TextModel(bundle, runners, window), _Counter(len(ids), progress)
+        for token in ids.tolist():
+            code(text.probabilities(), token)
+            text.push(token)
+            count.tick()
+        raw = bytes(data)
+        fields: dict[str, Any] = {"payload": "text", "symbols": int(len(ids)), "window": window}
+    else:
+        x = np.asarray(data)
+        model = _symbol_model(bundle, runners)
+        levels = _levels_of(model, x)
+        labels = _labels(bundle, runners, model, levels)
+        shape = tuple(x.shape[1:])
+        order = model.order(shape)
+        count = _Counter(len(x) * (len(order) + bool(model.classes)), progress)
+        for example, label in zip(levels, labels):
+            if label is not None:
+                code(np.full(model.classes, 1.0 / model.classes), label)
+                count.tick()
+            model.begin(shape, label)
+            for symbol in example.reshape(-1)[order].tolist():
+                code(model.probabilities(), symbol)
+                model.push(symbol)
+                count.tick()
+        raw = np.ascontiguousarray(x).tobytes()
+        fields = {"payload": "array", "symbols": count.total, "shape": list(x.shape), "dtype": x.dtype.str}
+    header = Header(**_identity(bundle, runners), **fields, size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
     meta = json.dumps(asdict(header), sort_keys=True).encode()
     words = encoder.get_compressed().astype("<u4").tobytes()
     return Compressed(MAGIC + struct.pack("<I", len(meta)) + meta + words, header, bits)
@@ -167,15 +267,17 @@ def read_header(blob: bytes) -> tuple[Header, np.ndarray]:
     except (ValueError, TypeError) as exc:
         raise InputError(f"the compressed file's header is corrupt ({type(exc).__name__}); it cannot be decoded.") from exc
     code = blob[8 + length:]
-    if len(code) % 4:
-        raise InputError(f"the compressed file is truncated ({len(code)} code bytes, not whole 32-bit words).")
+    if len(code) % 4 or header.payload not in ("text", "array") or not 1 <= header.symbols <= 8 * max(header.size, 1):
+        raise InputError(f"the compressed file is truncated or corrupt ({len(code)} code bytes, {header.symbols} "
+                         f"symbols for {header.size} bytes of {header.payload!r}).")
     return header, np.frombuffer(code, "<u4").astype(np.uint32)
 
 
-def decompress(bundle: Bundle, runners: dict[str, Runner], codec: Codec, blob: bytes,
-               progress: Progress | None = None) -> bytes:
-    """The original bytes of a file `compress` wrote with this bundle; InputError when it was compressed with another
-    bundle or backend, or when the decode does not reproduce the original's sha256 (nothing is returned then)."""
+def decompress(bundle: Bundle, runners: dict[str, Runner], blob: bytes, codec: Codec | None = None,
+               progress: Progress | None = None) -> bytes | np.ndarray:
+    """The original of a file `compress` wrote with this bundle: bytes for text, the array for arrays. InputError when
+    it was compressed with another bundle, backend or thread count, or when the decode does not reproduce the
+    original's sha256 (nothing is returned then)."""
     constriction = _coder()
     header, words = read_header(blob)
     here = _identity(bundle, runners)
@@ -188,24 +290,41 @@ def decompress(bundle: Bundle, runners: dict[str, Runner], codec: Codec, blob: b
             raise InputError(f"this file was compressed with {key} {getattr(header, key)!r} and is being decoded with "
                              f"{here[key]!r}; floating point differs between them, so decode with {key} "
                              f"{getattr(header, key)!r}.")
-    model, loop = _language_model(bundle, runners)
-    if not 1 <= header.tokens <= header.size:  # a token holds at least one byte
-        raise InputError(f"the compressed file claims {header.tokens} tokens for {header.size} bytes; it is corrupt.")
-    dist = _Distributions(model, len(loop.vocab), header.window)
     family = constriction.stream.model.Categorical(perfect=False)
     decoder = constriction.stream.queue.RangeDecoder(words)
-    ids = np.empty(header.tokens, np.int64)
+    count = _Counter(header.symbols, progress)
+
+    def read(p: np.ndarray) -> int:
+        count.tick()
+        return int(decoder.decode(family, p[None])[0])
+
     try:
-        for i in range(header.tokens):
-            ids[i] = int(decoder.decode(family, dist.next()[None])[0])
-            dist.push(int(ids[i]))
-            if progress is not None:
-                progress(i + 1, header.tokens)
-    except (ValueError, RuntimeError, AssertionError) as exc:  # constriction on a code it cannot read
+        if header.payload == "text":
+            assert codec is not None
+            text = _TextModel(bundle, runners, header.window)
+            ids = np.empty(header.symbols, np.int64)
+            for i in range(header.symbols):
+                ids[i] = read(text.probabilities())
+                text.push(int(ids[i]))
+            data: bytes | np.ndarray = codec.decode(ids).encode("utf-8")
+            raw = data
+        else:
+            model = _symbol_model(bundle, runners)
+            shape = tuple(header.shape or ())
+            order = model.order(shape[1:])
+            x = np.zeros((shape[0], int(np.prod(shape[1:]))), np.int64)
+            for row in x:
+                label = read(np.full(model.classes, 1.0 / model.classes)) if model.classes else None
+                model.begin(shape[1:], label)
+                for position in order:
+                    row[position] = read(model.probabilities())
+                    model.push(int(row[position]))
+            data = x.reshape(shape).astype(np.dtype(header.dtype or "int64"))
+            raw = data.tobytes()
+    except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction on a code it cannot read
         raise InputError(f"the compressed code is corrupt or truncated ({str(exc)[:120] or type(exc).__name__}); "
                          "nothing was written.") from exc
-    data = codec.decode(ids).encode("utf-8")
-    if len(data) != header.size or hashlib.sha256(data).hexdigest() != header.sha256:
+    if len(raw) != header.size or hashlib.sha256(raw).hexdigest() != header.sha256:
         raise InputError(
             f"the decode does not reproduce the original (sha256 mismatch): the file is corrupt, or this machine "
             f"computes other probabilities (compressed on {header.machine} with onnxruntime {header.onnxruntime}, "

@@ -14,7 +14,7 @@ from ..backends.base import Runner
 from ..bundle import Bundle
 from ..checks import check_count, check_fits, check_seed
 from ..errors import InputError, choices
-from .compress import Compressed, Progress, compress, decompress
+from .compress import Compressed, Progress, compress, decompress, read_header
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
 from .kinds import LoopConfig, LoopKind, Use, kind_of
@@ -169,13 +169,16 @@ class Deployment:
             raise InputError(f"max_new_tokens {config.max_new_tokens} for {len(ids)} prompt(s) does not fit in this "
                              f"machine's memory ({exc}); ask for fewer tokens.") from exc
 
-    def compress(self, data: bytes, progress: Progress | None = None) -> Compressed:
-        """UTF-8 text coded losslessly under this language model (`.data` the file, with its rate; runtimes.compress)."""
-        return compress(self.bundle, self.runners, self.codec(), data, progress)
+    def compress(self, data: bytes | np.ndarray, progress: Progress | None = None) -> Compressed:
+        """Lossless coding under this bundle's model (`.data`: the file, with its rate; runtimes.compress): UTF-8 text
+        (bytes) under a language model, or examples [N, ...] at their levels under a masked autoregressive model."""
+        text = isinstance(data, (bytes, bytearray))
+        return compress(self.bundle, self.runners, data, self.codec() if text else None, progress)
 
-    def decompress(self, blob: bytes, progress: Progress | None = None) -> bytes:
-        """The original bytes of a file `compress` wrote with this bundle on the same backend and thread count."""
-        return decompress(self.bundle, self.runners, self.codec(), blob, progress)
+    def decompress(self, blob: bytes, progress: Progress | None = None) -> bytes | np.ndarray:
+        """The original (bytes or array) of a file `compress` wrote with this bundle, backend and thread count."""
+        text = read_header(blob)[0].payload == "text"
+        return decompress(self.bundle, self.runners, blob, self.codec() if text else None, progress)
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
         """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""

@@ -151,7 +151,8 @@ class LoopKind:
     short seeded loop run (stored at export, replayed by verify); structure(runners, config) -> problems
     beyond parity; token_model(runners, config) for generate/translate kinds; flips(runners, config, seed,
     expected, actual, tolerance, bound) explains token outputs of `check` that diverge (output -> note) where
-    the logits, off by `bound`, could swap a pick (judged on the runners' own logits); log_prob(runners, config,
+    the logits, off by `bound`, could swap a pick (judged on the runners' own logits); symbols(runners, config) ->
+    a SymbolModel coding one example's values in the sampling order (runtimes/compress.py); log_prob(runners, config,
     x, labels, host) for density models. `quick` are options of a short sampling run (quantize's
     comparison, Triton's probe); `serving` the options a Triton loop model fixes.
     """
@@ -166,6 +167,7 @@ class LoopKind:
     writer: Writer | None = None
     token_model: Callable[[Runners, Any], Any] | None = None
     flips: Flips | None = None
+    symbols: Callable[[Runners, Any], Any] | None = None
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
     serving: Mapping[str, Any] = field(default_factory=dict)
