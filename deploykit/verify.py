@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .backends import RunnerOptions, make_runners
-from .backends.torch import reference64
+from .backends.torch import Float64References
 from .bundle import LOOP_ROLE, Bundle, load_bundle
 from .checks import check_seed
 from .errors import BackendUnavailableError, BundleError, InputError
@@ -103,25 +103,15 @@ def verify(
         with ExitStack() as stack:
             for ref in references.values():
                 stack.enter_context(ref)
-            for ref in references64.values():  # activated only where a case needs them
-                stack.callback(ref.deactivate)
-
-            def infer64(role: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                references64[role].activate()
-                return references64[role].infer(inputs)
-
-            def loop64() -> dict[str, np.ndarray]:
-                for ref in references64.values():
-                    ref.activate()
-                return check(references64, loop, seed)
-
+            fp64 = Float64References(references64)  # activated only where a case needs them
+            stack.callback(fp64.release)
             for role, ref in references.items():
                 for dims in b.check_shapes:
                     case = dims_label(dims)
                     inputs = runners[role].spec.random_inputs(rng, dims)
                     result.report.add(f"fresh {role} {case}", ref.infer(inputs), runners[role].infer(inputs), tol,
-                                      runners[role].spec, lambda: reference64(lambda: infer64(role, inputs)))  # noqa: B023
-                references64[role].deactivate()
+                                      runners[role].spec, lambda: fp64.infer(role, inputs))  # noqa: B023
+                fp64.release(role)
             if "precision" in b.manifest:
                 result.notes.append(
                     f"loop replay: skipped for a {b.manifest['precision']['mode']} bundle (its tokens may diverge "
@@ -129,7 +119,7 @@ def verify(
                 )
             elif check is not None:
                 compare_loop(result.report, f"fresh loop seed={seed}", runners, loop, seed, check(references, loop, seed),
-                             check(runners, loop, seed), tol, lambda: reference64(loop64))
+                             check(runners, loop, seed), tol, lambda: fp64.loop(check, loop, seed))
     finally:
         for runner in runners.values():
             runner.deactivate()

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 import deploykit
 from deploykit.backends import OrtRunner, RunnerOptions, TorchRunner
-from deploykit.backends.torch import reference64
+from deploykit.backends.torch import Float64References
 from deploykit.bundle import load_bundle
 from deploykit.errors import ParityError
 from deploykit.exporters.onnx_export import _initializers
@@ -181,10 +181,11 @@ def test_a_wrong_graph_is_rejected_and_the_correct_one_passes(name: str, zoo_bun
                        and any(np.issubdtype(np.dtype(s.dtype), np.floating) for s in g.spec.outputs))
     module = torch_reference(bundle)[role]
     inputs = graph.spec.random_inputs(np.random.default_rng(0), bundle.check_shapes[-1])
-    with TorchRunner(role, graph.spec, module) as ref, \
-            TorchRunner(role, graph.spec, module, RunnerOptions(float64=True)) as ref64:
+    fp64 = Float64References({role: TorchRunner(role, graph.spec, module, RunnerOptions(float64=True))})
+    with TorchRunner(role, graph.spec, module) as ref:
         expected = ref.infer(inputs)
-        truth = reference64(lambda: ref64.infer(inputs))
+    truth = fp64.infer(role, inputs)
+    fp64.release()
     floats = [k for k, v in expected.items() if np.issubdtype(v.dtype, np.floating)]
     ratios, results = {}, {}
     for label in ("correct", "swap", "scale"):

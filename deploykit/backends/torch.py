@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,35 @@ def import_torch() -> Any:
     return torch
 
 
-def reference64(run: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
-    """`run()` over float64 TorchRunners, or None where the model does not run in float64 (a tensor it keeps outside
-    its parameters and buffers, an op without a float64 kernel): parity then falls back to its magnitude rule."""
-    try:
-        return run()
-    except Exception:  # noqa: BLE001  (any failure of the float64 copy means: no float64 reference)
-        return None
+class Float64References:
+    """Float64 TorchRunners (`options.float64`) per role for the parity fp64 rule, each activated on its first use (a
+    float64 copy of its weights) and released by `release`. A model that does not run in float64 (a tensor it keeps
+    outside its parameters and buffers, an op without a float64 kernel) gives None: parity then falls back to its
+    magnitude rule."""
+
+    def __init__(self, runners: Mapping[str, Runner]) -> None:
+        self.runners = dict(runners)
+
+    def infer(self, role: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """One role's outputs in float64 (rounded to the graph's dtypes), or None."""
+        return self._run(lambda: self.runners[role].infer(feeds), (role,))
+
+    def loop(self, check: Callable[..., dict[str, np.ndarray]], config: Any, seed: int) -> dict[str, np.ndarray] | None:
+        """A kind's loop check run over every role in float64, or None."""
+        return self._run(lambda: check(self.runners, config, seed), tuple(self.runners))
+
+    def release(self, role: str | None = None) -> None:
+        """Drop one role's float64 weights (every role's without `role`)."""
+        for name in (role,) if role is not None else tuple(self.runners):
+            self.runners[name].deactivate()
+
+    def _run(self, run: Callable[[], dict[str, np.ndarray]], roles: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+        try:
+            for name in roles:
+                self.runners[name].activate()
+            return run()
+        except Exception:  # noqa: BLE001  (any failure of the float64 copy means: no float64 reference)
+            return None
 
 
 class TorchRunner(Runner):

@@ -18,11 +18,11 @@ from torch import nn
 
 from ..backends.base import Runner, RunnerOptions
 from ..backends.ort import OrtRunner
-from ..backends.torch import TorchRunner, reference64
+from ..backends.torch import Float64References, TorchRunner
 from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
 from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
-from ..parity import Outputs, ParityReport
+from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
 from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
@@ -178,18 +178,8 @@ def export(
             with ExitStack() as stack:
                 for runner in (*refs.values(), *orts.values()):
                     stack.enter_context(runner)
-                for runner in refs64.values():  # activated only where a case needs them
-                    stack.callback(runner.deactivate)
-
-                def infer64(name: str, inputs: Outputs) -> Outputs:
-                    refs64[name].activate()
-                    return refs64[name].infer(inputs)
-
-                def loop64() -> Outputs:
-                    for runner in refs64.values():
-                        runner.activate()
-                    return kind.check(refs64, loop, 0)
-
+                fp64 = Float64References(refs64)  # activated only where a case needs them
+                stack.callback(fp64.release)
                 for name, role in roles.items():
                     budget, stored = max(GOLDEN_MIN_BYTES, GOLDEN_SHARE * weight_bytes(role.module)), 0
                     for index, dims in enumerate(shapes):  # every shape is compared; the first ones that fit are stored
@@ -207,7 +197,7 @@ def export(
                         with _backend_failure(f"the exported '{name}' graph at check shape {case}"):
                             actual = orts[name].infer(inputs)
                         report.add(label, expected, actual, fam.tolerance, orts[name].spec,
-                                   lambda: reference64(lambda: infer64(name, inputs)))  # noqa: B023  (called here)
+                                   lambda: fp64.infer(name, inputs))  # noqa: B023  (called here)
                         size = sum(a.nbytes for a in (*inputs.values(), *expected.values()))
                         if index and stored + size > budget:
                             continue
@@ -215,14 +205,14 @@ def export(
                         save_golden(tmp / "golden" / f"{name}.{index}.npz", inputs, expected)
                         golden.append({"role": name, "case": case, "dims": dims, "file": f"golden/{name}.{index}.npz"}
                                       | _allowed(report, label))
-                    refs64[name].deactivate()  # its float64 copy of the weights goes before the next role's
+                    fp64.release(name)  # its float64 copy of the weights goes before the next role's
                 if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
                     expected = kind.check(refs, loop, 0)
                     save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
                     with _backend_failure("the exported graphs' sampling loop (seed 0)"):
                         actual = kind.check(orts, loop, 0)
                     compare_loop(report, "loop seed=0", orts, loop, 0, expected, actual, fam.tolerance,
-                                 lambda: reference64(loop64))
+                                 lambda: fp64.loop(kind.check, loop, 0))
                     golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"}
                                   | _allowed(report, "loop seed=0"))
                 problems = kind.structure(orts, loop) if kind.structure else []
