@@ -24,6 +24,28 @@ def import_torch() -> Any:
     return torch
 
 
+def float64_mode() -> Any:
+    """A torch function mode under which float32 becomes float64: `Tensor.float()` gives float64, and a float32
+    dtype given to any torch function (`.to`, factories, casts) is float64 instead. Other dtypes pass through."""
+    torch = import_torch()
+    from torch.overrides import TorchFunctionMode
+
+    def promote(value: Any) -> Any:
+        if value is torch.float32:
+            return torch.float64
+        if isinstance(value, (list, tuple)):
+            return type(value)(promote(v) for v in value)
+        return value
+
+    class Float64Mode(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            if func is torch.Tensor.float:
+                func = torch.Tensor.double
+            return func(*promote(args), **{k: promote(v) for k, v in (kwargs or {}).items()})
+
+    return Float64Mode()
+
+
 class Float64References:
     """Float64 TorchRunners (`options.float64`) per role for the parity fp64 rule, each activated on its first use (a
     float64 copy of its weights) and released by `release`. A model that does not run in float64 (a tensor it keeps
@@ -59,8 +81,10 @@ class TorchRunner(Runner):
     """Runs a torch module (eager, CPU) on numpy feeds in graph-input order.
 
     With `options.float64` it runs the module with float64 copies of its floating parameters and buffers (made at
-    activate, released at deactivate; the module itself is untouched) on float64 casts of the float feeds, and
-    returns outputs in the graph's dtypes, so loops run it like any runner."""
+    activate, released at deactivate; the module itself is untouched) on float64 casts of the float feeds, with every
+    float32 the model asks for inside promoted to float64 (`float64_mode`: `.float()`, `dtype=torch.float32`, as
+    Hugging Face's RMSNorm and rotary embeddings and PixelCNN's input casts do), and returns outputs in the graph's
+    dtypes, so loops run it like any runner."""
 
     backend = "torch"
 
@@ -94,7 +118,8 @@ class TorchRunner(Runner):
                 result = self.module(*args)
             else:
                 args = [a.double() if a.is_floating_point() else a for a in args]
-                result = torch.func.functional_call(self.module, self._float64, tuple(args))
+                with float64_mode():
+                    result = torch.func.functional_call(self.module, self._float64, tuple(args))
         values = [v.detach().numpy() for v in (result if isinstance(result, (tuple, list)) else (result,))]
         if self._float64 is not None:
             values = [v.astype(s.dtype) for s, v in zip(self.spec.outputs, values)]
