@@ -111,8 +111,8 @@ def compare_output(
 # (export's checks) and 5.3x (onnxruntime's default prepacked kernels) on GPT-2 124M at initializer_range 0.3; wrong
 # graphs land at 1e5-1e6x (README, "Verify and tolerances"). 10x keeps correct graphs in and wrong ones far out.
 FP64_MULTIPLE = 10.0
-# magnitude rule, where float64 cannot run: errors of the zoo graphs it judges (PixelCNN, the DDPM U-Net) stay at
-# 0.2 % of 1e-4 x max |reference|; wrong graphs land at 18-1100x it.
+# magnitude rule, where float64 cannot run: on PixelCNN and the DDPM U-Net (judged by it before float64_mode let them
+# run in float64) correct graphs stayed at 0.2 % of 1e-4 x max |reference|, wrong ones landed at 18-1100x it.
 MAGNITUDE = 1e-4
 
 
