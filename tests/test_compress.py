@@ -152,3 +152,19 @@ def test_cli_codes_a_npy_of_images(zoo_bundle, tmp_path: Path) -> None:
     assert main(["compress", str(zoo_bundle("char-lm").path), str(tmp_path / "digits.npy"), "--out",
                  str(tmp_path / "x.dkz")]) == 2  # arrays need a masked autoregressive bundle
     assert not (tmp_path / "x.dkz").exists()
+
+
+def test_a_tampered_array_header_is_refused_before_any_allocation(zoo_bundle) -> None:
+    import json
+    import struct
+
+    bundle = zoo_bundle("fvsbn")
+    x = _examples("fvsbn", bundle)[:2]
+    with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
+        blob = dep.compress(x).data
+        (length,) = struct.unpack("<I", blob[4:8])
+        header = json.loads(blob[8:8 + length])
+        for change in ({"shape": [10**12, 64]}, {"dtype": "not-a-dtype"}, {"shape": None}, {"symbols": 0}):
+            meta = json.dumps(header | change).encode()
+            with pytest.raises(InputError, match="truncated or corrupt"):
+                dep.decompress(blob[:4] + struct.pack("<I", len(meta)) + meta + blob[8 + length:])

@@ -256,6 +256,15 @@ def compress(bundle: Bundle, runners: dict[str, Runner], data: bytes | np.ndarra
     return Compressed(MAGIC + struct.pack("<I", len(meta)) + meta + words, header, bits)
 
 
+def _fits(header: Header) -> bool:
+    """Whether an array header's shape and dtype describe exactly its `size` bytes (so decoding allocates no more)."""
+    try:
+        shape, itemsize = [int(n) for n in header.shape or []], np.dtype(header.dtype).itemsize
+    except (TypeError, ValueError):
+        return False
+    return len(shape) >= 2 and min(shape) >= 1 and int(np.prod(shape, dtype=object)) * itemsize == header.size
+
+
 def read_header(blob: bytes) -> tuple[Header, np.ndarray]:
     """The header and code words of a compressed file; InputError for anything else (truncated, corrupt)."""
     if blob[:4] != MAGIC or len(blob) < 8:
@@ -267,7 +276,8 @@ def read_header(blob: bytes) -> tuple[Header, np.ndarray]:
     except (ValueError, TypeError) as exc:
         raise InputError(f"the compressed file's header is corrupt ({type(exc).__name__}); it cannot be decoded.") from exc
     code = blob[8 + length:]
-    if len(code) % 4 or header.payload not in ("text", "array") or not 1 <= header.symbols <= 8 * max(header.size, 1):
+    if len(code) % 4 or header.payload not in ("text", "array") or not 1 <= header.symbols <= 8 * max(header.size, 1) \
+            or header.payload == "array" and not _fits(header):
         raise InputError(f"the compressed file is truncated or corrupt ({len(code)} code bytes, {header.symbols} "
                          f"symbols for {header.size} bytes of {header.payload!r}).")
     return header, np.frombuffer(code, "<u4").astype(np.uint32)
