@@ -172,12 +172,15 @@ def test_every_command_option_with_nan_negative_zero_and_huge_values(command: st
     traceback: it is refused with exit 2 or runs (exit 0) without eating the machine."""
     from deploykit.cli import main
 
+    (tmp_path / "in.txt").write_text("abc")
     base = {"build-engine": [tiny_bundle], "export": ["tests.conftest:TinyMLP", "--family", "mlp"],
+            "compress": [tiny_bundle, tmp_path / "in.txt"], "decompress": [tmp_path / "in.txt", "--bundle", tiny_bundle],
             "profile": [tiny_bundle, "--backend", "ort-cpu", "--batch", "1", "--iterations", "2", "--warmup", "0"],
             "quantize": [tiny_bundle, "--mode", "int8-static", "--calibration", "2"], "triton": [tiny_bundle],
             "verify": [tiny_bundle, "--golden-only"]}[command]
     for i, value in enumerate(("nan", "-1", "0", "99999999999")):
-        out = ["--out", tmp_path / f"out{i}"] if command in ("export", "quantize", "triton") else []
+        writes = ("export", "quantize", "triton", "compress", "decompress")
+        out = ["--out", tmp_path / f"out{i}"] if command in writes else []
         args = [str(a) for a in (command, *base, *out, option, value)]
         try:
             code = main(args)
