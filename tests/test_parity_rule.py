@@ -281,3 +281,12 @@ def test_an_onnxruntime_failure_in_the_checks_names_the_role_and_shape(tmp_path:
     with pytest.raises(ExportError, match=r"'model' graph at check shape batch=1: \[ONNXRuntimeError\].*56 by 96\. ") as err:
         deploykit.export(Cancelling().eval(), "mlp", tmp_path / "b")
     assert "\x1b" not in str(err.value) and not (tmp_path / "b").exists()
+
+
+def test_a_golden_replay_without_a_recorded_bound_keeps_the_fixed_rule() -> None:
+    """An output the export found within the fixed rule records no bound; replayed without torch, it is held to the
+    fixed rule (not loosened to the magnitude rule)."""
+    e = np.linspace(-100, 100, 50)
+    report = ParityReport()
+    report.add("golden", {"y": e}, {"y": e + 5e-3}, Tolerance(1e-4, 0.0))
+    assert [(r.rule, r.passed) for r in report.rows] == [("fixed", False)]
