@@ -403,13 +403,13 @@ def explain_flips(runners: Runners, loop: LanguageModelConfig, seed: int, expect
     prompts, count = _check_run(loop, seed)
     lm = kind_of(loop).token_model(runners, loop)
     atol, rtol = tolerance.of("logits")
+    uniforms = np.random.default_rng(seed).random((count, len(prompts)))  # as generate draws them
     notes = {}
     for name, want in expected.items():
         got = actual[name]
         mode = name.split(".")[1]
         if want.shape != got.shape or mode not in MODES:
             continue
-        uniforms = np.random.default_rng(seed).random((count, len(prompts)))  # as generate draws them
         flips = []
         for row in range(len(prompts)):
             differ = np.flatnonzero(want[row] != got[row])
