@@ -288,3 +288,43 @@ def test_dpm_solver_default_config_exports_and_matches_diffusers(tmp_path: Path)
         got = dep.sample(2, 0, dep.options(steps=12))
     expected = reference_loop(resolved.model, "dpm++2m", 12, start / np.float32(sched.init_noise_sigma), noise)
     np.testing.assert_allclose(got, expected, atol=2e-6 * max(50.0, np.abs(expected).max()))
+
+
+def _shipped_schedulers() -> list[str]:
+    return sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flax")
+                  and isinstance(getattr(diffusers, n, None), type))
+
+
+def _default_config(name: str) -> dict:
+    """The config `save_pretrained` writes for diffusers' scheduler class `name` (its class name alone where the
+    class cannot be built here: it needs torchsde, or arguments without defaults)."""
+    try:
+        return dict(getattr(diffusers, name)().config) | {"_class_name": name}
+    except Exception:  # noqa: BLE001  (optional dependency or required argument: the class name is what matters)
+        return {"_class_name": name}
+
+
+@pytest.mark.parametrize("name", _shipped_schedulers())
+def test_every_shipped_scheduler_is_reproduced_or_refused_by_name(name: str, pipeline, tmp_path: Path) -> None:
+    """The README's scheduler table: each scheduler class diffusers ships, with its default config, either becomes
+    the bundle's first sampler and matches diffusers' own class (7 and 20 steps on the stand-in model), or the
+    folder is refused before the UNet loads, naming the class. A sampler is never guessed (EDM, consistency or
+    inverse schedulers exported as DDPM would verify green and sample the wrong model)."""
+    config = _default_config(name)
+    taken = {cls.diffusers_class: n for n, cls in SCHEDULERS.items() if cls.diffusers_class}
+    if name in taken:
+        rng = np.random.default_rng(0)
+        for steps in (7, 20):
+            start = rng.standard_normal((3, 2, 4)).astype(np.float32)
+            noise = rng.standard_normal((2 * steps, 3, 2, 4)).astype(np.float32)
+            expected = _diffusers_run(taken[name], config, steps, start, noise)
+            got, _ = _ours(taken[name], config, steps, start, noise)
+            np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+        return
+    folder, _ = pipeline
+    copy = tmp_path / "pipe"
+    (copy / "scheduler").mkdir(parents=True)
+    (copy / "unet").symlink_to(folder / "unet")
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, default=str))
+    with pytest.raises(InputError, match=f"the scheduler config is a {name}: .*swap the pipeline's scheduler"):
+        resolve(f"diffusers:{copy}")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, InputError
+from ..runtimes.schedulers import SCHEDULERS, for_diffusers_class
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 UNSUPPORTED_PARTS = {"vae": "latent pipelines (a vae/ folder)", "text_encoder": "text-conditioned pipelines"}
@@ -102,6 +103,11 @@ def load(folder: str | Path) -> DiffusersSource:
     InputError naming what is missing or unsupported."""
     root = _checked_folder(folder)
     unet_class = json.loads((root / "unet" / "config.json").read_text()).get("_class_name")
+    schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    try:
+        for_diffusers_class(schedule.get("_class_name"))
+    except InputError as exc:
+        raise InputError(f"diffusers:{folder}: {exc}") from exc
     if unet_class not in UNETS:
         raise InputError(f"diffusers:{folder}: unet/ holds a {unet_class}; deploykit exports {' and '.join(UNETS)}.")
     diffusers = _diffusers()
@@ -115,7 +121,6 @@ def load(folder: str | Path) -> DiffusersSource:
     if any("CrossAttn" in b for b in blocks):
         raise InputError(f"diffusers:{folder}: the UNet has cross-attention blocks, which need a text encoder's "
                          "prompt embeddings; deploykit exports unconditional and class-conditional UNets.")
-    schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     return DiffusersSource(DiffusersDenoiser(unet.eval(), schedule), fingerprint(root))
 
 
@@ -132,7 +137,6 @@ def reference_loop(model: Callable[..., torch.Tensor], scheduler: str, steps: in
     from contextlib import nullcontext
     from unittest import mock
 
-    from ..runtimes.schedulers import SCHEDULERS
 
     diffusers = _diffusers()
     cls = getattr(diffusers, SCHEDULERS[scheduler].diffusers_class)

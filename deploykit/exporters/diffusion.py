@@ -19,7 +19,7 @@ from torch._higher_order_ops.scan import scan
 
 from ..errors import ExportError, InputError
 from ..runtimes.diffusion import DiffusionConfig
-from ..runtimes.schedulers import COLUMNS, SCHEDULERS
+from ..runtimes.schedulers import COLUMNS, SCHEDULERS, for_diffusers_class
 from ..runtimes.schedulers.noise_schedule import PREDICTIONS, scheduler_config, training_steps, zoo_config
 from ..specs import DimRule, TensorSpec
 from .latent import DecoderGraph
@@ -120,6 +120,7 @@ def _schedule(net: nn.Module, family: str, protocol: str) -> dict[str, Any]:
     else:
         config = dict(given)
     try:
+        for_diffusers_class(config.get("_class_name"))
         return scheduler_config(config) | ({"_class_name": config["_class_name"]} if "_class_name" in config else {})
     except InputError as exc:
         raise ExportError(f"{type(net).__name__}: {exc}") from exc
@@ -144,9 +145,8 @@ def _ddpm_loop(model: nn.Module) -> DiffusionConfig:
     """Every DDPM-family sampler, the config's own scheduler class first (DDPM when it names none of them)."""
     event = _event(model, "ddpm", DENOISER_PROTOCOL)
     config = _schedule(model, "ddpm", DENOISER_PROTOCOL)
-    own = config.pop("_class_name", None)
     names = [n for n in SCHEDULERS if n != "langevin"]
-    first = next((n for n in names if SCHEDULERS[n].diffusers_class == own), "ddpm")
+    first = for_diffusers_class(config.pop("_class_name", None))
     return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedule=config,
                            schedulers=[first] + [n for n in names if n != first], columns=list(COLUMNS),
                            value_range=[-1.0, 1.0] if len(event) == 3 else [0.0, 1.0])

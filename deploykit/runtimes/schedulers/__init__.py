@@ -122,6 +122,54 @@ def register_scheduler(cls: type[Scheduler]) -> type[Scheduler]:
     return cls
 
 
+# diffusers scheduler classes deploykit does not reproduce, with why (README's scheduler table). A class in neither
+# this table nor a Scheduler's diffusers_class is refused too, by name: a folder's sampler is never guessed.
+NOT_REPRODUCED = {
+    "PNDMScheduler": "PLMS combines the last four predictions (one history buffer holds one)",
+    "LMSDiscreteScheduler": "linear multistep over the last four derivatives (one history buffer holds one)",
+    "UniPCMultistepScheduler": "the UniPC predictor-corrector is not implemented",
+    "DEISMultistepScheduler": "DEIS is not implemented",
+    "DPMSolverSinglestepScheduler": "single-step DPM-Solver is not implemented (the multistep one is)",
+    "KDPM2DiscreteScheduler": "DPM-Solver-2 (k-diffusion) is not implemented",
+    "KDPM2AncestralDiscreteScheduler": "ancestral DPM-Solver-2 (k-diffusion) is not implemented",
+    "DDIMInverseScheduler": "it inverts images to noise, it does not sample",
+    "DPMSolverMultistepInverseScheduler": "it inverts images to noise, it does not sample",
+    "EDMEulerScheduler": "EDM preconditioning (sigma_data, c_noise) is not the DDPM parametrization",
+    "EDMDPMSolverMultistepScheduler": "EDM preconditioning (sigma_data, c_noise) is not the DDPM parametrization",
+    "CMStochasticIterativeScheduler": "consistency-model sampling is not implemented",
+    "TCDScheduler": "trajectory consistency distillation sampling is not implemented",
+    "LCMScheduler": "latent consistency sampling is not implemented",
+    "IPNDMScheduler": "improved PNDM combines the last four predictions (one history buffer holds one)",
+    "DPMSolverSDEScheduler": "its noise comes from a Brownian tree (torchsde), not one draw per step",
+    "CosineDPMSolverMultistepScheduler": "its noise comes from a Brownian tree (torchsde), not one draw per step",
+    "FlowMatchEulerDiscreteScheduler": "flow matching (a velocity over sigma in [0, 1]) is not the DDPM parametrization",
+    "FlowMatchHeunDiscreteScheduler": "flow matching (a velocity over sigma in [0, 1]) is not the DDPM parametrization",
+    "ScoreSdeVeScheduler": "variance-exploding SDE sampling is not implemented",
+    "KarrasVeScheduler": "variance-exploding (Karras) sampling is not implemented",
+    "RePaintScheduler": "it inpaints (needs an image and a mask), it does not sample from noise alone",
+    "VQDiffusionScheduler": "discrete (token) diffusion is not a Gaussian denoising loop",
+    "AmusedScheduler": "masked-token generation is not a Gaussian denoising loop",
+    "UnCLIPScheduler": "unCLIP's learned-range variance is not implemented",
+    "DDPMParallelScheduler": "the parallel (batched-timestep) variant is not wired to deploykit's ddpm; save DDPMScheduler",
+    "DDIMParallelScheduler": "the parallel (batched-timestep) variant is not wired to deploykit's ddim; save DDIMScheduler",
+}
+
+
+def for_diffusers_class(name: str | None) -> str:
+    """The scheduler that reproduces diffusers' scheduler class `name` (ddpm when a config names no class);
+    InputError naming the class, why not and the fix otherwise."""
+    if name is None:
+        return "ddpm"
+    taken = {cls.diffusers_class: n for n, cls in SCHEDULERS.items() if cls.diffusers_class}
+    if name in taken:
+        return taken[name]
+    why = NOT_REPRODUCED.get(name, "deploykit does not reproduce it")
+    raise InputError(f"the scheduler config is a {name}: {why}. deploykit samples with {choices(taken.values())} "
+                     f"(diffusers' {', '.join(taken)}); swap the pipeline's scheduler before export, e.g. "
+                     "`pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)` then "
+                     "`pipe.save_pretrained(DIR)`; the bundle offers every deploykit sampler.")
+
+
 def check_steps(steps: int, most: int | None, what: str) -> None:
     """InputError unless 1 <= steps (<= most)."""
     if steps < 1:
