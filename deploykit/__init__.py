@@ -26,6 +26,8 @@ from .verify import VerifyResult, verify
 if TYPE_CHECKING:
     from torch import nn
 
+    from .pruning import PruneReport
+
 __version__ = "0.1.0"
 
 
@@ -39,6 +41,19 @@ def export(
     from .exporters import export as _export
 
     return _export(model, family, out, force=force, **kwargs)
+
+
+def prune(source: str, sparsity: float, out: str | os.PathLike[str], method: str = "magnitude", scope: str = "global",
+          norm: int = 1, finetune: int = 0, force: bool = False) -> PruneReport:
+    """Prune a zoo model or checkpoint into a new checkpoint and measure it (see deploykit.pruning.prune); needs
+    torch (and torch-pruning for method="structured")."""
+    from .backends.torch import import_torch
+
+    import_torch()
+    from .pruning import PruneOptions
+    from .pruning import prune as _prune
+
+    return _prune(source, PruneOptions(sparsity, method, scope, norm, finetune), out, force)
 
 
 __all__ = [
@@ -57,5 +72,6 @@ __all__ = [
     "load",
     "load_bundle",
     "profile",
+    "prune",
     "verify",
 ]

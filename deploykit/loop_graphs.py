@@ -144,6 +144,16 @@ def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return [nodes[i] for i in order]
 
 
+def densified(graph: onnx.GraphProto) -> None:
+    """Turn `graph`'s sparse initializers back into dense ones, in place (for passes that read weights as
+    initializers: quantization, the in-graph generation loop)."""
+    for sparse in graph.sparse_initializer:
+        dense = np.zeros(int(np.prod(sparse.dims)), onnx.helper.tensor_dtype_to_np_dtype(sparse.values.data_type))
+        dense[numpy_helper.to_array(sparse.indices)] = numpy_helper.to_array(sparse.values)
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del graph.sparse_initializer[:]
+
+
 def _renamed(graph: onnx.GraphProto, names: dict[str, str], prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The graph's nodes and initializers with `names` mapped and every other value name prefixed."""
     def name(value: str) -> str:
@@ -169,6 +179,7 @@ def _renamed(graph: onnx.GraphProto, names: dict[str, str], prefix: str) -> tupl
 def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> tuple[GraphSpec, int]:
     """Write the whole generation loop over `decoder` (a decoder_with_past graph) to `out`; its spec and opset."""
     model = onnx.load(str(decoder))
+    densified(model.graph)  # the loop body holds the weights as constants
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     vocab = len(loop.vocab)
     past = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]

@@ -57,6 +57,8 @@ def _from_checkpoint(path: Path, family: str | None) -> Resolved:
             "drop --family or pass the matching one."
         )
     source = {"kind": "checkpoint", "zoo": entry.name, "path": str(path.resolve()), "sha256": sha256_file(path)}
+    if payload.get("pruning"):  # the prune's options and report travel into the bundle's manifest
+        source["pruning"] = payload["pruning"]
     return Resolved(model, entry.family, source)
 
 

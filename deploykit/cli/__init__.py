@@ -44,6 +44,7 @@ from . import (  # noqa: F401
     inspect_cmd,
     pack_cmd,
     profile_cmd,
+    prune_cmd,
     quantize_cmd,
     run_cmd,
     sample_cmd,

@@ -84,13 +84,13 @@ def _autoencoder_roles(model: nn.Module) -> dict[str, Role]:
 # fuses Conv+BatchNorm(+ReLU) and picks its own conv algorithm, and rounding accumulates with depth.
 register(Family("mlp", "multi-layer perceptron classifier", MLP_PROTOCOL,
                 classifier_roles("x", MLP_PROTOCOL, "mlp"), lambda m: BATCHES, Tolerance(1e-4, 1e-4),  # seen 1.1e-5
-                ("classifier",), lambda m: ClassifierConfig()))
+                ("classifier",), lambda m: ClassifierConfig(), structured=True))
 register(Family("cnn", "convolutional classifier", CNN_PROTOCOL,
                 classifier_roles("image", CNN_PROTOCOL, "cnn"), lambda m: BATCHES, Tolerance(1e-4, 1e-3),  # seen 1.9e-5
-                ("classifier",), lambda m: ClassifierConfig()))
+                ("classifier",), lambda m: ClassifierConfig(), structured=True))
 register(Family("fcn", "fully convolutional network / U-Net, dynamic batch, height and width", FCN_PROTOCOL,
                 _fcn_roles, spatial_shapes, Tolerance(1e-4, 1e-3),  # seen 1.2e-5
-                ("segmenter",), lambda m: SegmenterConfig()))
+                ("segmenter",), lambda m: SegmenterConfig(), structured=True))
 register(Family("autoencoder", "deterministic autoencoder: encoder and decoder graphs", AE_PROTOCOL,
                 _autoencoder_roles, lambda m: BATCHES, Tolerance(2e-5, 1e-4),  # seen 1.9e-6
                 ("autoencoder",), lambda m: AutoencoderConfig()))

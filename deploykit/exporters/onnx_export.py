@@ -265,6 +265,7 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as exc:
         raise ExportError(f"exported graph for role '{name}' failed the ONNX checker: {exc}") from exc
+    sparse_initializers(path)  # after the checks: onnx's type inference has no sparse inputs for Gemm, Conv, ...
     model = onnx.load(str(path), load_external_data=False)
     spec = GraphSpec(role.inputs, _output_specs(model), role.dims)
     opset_found = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -382,6 +383,59 @@ def inline_external_data(path: Path) -> None:
     os.replace(tmp, path)
     for name in files:
         (folder / name).unlink(missing_ok=True)
+
+
+SPARSE_MIN_BYTES = 4096  # smaller tensors stay dense: the saving would not pay for the indices' header
+
+
+def _stored_sparse(array: np.ndarray) -> bool:
+    """Whether a weight takes fewer bytes as an ONNX sparse tensor (values + int64 indices: itemsize + 8 bytes per
+    nonzero) than dense, by at least a fifth: a float32 weight from about 73 % zeros on (a pruned one)."""
+    nonzero = int(np.count_nonzero(array))
+    return array.nbytes >= SPARSE_MIN_BYTES and nonzero * (array.itemsize + 8) <= 0.8 * array.nbytes
+
+
+def sparse_initializers(path: Path) -> None:
+    """Store the top-level float weights of the graph at `path` that are mostly zeros (pruned) as ONNX sparse
+    initializers, which onnxruntime densifies at session start: the size gain of pruning is real on disk (not in
+    memory or speed). The graph is rewritten only when some weight qualifies; the zeros are counted on the data file,
+    mapped, not loaded. The export's parity checks then run on this stored form."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    sparse = {}
+    for init in model.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        if uses_external_data(init):
+            info = {entry.key: entry.value for entry in init.external_data}
+            array = np.memmap(path.parent / info["location"], dtype, "r", int(info.get("offset", 0)), math.prod(init.dims))
+        else:
+            array = numpy_helper.to_array(init)
+        if _stored_sparse(array):
+            sparse[init.name] = init
+    if not sparse:
+        return
+    load_external_data_for_model(model, str(path.parent))
+    kept = [init for init in model.graph.initializer if init.name not in sparse]
+    for name, init in sparse.items():
+        flat = numpy_helper.to_array(init).ravel()
+        indices = np.flatnonzero(flat).astype(np.int64)
+        model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(
+            numpy_helper.from_array(flat[indices], name), numpy_helper.from_array(indices, f"{name}.indices"),
+            list(init.dims)))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    for listed in (model.graph.value_info, model.graph.input):  # a dense type recorded for the weight would clash
+        values = [v for v in listed if v.name not in sparse]
+        del listed[:]
+        listed.extend(values)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # in memory now; onnx appends to an existing data file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                    size_threshold=1024)
 
 
 def _strip_metadata(model: Any) -> None:

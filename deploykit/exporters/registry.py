@@ -52,6 +52,7 @@ class Family:
     tolerance: Tolerance
     loop_kinds: tuple[str, ...]
     loop: Callable[[nn.Module], LoopConfig]
+    structured: bool = False  # structured pruning may remove channels: every one is internal to the roles' graphs
 
 
 FAMILIES: dict[str, Family] = {}

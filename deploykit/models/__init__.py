@@ -49,8 +49,9 @@ class ZooEntry:
     family: str
     description: str
     build: Callable[..., nn.Module]
-    fit: Callable[[nn.Module, OnStep], dict[str, float]]
+    fit: Callable[[nn.Module, int, OnStep], dict[str, float]]  # (model, steps, on_step) -> test metrics
     config: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None  # the training loop's steps; None: no step loop (fit ignores its steps)
 
     def create(self) -> nn.Module:
         """A fresh, untrained instance (deterministic initialisation)."""
@@ -58,22 +59,22 @@ class ZooEntry:
         return self.build(**self.config)
 
 
-def _classifier(steps: int, flatten: bool) -> Callable[[nn.Module, OnStep], dict[str, float]]:
-    return lambda m, cb: train.train_classifier(m, load_digits(), steps, flatten, cb)
+def _classifier(flatten: bool) -> Callable[[nn.Module, int, OnStep], dict[str, float]]:
+    return lambda m, n, cb: train.train_classifier(m, load_digits(), n, flatten, cb)
 
 
-def _gan(steps: int, conditional: bool) -> Callable[[nn.Module, OnStep], dict[str, float]]:
-    return lambda g, cb: train.train_gan(g, gan.Discriminator(num_classes=10 if conditional else 0), load_digits(), steps, cb)
+def _gan(conditional: bool) -> Callable[[nn.Module, int, OnStep], dict[str, float]]:
+    return lambda g, n, cb: train.train_gan(g, gan.Discriminator(num_classes=10 if conditional else 0), load_digits(), n, cb)
 
 
-def _cyclegan(g_ab: nn.Module, on_step: OnStep) -> dict[str, float]:
+def _cyclegan(g_ab: nn.Module, steps: int, on_step: OnStep) -> dict[str, float]:
     g_ba = gan.CycleGANGenerator()
     return train.train_cyclegan(
-        g_ab, g_ba, gan.PatchDiscriminator(), gan.PatchDiscriminator(), load_digits(), 300, on_step
+        g_ab, g_ba, gan.PatchDiscriminator(), gan.PatchDiscriminator(), load_digits(), steps, on_step
     )
 
 
-def _weights_of(name: str, model: nn.Module, on_step: OnStep) -> dict[str, float]:
+def _weights_of(name: str, model: nn.Module, steps: int, on_step: OnStep) -> dict[str, float]:
     """Load the trained weights (and metrics) of zoo model `name` into `model`, training it first if needed."""
     payload = read_checkpoint(trained(name, on_step))
     model.load_state_dict(payload["state_dict"])
@@ -84,84 +85,86 @@ GPT_CONFIG = {"vocab": train_recurrent.lm_vocab(), "dim": 64, "positions": "sinu
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("mlp", "mlp", "MLP digit classifier (BatchNorm, Dropout, weight norm)", feedforward.MLP, _classifier(600, True)),
-        ZooEntry("cnn", "cnn", "CNN digit classifier (stride, dilation, pooling, residual, 1x1)", feedforward.CNN, _classifier(600, False)),
+        ZooEntry("mlp", "mlp", "MLP digit classifier (BatchNorm, Dropout, weight norm)", feedforward.MLP, _classifier(True), steps=600),
+        ZooEntry("cnn", "cnn", "CNN digit classifier (stride, dilation, pooling, residual, 1x1)", feedforward.CNN, _classifier(False), steps=600),
         ZooEntry(
             "unet",
             "fcn",
             "U-Net digit-class segmentation (transposed conv, unpooling, nearest/bilinear, skips)",
             feedforward.UNet,
-            lambda m, cb: train.train_segmenter(m, load_digits(), 500, cb),
+            lambda m, n, cb: train.train_segmenter(m, load_digits(), n, cb),
+            steps=500,
         ),
         ZooEntry(
             "autoencoder",
             "autoencoder",
             "deterministic autoencoder of digits, 12-d code",
             feedforward.AutoEncoder,
-            lambda m, cb: train.train_autoencoder(m, load_digits(), 1500, cb),
+            lambda m, n, cb: train.train_autoencoder(m, load_digits(), n, cb),
+            steps=1500,
         ),
-        ZooEntry("dcgan", "dcgan", "DCGAN generator of 8x8 digits", gan.DCGANGenerator, _gan(1500, False)),
-        ZooEntry("cgan", "cgan", "conditional GAN generator of 8x8 digits (label input)", gan.ConditionalGenerator, _gan(1500, True)),
-        ZooEntry("cyclegan", "cyclegan", "CycleGAN generator: digits -> inverted digits, unpaired", gan.CycleGANGenerator, _cyclegan),
+        ZooEntry("dcgan", "dcgan", "DCGAN generator of 8x8 digits", gan.DCGANGenerator, _gan(False), steps=1500),
+        ZooEntry("cgan", "cgan", "conditional GAN generator of 8x8 digits (label input)", gan.ConditionalGenerator, _gan(True), steps=1500),
+        ZooEntry("cyclegan", "cyclegan", "CycleGAN generator: digits -> inverted digits, unpaired", gan.CycleGANGenerator, _cyclegan, steps=300),
         ZooEntry("lstm-denoiser", "rnn", "2-layer LSTM cleaning noisy tones sample by sample (streamable)",
-                 recurrent.StreamingDenoiser, lambda m, cb: train_recurrent.train_denoiser(m, 400, cb)),
+                 recurrent.StreamingDenoiser, lambda m, n, cb: train_recurrent.train_denoiser(m, n, cb), steps=400),
         ZooEntry("char-lm", "rnn-lm", "character LSTM language model on the Zen of Python and stdlib docstrings",
-                 recurrent.CharLM, lambda m, cb: train_recurrent.train_char_lm(m, 600, cb),
-                 {"vocab": train_recurrent.lm_vocab()}),
+                 recurrent.CharLM, lambda m, n, cb: train_recurrent.train_char_lm(m, n, cb),
+                 {"vocab": train_recurrent.lm_vocab()}, steps=600),
         ZooEntry("seq2seq", "seq2seq", "bi-GRU encoder, GRU decoder with attention: reverses digit strings",
-                 recurrent.Seq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
+                 recurrent.Seq2Seq, lambda m, n, cb: train_recurrent.train_seq2seq(m, n, cb), steps=800),
         ZooEntry("vrnn", "vrnn", "variational RNN generating noisy 2-D orbits",
-                 recurrent.VRNN, lambda m, cb: train_recurrent.train_vrnn(m, 600, cb)),
+                 recurrent.VRNN, lambda m, n, cb: train_recurrent.train_vrnn(m, n, cb), steps=600),
         ZooEntry("gpt", "gpt", "2-layer causal transformer (sinusoidal positions) on the char-LM text, KV cache",
-                 transformer.GPT, lambda m, cb: train_recurrent.train_gpt(m, 400, cb), GPT_CONFIG),
+                 transformer.GPT, lambda m, n, cb: train_recurrent.train_gpt(m, n, cb), GPT_CONFIG, steps=400),
         ZooEntry("gpt-nocache", "gpt-nocache", "the zoo GPT's weights exported without its cache (full recompute)",
-                 transformer.GPT, lambda m, cb: _weights_of("gpt", m, cb), GPT_CONFIG),
+                 transformer.GPT, lambda m, n, cb: _weights_of("gpt", m, n, cb), GPT_CONFIG),
         ZooEntry("transformer-seq2seq", "transformer-seq2seq", "encoder-decoder transformer reversing digit strings",
-                 transformer.TransformerSeq2Seq, lambda m, cb: train_recurrent.train_seq2seq(m, 800, cb)),
+                 transformer.TransformerSeq2Seq, lambda m, n, cb: train_recurrent.train_seq2seq(m, n, cb), steps=800),
         ZooEntry("fvsbn", "fvsbn", "fully visible sigmoid belief net on binarized digits",
-                 autoregressive.FVSBN, lambda m, cb: train_autoregressive.train_binary(m, 1500, cb, lr=1e-2), {"image_shape": [1, 8, 8]}),
+                 autoregressive.FVSBN, lambda m, n, cb: train_autoregressive.train_binary(m, n, cb, lr=1e-2), {"image_shape": [1, 8, 8]}, steps=1500),
         ZooEntry("nade", "nade", "NADE (64 hidden) on binarized digits",
-                 autoregressive.NADE, lambda m, cb: train_autoregressive.train_binary(m, 1500, cb), {"image_shape": [1, 8, 8]}),
+                 autoregressive.NADE, lambda m, n, cb: train_autoregressive.train_binary(m, n, cb), {"image_shape": [1, 8, 8]}, steps=1500),
         ZooEntry("made", "made", "MADE order-agnostic ensemble of 4 orderings on binarized digits",
-                 autoregressive.MADE, lambda m, cb: train_autoregressive.train_binary(m, 2000, cb),
-                 {"num_masks": 4, "image_shape": [1, 8, 8]}),
+                 autoregressive.MADE, lambda m, n, cb: train_autoregressive.train_binary(m, n, cb),
+                 {"num_masks": 4, "image_shape": [1, 8, 8]}, steps=2000),
         ZooEntry("pixelcnn", "pixelcnn", "class-conditional gated PixelCNN on 4-level digits",
-                 autoregressive.GatedPixelCNN, lambda m, cb: train_autoregressive.train_pixelcnn(m, 500, cb),
-                 {"num_classes": 10, "hidden": 32}),
+                 autoregressive.GatedPixelCNN, lambda m, n, cb: train_autoregressive.train_pixelcnn(m, n, cb),
+                 {"num_classes": 10, "hidden": 32}, steps=500),
         ZooEntry("wavenet", "wavenet", "WaveNet (receptive field 256) on 8 kHz tone mixtures, conditioned on tone count",
-                 autoregressive.WaveNet, lambda m, cb: train_autoregressive.train_wavenet(m, 200, cb, length=384),
-                 {"num_classes": 3, "residual": 64, "skip": 128}),
+                 autoregressive.WaveNet, lambda m, n, cb: train_autoregressive.train_wavenet(m, n, cb, length=384),
+                 {"num_classes": 3, "residual": 64, "skip": 128}, steps=200),
         ZooEntry("nice-moons", "nice", "NICE (4 additive couplings + scaling) on two moons",
-                 flows.NICE, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb)),
+                 flows.NICE, lambda m, n, cb: train_flows.train_toy_flow(m, "moons", n, cb), steps=1500),
         ZooEntry("realnvp-rings", "realnvp", "RealNVP (6 affine couplings) on two rings",
-                 flows.RealNVP, lambda m, cb: train_flows.train_toy_flow(m, "rings", 1500, cb)),
+                 flows.RealNVP, lambda m, n, cb: train_flows.train_toy_flow(m, "rings", n, cb), steps=1500),
         ZooEntry("maf-moons", "maf", "MAF (5 Gaussian MADE layers) on two moons",
-                 flows.MAF, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb)),
+                 flows.MAF, lambda m, n, cb: train_flows.train_toy_flow(m, "moons", n, cb), steps=1500),
         ZooEntry("iaf-moons", "iaf", "IAF (5 Gaussian MADE layers) on two moons, fitted by maximum likelihood",
-                 flows.MAF, lambda m, cb: train_flows.train_toy_flow(m, "moons", 1500, cb), {"inverse_autoregressive": True}),
+                 flows.MAF, lambda m, n, cb: train_flows.train_toy_flow(m, "moons", n, cb), {"inverse_autoregressive": True}, steps=1500),
         ZooEntry("realnvp-digits", "realnvp", "multi-scale RealNVP on dequantized 17-level digits",
-                 flows.RealNVPImage, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
+                 flows.RealNVPImage, lambda m, n, cb: train_flows.train_image_flow(m, n, cb), steps=800),
         ZooEntry("glow-digits", "glow", "two-scale Glow (LU 1x1 convs, learned split prior) on dequantized 17-level digits",
-                 flows.Glow, lambda m, cb: train_flows.train_image_flow(m, 800, cb)),
+                 flows.Glow, lambda m, n, cb: train_flows.train_image_flow(m, n, cb), steps=800),
         ZooEntry("vae-digits", "vae", "VAE (8-d latent, Bernoulli pixels) on binarized digits",
-                 vae.VAE, lambda m, cb: train_latent.train_vae(m, 1500, cb)),
+                 vae.VAE, lambda m, n, cb: train_latent.train_vae(m, n, cb), steps=1500),
         ZooEntry("cvae-digits", "vae", "conditional VAE (label into encoder and decoder) on binarized digits",
-                 vae.VAE, lambda m, cb: train_latent.train_vae(m, 1500, cb), {"num_classes": 10}),
+                 vae.VAE, lambda m, n, cb: train_latent.train_vae(m, n, cb), {"num_classes": 10}, steps=1500),
         ZooEntry("ddpm-digits", "ddpm", "class-conditional DDPM U-Net (1000 linear steps, null label for guidance) on 8x8 digits",
-                 diffusion.UNetDenoiser, lambda m, cb: train_latent.train_ddpm(m, 1000, cb)),
+                 diffusion.UNetDenoiser, lambda m, n, cb: train_latent.train_ddpm(m, n, cb), steps=1000),
         ZooEntry("latent-diffusion-digits", "latent-diffusion", "diffusion over the zoo VAE's latents, decoded by its decoder",
-                 diffusion.LatentDiffusion, lambda m, cb: train_latent.train_latent_diffusion(
-                     m, read_checkpoint(trained("vae-digits", cb))["state_dict"], 1500, cb)),
+                 diffusion.LatentDiffusion, lambda m, n, cb: train_latent.train_latent_diffusion(
+                     m, read_checkpoint(trained("vae-digits", cb))["state_dict"], 1500, cb)),  # loads the VAE first
         ZooEntry("ncsn-moons", "ncsn", "noise-conditional score network (10 sigmas) on two moons, annealed Langevin",
-                 diffusion.ScoreNet, lambda m, cb: train_latent.train_score(m, 1500, cb)),
+                 diffusion.ScoreNet, lambda m, n, cb: train_latent.train_score(m, n, cb), steps=1500),
         ZooEntry("rbm-digits", "rbm", "Bernoulli-Bernoulli RBM (64 hidden) on binarized digits, CD-1",
-                 energy.RBM, lambda m, cb: train_latent.train_rbm(m, 1000, cb)),
+                 energy.RBM, lambda m, n, cb: train_latent.train_rbm(m, n, cb), steps=1000),
         ZooEntry("grbm-digits", "rbm", "Gaussian-Bernoulli RBM (64 hidden) on digit intensities, CD-1",
-                 energy.RBM, lambda m, cb: train_latent.train_rbm(m, 1000, cb), {"visible_type": "gaussian"}),
+                 energy.RBM, lambda m, n, cb: train_latent.train_rbm(m, n, cb), {"visible_type": "gaussian"}, steps=1000),
         ZooEntry("hopfield-digits", "hopfield", "Hopfield network storing the ten class-mean binarized digits",
-                 energy.Hopfield, train_latent.train_hopfield),
+                 energy.Hopfield, lambda m, n, cb: train_latent.train_hopfield(m, cb)),
         ZooEntry("vit", "vit", "vision transformer digit classifier (2x2 patches, class token)",
-                 transformer.ViT, _classifier(500, False)),
+                 transformer.ViT, _classifier(False), steps=500),
     ]
 }
 
@@ -199,17 +202,18 @@ def train_zoo(name: str, out: str | os.PathLike[str], on_step: OnStep = None) ->
     entry = get_entry(name)
     torch.manual_seed(0)
     model = entry.create()
-    metrics = entry.fit(model, on_step)
+    metrics = entry.fit(model, entry.steps or 0, on_step)
+    write_checkpoint(out, entry, model, metrics)
+    return metrics
+
+
+def write_checkpoint(out: str | os.PathLike[str], entry: ZooEntry, model: nn.Module, metrics: dict[str, float],
+                     **extra: Any) -> None:
+    """Write a checkpoint of zoo model `entry` with `model`'s weights to `out` atomically (`extra`: e.g. pruning)."""
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "zoo": name,
-        "family": entry.family,
-        "config": entry.config,
-        "metrics": metrics,
-        "state_dict": model.state_dict(),
-    }
+    payload = {"format": CHECKPOINT_FORMAT, "zoo": entry.name, "family": entry.family, "config": entry.config,
+               "metrics": metrics, "state_dict": model.state_dict(), **extra}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
@@ -218,7 +222,6 @@ def train_zoo(name: str, out: str | os.PathLike[str], on_step: OnStep = None) ->
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return metrics
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -247,6 +250,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ZooEntry, nn.Module, 
         raise InputError(f"checkpoint '{path}' lacks its config or state_dict; re-train it with `deploykit zoo train`.")
     try:
         model = entry.build(**config)
+        if payload.get("pruning"):  # weight norm folded, channels removed: the pruned architecture first
+            from ..pruning import pruned_architecture
+
+            model = pruned_architecture(model, payload["pruning"], weights)
         model.load_state_dict(weights)
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # unknown option, wrong or missing tensors
         first = str(exc).strip().splitlines()[0][:300]
