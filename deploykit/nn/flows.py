@@ -170,6 +170,8 @@ class InvConv1x1(nn.Module):
     the inverse direction needs W^-1, which the exporter computes once (`invertible_weight`).
     """
 
+    no_prune = True  # a zero in W (not in its LU factors' off-diagonals) can make it singular: pruning skips it
+
     def __init__(self, channels: int, lu: bool) -> None:
         super().__init__()
         w = torch.linalg.qr(torch.randn(channels, channels))[0]
