@@ -367,8 +367,10 @@ def _moved(before: Any, after: Any) -> dict[str, float]:
 
 
 def measure(name: str, family: str, original: nn.Module, pruned: nn.Module, options: dict[str, Any],
-            score: Callable[[nn.Module], dict[str, float]] | None, iterations: int = 100) -> PruneReport:
-    """Export the original and the pruned model (each proving its parity) to a temporary folder and measure both."""
+            score: Callable[[nn.Module], dict[str, float]] | None, iterations: int = 100,
+            baseline: Path | None = None) -> PruneReport:
+    """Export the pruned model (proving its parity) and the original (unless `baseline` is its bundle already) to a
+    temporary folder and measure both."""
     from .bundle import load_bundle
     from .exporters import export
     from .profile import profile
@@ -377,7 +379,7 @@ def measure(name: str, family: str, original: nn.Module, pruned: nn.Module, opti
     after_total, after_nonzero = count_parameters(pruned)
     metric = {"before": score(copy.deepcopy(original)), "after": score(copy.deepcopy(pruned))} if score else {}
     with tempfile.TemporaryDirectory(prefix="deploykit-prune-") as tmp:
-        before = export(original, family, Path(tmp) / "original")
+        before = load_bundle(baseline) if baseline else export(original, family, Path(tmp) / "original")
         after = export(pruned, family, Path(tmp) / "pruned")
         timed = profile(after, backends=("ort-cpu",), batches=(1, 32), iterations=iterations, threads=1, against=before)
         latency = [{"role": r.role, "batch": r.batch, "before_ms": r.p50_ms * (r.speedup_vs_against or 1.0),
@@ -389,20 +391,10 @@ def measure(name: str, family: str, original: nn.Module, pruned: nn.Module, opti
                            _moved(load_bundle(before.path), load_bundle(after.path)), parity)
 
 
-def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force: bool = False,
-          iterations: int = 100) -> PruneReport:
-    """Prune the zoo model or zoo checkpoint `source` (`zoo:NAME[@CHECKPOINT]` or a checkpoint path), fine-tune it
-    with its own training loop when asked, measure it against the original (`measure`) and write the pruned
-    checkpoint to `out` with the report (exported, the bundle's manifest carries it under source.pruning)."""
-    from .exporters import get_family
-    from .exporters.onnx_export import example_inputs
-    from .models import load_checkpoint, trained, write_checkpoint
+def _zoo_source(source: str) -> tuple[Any, nn.Module]:
+    """(zoo entry, trained model) of `zoo:NAME[@CHECKPOINT]` or a checkpoint path; InputError for other sources."""
+    from .models import load_checkpoint, trained
 
-    options.check()
-    target = Path(out)
-    if target.exists() and not force:
-        raise InputError(f"--out {target} exists; pass --force to replace it (the file is replaced only once the "
-                         "new checkpoint is complete).")
     if source.startswith("zoo:"):
         name, _, given = source[4:].partition("@")
         path = Path(given) if given else trained(name)
@@ -413,12 +405,31 @@ def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force
                          f"{source!r}; to prune your own module, call deploykit.pruning.prune_model(model, options, "
                          "...) from Python and export the result.")
     entry, original, _ = load_checkpoint(path)
+    return entry, original
+
+
+def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force: bool = False,
+          iterations: int = 100, baseline: Path | None = None) -> PruneReport:
+    """Prune the zoo model or zoo checkpoint `source` (`zoo:NAME[@CHECKPOINT]` or a checkpoint path), fine-tune it
+    with its own training loop when asked, measure it against the original (`measure`; `baseline`: the original's
+    bundle, when exported already) and write the pruned checkpoint to `out` with the report (exported, the
+    bundle's manifest carries it under source.pruning)."""
+    from .exporters import get_family
+    from .exporters.onnx_export import example_inputs
+    from .models import write_checkpoint
+
+    options.check()
+    target = Path(out)
+    if target.exists() and not force:
+        raise InputError(f"--out {target} exists; pass --force to replace it (the file is replaced only once the "
+                         "new checkpoint is complete).")
+    entry, original = _zoo_source(source)
     family = get_family(entry.family)
     structured = (lambda m: example_inputs(next(iter(family.roles(m).values())))) if family.structured else None
     finetune = (lambda m, n: entry.fit(m, n, None)) if entry.steps else None
     score = (lambda m: entry.fit(m, 0, None)) if entry.steps else None
     pruned, record = prune_model(copy.deepcopy(original), options, structured, finetune)
-    report = measure(source, entry.family, original, pruned, record, score, iterations)
+    report = measure(source, entry.family, original, pruned, record, score, iterations, baseline)
     write_checkpoint(target, entry, pruned, report.metric.get("after", {}), pruning=record | {"report": report.to_json()})
     return report
 
@@ -475,10 +486,66 @@ def sweep(source: str, sparsities: list[float], options: PruneOptions, out: str 
         raise InputError(f"--out {folder} is not empty; pass --force to write the sweep there.")
     for value in sparsities:
         replace(options, sparsity=value).check()
+    from .exporters import export
+
+    entry, original = _zoo_source(source)
     folder.mkdir(parents=True, exist_ok=True)
-    reports = [prune(source, replace(options, sparsity=value), folder / f"pruned-{value:g}.pt", True, iterations)
-               for value in sparsities]
+    with tempfile.TemporaryDirectory(prefix="deploykit-sweep-") as tmp:  # the original is exported once
+        baseline = export(original, entry.family, Path(tmp) / "original").path
+        reports = [prune(source, replace(options, sparsity=value), folder / f"pruned-{value:g}.pt", True, iterations,
+                         baseline) for value in sparsities]
     (folder / "sweep.md").write_text(sweep_table(reports) + "\n")
     (folder / "sweep.json").write_text(json.dumps([r.to_json() for r in reports], indent=1))
     sweep_plot(reports, folder / "sweep.png")
     return reports
+
+
+@dataclass(frozen=True)
+class LotteryRound:
+    """Test metric after training at one sparsity: the winning ticket (rewound to theta_0), the same mask under a
+    fresh initialization, and a random mask of the same per-layer counts from theta_0."""
+
+    remaining: float
+    ticket: float
+    reinit: float
+    random_mask: float
+
+
+def lottery_ticket(name: str, rounds: int, rate: float = 0.2, steps: int | None = None, scope: str = "layer",
+                   trial: int = 0) -> list[LotteryRound]:
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019) on zoo model `name`: train theta_0,
+    remove `rate` of the surviving weights by magnitude, rewind the survivors to theta_0 and retrain; each round
+    also trains the same mask from a fresh initialization and a random mask (same per-layer counts) from theta_0.
+    Every training is the zoo's own loop (`steps`, default the zoo's) with the masks held; the metric is its first.
+    Trial 0 starts from the zoo's own theta_0; trial k from another draw, with its own reinit and mask seeds."""
+    from .models import get_entry
+
+    entry = get_entry(name)
+    if entry.steps is None:
+        raise InputError(f"zoo model {name!r} has no step training loop to retrain tickets with.")
+    steps = entry.steps if steps is None else steps
+
+    def train(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[nn.Module, float]:
+        model = copy.deepcopy(model)
+        apply_masks(model, masks)
+        with held(model, masks):
+            metrics = entry.fit(model, steps, None)
+        return model, float(next(iter(metrics.values())))
+
+    def initial(index: int) -> nn.Module:
+        torch.manual_seed(index)
+        return folded(entry.build(**entry.config))[0]
+
+    theta0 = folded(entry.create())[0] if trial == 0 else initial(1000 * trial)
+    full = {n: torch.ones_like(getattr(m, p), dtype=torch.bool) for n, (m, p) in prunable(theta0).items()}
+    trained, accuracy = train(theta0, full)
+    rows = [LotteryRound(1.0, accuracy, accuracy, accuracy)]
+    for r in range(1, rounds + 1):
+        sparsity = 1 - (1 - rate) ** r
+        weights = {n: getattr(m, p) for n, (m, p) in prunable(trained).items()}
+        masks = magnitude_masks(weights, sparsity, scope)  # pruned weights are zeros: they go first again
+        trained, ticket = train(theta0, masks)
+        _, reinit = train(initial(1000 * trial + r), masks)
+        _, shuffled = train(theta0, random_masks(weights, masks, 1000 * trial + r))
+        rows.append(LotteryRound(1 - sparsity, ticket, reinit, shuffled))
+    return rows

@@ -79,19 +79,24 @@ def _import_factory(ref: str) -> Callable[[], Any]:
     return factory
 
 
-def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], None] | None = None) -> Resolved:
-    """Turn a CLI source string into a model (training a zoo model first if it is not cached)."""
+def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], None] | None = None,
+            context: int | None = None) -> Resolved:
+    """Turn a CLI source string into a model (training a zoo model first if it is not cached); `context`: the
+    positions an hf:DIR language model gets (needed where its config has no limit, e.g. ALiBi)."""
     torch = import_torch()
     prefix, _, rest = spec.partition(":")
+    if context is not None and prefix != "hf":
+        raise InputError("--context sets the positions of an hf:DIR language model; drop it for this source.")
     if prefix in FOLDERS:
         folder_source = FOLDERS[prefix]
         if family not in (None, folder_source.family):
             raise InputError(f"{prefix}:DIR exports {folder_source.what} as family '{folder_source.family}', "
                              f"not '{family}'; drop --family.")
         folder = Path(rest).resolve()
-        loaded = _folder_module(prefix).load(folder)
+        loaded = _folder_module(prefix).load(folder, **({} if context is None else {"context": context}))
         return Resolved(loaded.model, folder_source.family, {"kind": prefix, "path": str(folder),
-                                                             "fingerprint": loaded.fingerprint},
+                                                             "fingerprint": loaded.fingerprint}
+                        | ({} if context is None else {"context": context}),
                         getattr(loaded, "tokenizer", None))
     if spec.startswith("zoo:"):
         from .models import get_entry, trained
@@ -153,7 +158,8 @@ def rebuild(source: dict[str, Any]) -> Any:
 def reference(spec: str, bundle: Bundle) -> Any:
     """The torch original the user names for a bundle (`verify --source`); InputError if it is a checkpoint or folder
     of the bundle's source kind whose contents differ from what was exported."""
-    resolved = resolve(spec, bundle.family)
+    context = bundle.source.get("context") if spec.startswith("hf:") else None  # as exported (--context)
+    resolved = resolve(spec, bundle.family, context=context if isinstance(context, int) else None)
     recorded = bundle.source
     if resolved.source.get("kind") == recorded.get("kind") and _fingerprint(resolved.source) != _fingerprint(recorded):
         what = "sha256" if recorded.get("kind") == "checkpoint" else "fingerprint"

@@ -184,3 +184,101 @@ def test_weights_that_do_not_fit_the_model_are_refused(change: str, tmp_path: Pa
     name = "unexpected 1: extra.weight" if change == "extra" else "missing 1: transformer.h.0.mlp.c_fc.weight"
     with pytest.raises(InputError, match=f"do not fit GPT2LMHeadModel \\({name}\\)"):
         resolve(f"hf:{folder}")
+
+
+COMMON = {"vocab_size": 300, "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2, "bos_token_id": 0,
+          "eos_token_id": 0}
+ARCHITECTURES = {  # decoders that failed before: sliding windows (past the window of 8), Falcon's cache heads, ALiBi
+    "mistral-sliding": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(
+        **COMMON, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64, sliding_window=8)),
+    "gemma3-local": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **COMMON, intermediate_size=64, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=8, sliding_window_pattern=2)),
+    "falcon-kv-heads": lambda: transformers.FalconForCausalLM(transformers.FalconConfig(
+        **COMMON, new_decoder_architecture=True, num_kv_heads=2)),
+    "bloom-alibi": lambda: transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=300, hidden_size=32, n_head=4, n_layer=2, bos_token_id=0, eos_token_id=0)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_decoders_that_used_to_fail_match_transformers_past_the_window(kind: str, bpe: Path, tmp_path: Path) -> None:
+    """Exported by the CLI as a user would (Bloom with --context, its positions having no learned limit), then token
+    for token against transformers' greedy generate on a left-padded batch of two prompts, host loop and in-graph
+    loop; 21 prompt + 24 new tokens run far past the sliding window of 8."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES[kind]().eval()
+    model.save_pretrained(tmp_path / "m")
+    shutil.copyfile(bpe, tmp_path / "m" / "tokenizer.json")
+    context = ["--context", "64"] if kind == "bloom-alibi" else []
+    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"hf:{tmp_path / 'm'}", "--out",
+                          str(tmp_path / "b"), *context], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    prompts = ["Beautiful is better than ugly. Explicit", "Now"]
+    with deploykit.load(tmp_path / "b") as dep:
+        ids = [dep.codec().encode(p) for p in prompts]
+        assert len(ids[0]) > 16
+        for host in (True, False):
+            ours = dep.generate_ids(ids, mode_config("greedy", 24), host=host)
+            for prompt, got in zip(ids, ours):
+                with torch.no_grad():
+                    full = model.generate(torch.from_numpy(prompt)[None], attention_mask=torch.ones(1, len(prompt)),
+                                          max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+                want = full[0, len(prompt):].numpy()
+                stop = np.flatnonzero(want == 0)
+                np.testing.assert_array_equal(got, want[: stop[0]] if stop.size else want)
+    if kind == "bloom-alibi":
+        bare = tmp_path / "bare"
+        model.save_pretrained(bare)
+        with pytest.raises(InputError, match="no learned limit.*--context N"):
+            resolve(f"hf:{bare}")
+        assert deploykit.verify(tmp_path / "b", model=reference(f"hf:{tmp_path / 'm'}",
+                                                                  deploykit.load_bundle(tmp_path / "b"))).passed
+
+
+def test_text_path_adds_special_tokens_like_transformers_and_prints_as_is(bpe: Path, tmp_path: Path) -> None:
+    """A tokenizer that adds BOS (Llama style), rope_scaling linear: `sample --prompt` prints what transformers'
+    tokenizer -> generate -> decode gives, byte for byte, control characters included; a bundle without a tokenizer
+    prints the ids of --prompt-ids and refuses --prompt."""
+    import subprocess
+    import sys
+
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(str(bpe))
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<|endoftext|> $A",
+                                                                  special_tokens=[("<|endoftext|>", 0)])
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=299,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})).eval()
+    model.save_pretrained(tmp_path / "m")
+    tok.save(str(tmp_path / "m" / "tokenizer.json"))
+    subprocess.run([sys.executable, "-m", "deploykit", "export", f"hf:{tmp_path / 'm'}", "--out", str(tmp_path / "b")],
+                   check=True, capture_output=True, timeout=600)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "m" / "tokenizer.json"))
+    for prompt in ["Beautiful is better", "Errors\rshould"]:
+        encoded = fast(prompt, return_tensors="pt")
+        assert encoded.input_ids[0, 0] == 0  # BOS, as transformers encodes a prompt
+        with torch.no_grad():
+            out = model.generate(**encoded, max_new_tokens=12, do_sample=False, pad_token_id=299)
+        run = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(tmp_path / "b"), "--prompt", prompt,
+                              "--mode", "greedy", "--max-new-tokens", "12"], capture_output=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        text = fast.decode(out[0], skip_special_tokens=True)
+        assert run.stdout.decode() == text + "\n"
+    model.save_pretrained(tmp_path / "bare")  # no tokenizer.json
+    subprocess.run([sys.executable, "-m", "deploykit", "export", f"hf:{tmp_path / 'bare'}", "--out",
+                    str(tmp_path / "nb")], check=True, capture_output=True, timeout=600)
+    ids = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(tmp_path / "nb"), "--prompt-ids", "0,5,9",
+                          "--mode", "greedy", "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert ids.returncode == 0 and "no tokenizer.json" in ids.stderr
+    printed = [int(i) for i in ids.stdout.strip().split(",")]
+    assert printed[:3] == [0, 5, 9] and 3 < len(printed) <= 7
+    text = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(tmp_path / "nb"), "--prompt", "Now"],
+                          capture_output=True, text=True, timeout=300)
+    assert text.returncode == 2 and "carries no tokenizer.json" in text.stderr and "--prompt-ids" in text.stderr

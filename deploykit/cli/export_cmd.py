@@ -22,6 +22,8 @@ def export_cmd(
                                                          "external-data files in the bundle")] = 1024.0,
     tokenizer: Annotated[Path | None, typer.Option(help="language models: a tokenizer.json the bundle carries "
                                                         "for text generation")] = None,
+    context: Annotated[int | None, typer.Option(help="hf:DIR language models: the positions the bundle serves "
+                                                     "(required where the config has no limit, e.g. Bloom's ALiBi)")] = None,
 ) -> None:
     """Export a model to an ONNX bundle; fails, writing nothing, if ORT does not match torch."""
     from ..bundle import check_destination
@@ -33,7 +35,7 @@ def export_cmd(
         raise InputError(f"--external-data-mb is {external_data_mb}, expected a size in MiB >= 0 (0: always external).")
     check_destination(out, force)
     with progress_bar(f"training {source} (first use)") as on_step:
-        resolved = resolve(source, family, on_step)
+        resolved = resolve(source, family, on_step, context)
     bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
                     external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer or resolved.tokenizer)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())

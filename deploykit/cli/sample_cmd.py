@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..runtimes.deployment import Deployment
 from ..runtimes.kinds import OPTION_NAMES
 from ..runtimes.tokens import MODES, mode_config
-from . import SourceOption, app, console, torch_original
+from . import SourceOption, app, console, err_console, torch_original
 from .progress import progress_bar
 
 
@@ -134,14 +134,20 @@ def sample_cmd(
             texts = dep.translate(prompt, beam)
         else:
             codec = dep.codec()
-            base = mode_config(mode, max_new_tokens, tuple(int(i) for i in codec.encode(stop or "", "--stop")))
+            base = mode_config(mode, max_new_tokens, tuple(int(i) for i in codec.encode(stop, "--stop")) if stop else ())
             overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
             config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-            ids = [_ids(p) for p in prompt_ids] if prompt_ids else [codec.encode(p) for p in prompt]
-            prompt = prompt or [codec.decode(i) for i in ids]
-            texts = [p + codec.decode(t) for p, t in zip(prompt, dep.generate_ids(ids, config, seed, host_loop))]
-    for source, text in zip(prompt, texts):
-        console.print(f"{source} -> {text}" if use == "translate" else text, highlight=False, markup=False)
+            ids = [_ids(p) for p in prompt_ids] if prompt_ids else [codec.encode(p, special=True) for p in prompt]
+            generated = dep.generate_ids(ids, config, seed, host_loop)
+            if not codec.textual:  # no tokenizer: the ids are the output
+                err_console.print("this bundle carries no tokenizer.json: printing the prompt and generated token ids",
+                                  highlight=False, markup=False)
+                texts = [",".join(str(int(i)) for i in (*p, *t)) for p, t in zip(ids, generated)]
+            else:
+                prompt = prompt or [codec.decode(i) for i in ids]
+                texts = [p + codec.decode(t) for p, t in zip(prompt, generated)]
+    for index, text in enumerate(texts):  # as they are: rich would drop control characters such as \r
+        typer.echo(f"{prompt[index]} -> {text}" if use == "translate" else text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         dep.kind.writer.write(out, texts, dep.loop, dep.runners)

@@ -37,14 +37,20 @@ class HFCausalLM(nn.Module):
     """A transformers causal LM behind the gpt protocol: forward_cached over per-layer (key, value) tensors
     [batch, kv_heads, past, head_dim], rebuilt into the model's DynamicCache inside the graph."""
 
-    def __init__(self, model: nn.Module, vocab: list[str]) -> None:
+    def __init__(self, model: nn.Module, vocab: list[str], context: int | None = None) -> None:
         super().__init__()
         config = model.config
         self.model, self.vocab = model, vocab
-        self.context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0))
-        if not self.context:
-            raise InputError(f"{type(model).__name__}'s config has no max_position_embeddings / n_positions; "
-                             "deploykit needs the context length.")
+        learned = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 0)
+        if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 2):
+            raise InputError(f"--context is {context!r}, expected a number of positions >= 2.")
+        if learned and context is not None and context > learned:
+            raise InputError(f"--context {context} is longer than the {learned} positions {type(model).__name__} "
+                             "learned; give at most that.")
+        self.context = context or learned
+        if not self.context:  # ALiBi (Bloom, MPT) and other position schemes without a table
+            raise InputError(f"{type(model).__name__}'s config has no max_position_embeddings / n_positions (its "
+                             "positions have no learned limit); choose the bundle's context with --context N.")
         self.layers = int(config.num_hidden_layers)
         self.heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
@@ -60,7 +66,8 @@ class HFCausalLM(nn.Module):
         """Logits [B, T, vocab] and the presents (past + new) per layer."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache()  # full layers: sliding-window attention is the model's mask over them (the
+        # config's sliding layers would keep only the last window, which torch.export turns into a bound on past)
         for layer, (key, value) in enumerate(past):
             cache.update(key, value, layer)
         out = self.model(input_ids=tokens, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
@@ -113,8 +120,9 @@ def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
                          f"{transformers.__version__}; hf:DIR exports decoder-only causal LMs.")
 
 
-def load(folder: str | Path) -> HFSource:
-    """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family; InputError naming what is missing."""
+def load(folder: str | Path, context: int | None = None) -> HFSource:
+    """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family with `context` positions (default:
+    the config's max_position_embeddings); InputError naming what is missing."""
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
@@ -143,4 +151,4 @@ def load(folder: str | Path) -> HFSource:
         tok = Tokenizer.from_file(str(tokenizer))
         names = [tok.id_to_token(i) or "" for i in range(min(size, tok.get_vocab_size(with_added_tokens=True)))]
     vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
-    return HFSource(HFCausalLM(model.eval(), vocab), tokenizer, fingerprint(root))
+    return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root))

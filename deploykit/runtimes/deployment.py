@@ -150,7 +150,7 @@ class Deployment:
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0, host: bool = False) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""
         codec = self.codec()
-        out = self.generate_ids([codec.encode(p) for p in prompts], config, seed, host)
+        out = self.generate_ids([codec.encode(p, special=True) for p in prompts], config, seed, host)
         return [codec.decode(t) for t in out]
 
     def generate_ids(self, prompts: Sequence[Sequence[int] | np.ndarray], config: SamplingConfig, seed: int = 0,

@@ -213,8 +213,11 @@ def decode_tokens(ids: np.ndarray, vocab: Sequence[str]) -> str:
 class Codec(Protocol):
     """Text <-> token ids for a language model."""
 
-    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
-        """Token ids (int64) of `text`; InputError naming `what` when it cannot be encoded."""
+    textual: bool  # False: the bundle has no way to text (an hf:DIR folder exported without tokenizer.json)
+
+    def encode(self, text: str, what: str = "prompt", special: bool = False) -> np.ndarray:
+        """Token ids (int64) of `text`, with the tokenizer's special tokens (BOS) when `special`, as transformers
+        encodes a prompt; InputError naming `what` when it cannot be encoded."""
 
     def decode(self, ids: np.ndarray) -> str:
         """Text of token ids."""
@@ -226,8 +229,17 @@ class CharCodec:
 
     vocab: Sequence[str]
 
-    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
-        """Ids of the characters of `text`."""
+    @property
+    def textual(self) -> bool:
+        """Whether any token is a character (a vocabulary of placeholders only has no text)."""
+        return any(len(token) == 1 for token in self.vocab)
+
+    def encode(self, text: str, what: str = "prompt", special: bool = False) -> np.ndarray:
+        """Ids of the characters of `text` (a character vocabulary adds no special tokens)."""
+        if not self.textual:
+            raise InputError(f"this bundle carries no tokenizer.json, so {what} {text!r} cannot become token ids; give "
+                             "token ids (--prompt-ids 1,2,3), or re-export from a folder with its tokenizer.json "
+                             "(or --tokenizer FILE).")
         return encode_text(text, self.vocab, what)
 
     def decode(self, ids: np.ndarray) -> str:
@@ -246,10 +258,12 @@ class TokenizerCodec:
                                           "`pip install tokenizers` (or deploykit[text]).") from exc
         self.tokenizer = Tokenizer.from_file(str(path))
         self.vocab_size = vocab_size
+        self.textual = True
 
-    def encode(self, text: str, what: str = "prompt") -> np.ndarray:
-        """Ids of `text` (no special tokens added); InputError for ids the model's vocabulary lacks."""
-        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+    def encode(self, text: str, what: str = "prompt", special: bool = False) -> np.ndarray:
+        """Ids of `text`, through the tokenizer's post-processor (BOS, ...) when `special`; InputError for ids the
+        model's vocabulary lacks."""
+        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=special).ids, np.int64)
         if ids.size and ids.max() >= self.vocab_size:
             raise InputError(f"{what} {text!r} encodes to id {int(ids.max())}, outside the model's vocabulary of "
                              f"{self.vocab_size}; the bundle's tokenizer does not match its model.")
