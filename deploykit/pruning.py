@@ -29,12 +29,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
+from .checks import check_int
 from .errors import BackendUnavailableError, InputError, choices
 from .exporters.onnx_export import prepare
 
 METHODS = ("magnitude", "structured")
 SCOPES = ("global", "layer")
 NORMS = (1, 2)
+MAX_FINETUNE = 1_000_000  # steps: the zoo trains in 200-2000
+MAX_ITERATIONS = 1_000_000  # timed ORT calls per variant and batch
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,7 @@ class PruneOptions:
             raise InputError(f"--scope {self.scope!r} is unknown; choose one of {choices(SCOPES)}.")
         if self.norm not in NORMS:
             raise InputError(f"--norm {self.norm!r} is unknown; choose one of {choices(NORMS)} (L1 or L2 filter norm).")
-        if isinstance(self.finetune, bool) or not isinstance(self.finetune, int) or self.finetune < 0:
-            raise InputError(f"--finetune is {self.finetune!r}, expected a number of training steps >= 0.")
+        check_int("--finetune", self.finetune, 0, MAX_FINETUNE, "training steps after pruning")
 
 
 def folded(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -419,6 +421,7 @@ def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force
     from .models import write_checkpoint
 
     options.check()
+    check_int("--iterations", iterations, 1, MAX_ITERATIONS, "timed ORT calls per variant and batch")
     target = Path(out)
     if target.exists() and not force:
         raise InputError(f"--out {target} exists; pass --force to replace it (the file is replaced only once the "
@@ -486,6 +489,7 @@ def sweep(source: str, sparsities: list[float], options: PruneOptions, out: str 
         raise InputError(f"--out {folder} is not empty; pass --force to write the sweep there.")
     for value in sparsities:
         replace(options, sparsity=value).check()
+    check_int("--iterations", iterations, 1, MAX_ITERATIONS, "timed ORT calls per variant and batch")
     from .exporters import export
 
     entry, original = _zoo_source(source)

@@ -177,9 +177,10 @@ def test_every_command_option_with_nan_negative_zero_and_huge_values(command: st
             "compress": [tiny_bundle, tmp_path / "in.txt"], "decompress": [tmp_path / "in.txt", "--bundle", tiny_bundle],
             "profile": [tiny_bundle, "--backend", "ort-cpu", "--batch", "1", "--iterations", "2", "--warmup", "0"],
             "quantize": [tiny_bundle, "--mode", "int8-static", "--calibration", "2"], "triton": [tiny_bundle],
+            "prune": ["zoo:mlp", "--iterations", "2"] if option != "--iterations" else ["zoo:mlp"],
             "verify": [tiny_bundle, "--golden-only"]}[command]
     for i, value in enumerate(("nan", "-1", "0", "99999999999")):
-        writes = ("export", "quantize", "triton", "compress", "decompress")
+        writes = ("export", "quantize", "triton", "compress", "decompress", "prune")
         out = ["--out", tmp_path / f"out{i}"] if command in writes else []
         args = [str(a) for a in (command, *base, *out, option, value)]
         try:

@@ -89,7 +89,7 @@ def test_bad_options_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
     for options, match in [(PruneOptions(float("nan")), "--sparsity is nan"), (PruneOptions(1.0), "--sparsity is 1.0"),
                            (PruneOptions(-0.1), "--sparsity is -0.1"), (PruneOptions(0.5, "random"), "--method 'random'"),
                            (PruneOptions(0.5, scope="net"), "--scope 'net'"), (PruneOptions(0.5, norm=3), "--norm 3"),
-                           (PruneOptions(0.5, finetune=-1), "--finetune is -1")]:
+                           (PruneOptions(0.5, finetune=-1), "--finetune is -1, expected an integer in 0..1000000")]:
         with pytest.raises(InputError, match=match):
             prune("zoo:mlp", options, tmp_path / "p.pt")
     with pytest.raises(InputError, match="prune takes a zoo model or a deploykit checkpoint"):
