@@ -44,7 +44,7 @@ def export(
 
 
 def prune(source: str, sparsity: float, out: str | os.PathLike[str], method: str = "magnitude", scope: str = "global",
-          norm: int = 1, finetune: int = 0, force: bool = False) -> PruneReport:
+          norm: int = 1, finetune: int = 0, round_to: int = 1, force: bool = False) -> PruneReport:
     """Prune a zoo model or checkpoint into a new checkpoint and measure it (see deploykit.pruning.prune); needs
     torch (and torch-pruning for method="structured")."""
     from .backends.torch import import_torch
@@ -53,7 +53,7 @@ def prune(source: str, sparsity: float, out: str | os.PathLike[str], method: str
     from .pruning import PruneOptions
     from .pruning import prune as _prune
 
-    return _prune(source, PruneOptions(sparsity, method, scope, norm, finetune), out, force)
+    return _prune(source, PruneOptions(sparsity, method, scope, norm, finetune, round_to), out, force)
 
 
 __all__ = [

@@ -50,6 +50,7 @@ class PruneOptions:
     scope: str = "global"
     norm: int = 1
     finetune: int = 0
+    round_to: int = 1  # structured: keep channel counts multiples of this (onnxruntime's blocked convolutions: 8, 16)
 
     def check(self) -> None:
         """InputError naming the first option out of range."""
@@ -63,6 +64,7 @@ class PruneOptions:
         if self.norm not in NORMS:
             raise InputError(f"--norm {self.norm!r} is unknown; choose one of {choices(NORMS)} (L1 or L2 filter norm).")
         check_int("--finetune", self.finetune, 0, MAX_FINETUNE, "training steps after pruning")
+        check_int("--round-to", self.round_to, 1, 1024, "structured: channel counts kept multiples of it")
 
 
 def folded(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -219,7 +221,8 @@ def prune_structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], options
     importance = tp.importance.MagnitudeImportance(p=options.norm)
     expected = _output_shapes(model, inputs)
     pruner = tp.pruner.MetaPruner(model, inputs, importance=importance, pruning_ratio=options.sparsity,
-                                  global_pruning=options.scope == "global", ignored_layers=fixed_layers(model, inputs))
+                                  global_pruning=options.scope == "global", ignored_layers=fixed_layers(model, inputs),
+                                  round_to=options.round_to if options.round_to > 1 else None)
     pruner.step()
     try:
         fits = _output_shapes(model, inputs) == expected
@@ -284,7 +287,8 @@ def prune_model(model: nn.Module, options: PruneOptions,
         if options.finetune:
             _finetune(finetune, model, options.finetune)
     return model.eval(), {"method": options.method, "scope": options.scope, "sparsity": options.sparsity,
-                          "norm": options.norm, "finetune": options.finetune, "folded": folds}
+                          "norm": options.norm, "finetune": options.finetune, "round_to": options.round_to,
+                          "folded": folds}
 
 
 def _finetune(finetune: Callable[[nn.Module, int], Any] | None, model: nn.Module, steps: int) -> None:

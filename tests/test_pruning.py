@@ -89,7 +89,8 @@ def test_bad_options_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
     for options, match in [(PruneOptions(float("nan")), "--sparsity is nan"), (PruneOptions(1.0), "--sparsity is 1.0"),
                            (PruneOptions(-0.1), "--sparsity is -0.1"), (PruneOptions(0.5, "random"), "--method 'random'"),
                            (PruneOptions(0.5, scope="net"), "--scope 'net'"), (PruneOptions(0.5, norm=3), "--norm 3"),
-                           (PruneOptions(0.5, finetune=-1), "--finetune is -1, expected an integer in 0..1000000")]:
+                           (PruneOptions(0.5, finetune=-1), "--finetune is -1, expected an integer in 0..1000000"),
+                           (PruneOptions(0.5, round_to=0), "--round-to is 0")]:
         with pytest.raises(InputError, match=match):
             prune("zoo:mlp", options, tmp_path / "p.pt")
     with pytest.raises(InputError, match="prune takes a zoo model or a deploykit checkpoint"):
@@ -221,3 +222,14 @@ def test_lottery_ticket_small() -> None:
     assert rows[2].ticket >= rows[0].ticket - 0.03
     with pytest.raises(InputError, match="no step training loop"):
         lottery_ticket("hopfield-digits", rounds=1)
+
+
+def test_structured_round_to_keeps_channel_counts_blocked() -> None:
+    """--round-to 16: every pruned layer keeps a multiple of 16 channels (onnxruntime's blocked convolutions on
+    AVX-512); the zoo CNN's 16-channel layers then stay whole and its 32-channel ones halve."""
+    _, model, _ = load_checkpoint(trained("cnn"))
+    pruned, record = prune_model(model, PruneOptions(0.5, "structured", scope="layer", round_to=16),
+                                 _structured_inputs("cnn"))
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert record["round_to"] == 16 and all(m.out_channels % 16 == 0 for m in convs)
+    assert sorted({m.out_channels for m in convs}) == [16]

@@ -28,6 +28,8 @@ def prune_cmd(
     scope: Annotated[str, typer.Option(help="global: one threshold over all layers; layer: the same share in each")] = "global",
     norm: Annotated[int, typer.Option(help="structured: rank channels by their L1 (1) or L2 (2) norm")] = 1,
     finetune: Annotated[int, typer.Option(help="training steps after pruning, masks held (zoo training loop)")] = 0,
+    round_to: Annotated[int, typer.Option(help="structured: keep channel counts multiples of this (8 or 16 suit "
+                                               "onnxruntime's blocked CPU convolutions)")] = 1,
     sweep: Annotated[str | None, typer.Option(help="sparsities to sweep, e.g. 0.5,0.8,0.9,0.95: writes "
                                                    "pruned-S.pt, sweep.md, sweep.json and sweep.png to --out")] = None,
     iterations: Annotated[int, typer.Option(help="timed ORT calls per variant and batch (interleaved)")] = 100,
@@ -38,7 +40,7 @@ def prune_cmd(
     from ..pruning import PruneOptions, prune, sweep_table
     from ..pruning import sweep as run_sweep
 
-    options = PruneOptions(sparsity, method, scope, norm, finetune)
+    options = PruneOptions(sparsity, method, scope, norm, finetune, round_to)
     if sweep is not None:
         reports = run_sweep(source, _fractions(sweep), options, out, force, iterations)
         console.print(sweep_table(reports), highlight=False, markup=False)
