@@ -220,6 +220,7 @@ def prune_structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], options
     model.eval()
     importance = tp.importance.MagnitudeImportance(p=options.norm)
     expected = _output_shapes(model, inputs)
+    before = sum(p.numel() for p in model.parameters())
     pruner = tp.pruner.MetaPruner(model, inputs, importance=importance, pruning_ratio=options.sparsity,
                                   global_pruning=options.scope == "global", ignored_layers=fixed_layers(model, inputs),
                                   round_to=options.round_to if options.round_to > 1 else None)
@@ -231,6 +232,10 @@ def prune_structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], options
                          "--method magnitude.") from exc
     if not fits:
         raise InputError(f"structured pruning changed {type(model).__name__}'s output shapes; use --method magnitude.")
+    if sum(p.numel() for p in model.parameters()) == before:
+        raise InputError(f"structured pruning at sparsity {options.sparsity:g} removed no channel of "
+                         f"{type(model).__name__} (with --round-to {options.round_to}, a layer keeps a multiple of it, "
+                         "and layers feeding an output are kept whole); lower --round-to or raise the sparsity.")
 
 
 def resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

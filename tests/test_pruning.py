@@ -233,3 +233,9 @@ def test_structured_round_to_keeps_channel_counts_blocked() -> None:
     convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert record["round_to"] == 16 and all(m.out_channels % 16 == 0 for m in convs)
     assert sorted({m.out_channels for m in convs}) == [16]
+
+
+def test_structured_pruning_that_would_remove_nothing_is_refused() -> None:
+    _, model, _ = load_checkpoint(trained("cnn"))
+    with pytest.raises(InputError, match="removed no channel.*--round-to 16"):
+        prune_model(model, PruneOptions(0.75, "structured", scope="layer", round_to=16), _structured_inputs("cnn"))
