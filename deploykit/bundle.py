@@ -149,7 +149,10 @@ class Bundle:
 
 
 def _inside(root: Path, relative: str, what: str) -> Path:
-    """Resolve `relative` under root, refusing paths that escape it."""
+    """Resolve `relative` under root, refusing paths that escape it or that no file system can hold (a NUL)."""
+    if "\x00" in relative:
+        raise BundleError(f"bundle {root}: {what} path {relative!r} contains a NUL byte; refusing to load it "
+                          "(re-export the bundle).")
     target = (root / relative).resolve()
     if os.path.isabs(relative) or not target.is_relative_to(root.resolve()):
         raise BundleError(

@@ -24,11 +24,14 @@ def _read_feeds(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"--inputs '{path}' is not an .npz of arrays ({str(exc).split('.')[0]}); {fix}.") from exc
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise InputError(f"--inputs '{path}' holds one unnamed array (an .npy); {fix}.")
+    feeds = {}
     with data:
-        try:
-            return {k: data[k] for k in data.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise InputError(f"--inputs '{path}': {str(exc).split('.')[0]}; {fix}.") from exc
+        for name in data.files:
+            try:
+                feeds[name] = data[name]
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise InputError(f"--inputs '{path}': array '{name}': {str(exc).split('.')[0]}; {fix}.") from exc
+    return feeds
 
 
 @app.command("run")

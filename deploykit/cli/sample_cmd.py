@@ -8,6 +8,7 @@ VRNNs; token LMs print text continuing --prompt, seq2seq bundles the decoding of
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from .progress import progress_bar
 def _ids(text: str) -> np.ndarray:
     """'15496,11,995' as token ids."""
     parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() for p in parts):
+    if not all(re.fullmatch(r"[0-9]{1,18}", p) for p in parts):  # ASCII digits, within int64
         raise InputError(f"--prompt-ids {text!r}: expected comma-separated token ids >= 0, e.g. 15496,11,995.")
     return np.asarray([int(p) for p in parts], np.int64)
 

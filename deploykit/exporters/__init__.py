@@ -24,6 +24,7 @@ from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
 from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
+from ..runtimes.tokens import read_tokenizer
 from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
@@ -71,14 +72,7 @@ def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
         raise ExportError(f"--tokenizer is for language models; family '{family}' does not generate text.")
     if not path.is_file():
         raise ExportError(f"tokenizer '{path}' does not exist; give the tokenizer.json saved beside the model.")
-    try:
-        from tokenizers import Tokenizer
-
-        size = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
-    except ImportError as exc:
-        raise ExportError("a tokenizer needs the tokenizers package: `pip install tokenizers`.") from exc
-    except Exception as exc:  # tokenizers raises plain Exceptions for malformed files
-        raise ExportError(f"tokenizer '{path}' could not be read by tokenizers ({exc}); give a tokenizer.json.") from exc
+    size = read_tokenizer(path, "--tokenizer").get_vocab_size(with_added_tokens=True)
     if size > len(loop.vocab):
         raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
     return path

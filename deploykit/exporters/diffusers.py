@@ -24,6 +24,8 @@ from torch import nn
 
 from ..errors import BackendUnavailableError, InputError
 from ..runtimes.schedulers import SCHEDULERS, for_diffusers_class
+from ..runtimes.schedulers.noise_schedule import scheduler_config
+from .onnx_export import ANSI
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 UNSUPPORTED_PARTS = {"vae": "latent pipelines (a vae/ folder)", "text_encoder": "text-conditioned pipelines"}
@@ -98,14 +100,28 @@ def _checked_folder(folder: str | Path) -> Path:
     return root
 
 
+def _json_object(path: Path, folder: str | Path) -> dict[str, Any]:
+    """The JSON object in `path`; InputError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"diffusers:{folder}: {path.relative_to(Path(folder))} is not JSON ({exc}); give the files "
+                         "save_pretrained wrote.") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"diffusers:{folder}: {path.relative_to(Path(folder))} holds a {type(value).__name__}, "
+                         "expected a JSON object of settings.")
+    return value
+
+
 def load(folder: str | Path) -> DiffusersSource:
     """The pipeline saved in `folder`: its UNet (float32, eval) wrapped for the ddpm family with its scheduler config;
     InputError naming what is missing or unsupported."""
     root = _checked_folder(folder)
-    unet_class = json.loads((root / "unet" / "config.json").read_text()).get("_class_name")
-    schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    unet_class = _json_object(root / "unet" / "config.json", folder).get("_class_name")
+    schedule = _json_object(root / "scheduler" / "scheduler_config.json", folder)
     try:
         for_diffusers_class(schedule.get("_class_name"))
+        scheduler_config(schedule)  # types and ranges, before the UNet loads or any export runs
     except InputError as exc:
         raise InputError(f"diffusers:{folder}: {exc}") from exc
     if unet_class not in UNETS:
@@ -114,8 +130,10 @@ def load(folder: str | Path) -> DiffusersSource:
     try:
         unet = getattr(diffusers, unet_class).from_pretrained(root / "unet", local_files_only=True,
                                                                torch_dtype=torch.float32)
-    except (ValueError, OSError, KeyError) as exc:
-        raise InputError(f"diffusers:{folder}: diffusers could not load the UNet ({exc}).") from exc
+    except Exception as exc:  # noqa: BLE001  (config, safetensors and torch errors of every kind)
+        first = (ANSI.sub("", str(exc)).strip().splitlines() or [""])[0][:300]
+        raise InputError(f"diffusers:{folder}: diffusers could not load the UNet ({type(exc).__name__}: {first}); "
+                         "give the unet/ folder save_pretrained wrote.") from exc
     config = unet.config
     blocks = [*config.down_block_types, *config.up_block_types, str(getattr(config, "mid_block_type", ""))]
     if any("CrossAttn" in b for b in blocks):

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, InputError
+from ..runtimes.tokens import read_tokenizer
+from .onnx_export import ANSI
 
 WEIGHTS = ("*.safetensors", "*.bin")
 
@@ -120,35 +122,66 @@ def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
                          f"{transformers.__version__}; hf:DIR exports decoder-only causal LMs.")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = ANSI.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _shape_mismatches(root: Path, config: Any, transformers: Any) -> list[str]:
+    """'name: file [shape] vs config [shape]' for each tensor of the folder's safetensors whose shape is not the one
+    the config builds (the model is built on the meta device: no memory)."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in transformers.AutoModelForCausalLM.from_config(config).state_dict().items()}
+    found = []
+    for path in sorted(root.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                shape = tuple(handle.get_slice(name).get_shape())
+                if name in expected and expected[name] != shape:
+                    found.append(f"{name}: file {list(shape)} vs config {list(expected[name])}")
+    return found
+
+
 def load(folder: str | Path, context: int | None = None) -> HFSource:
     """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family with `context` positions (default:
-    the config's max_position_embeddings); InputError naming what is missing."""
+    the config's max_position_embeddings); InputError naming what is missing or malformed."""
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
                          "(config.json, model.safetensors, tokenizer.json).")
     if not any(any(root.glob(p)) for p in WEIGHTS):
         raise InputError(f"hf:{folder}: no weights (*.safetensors or *.bin) beside config.json; nothing is downloaded.")
+    if not any(root.glob("*.safetensors")):
+        raise InputError(f"hf:{folder}: the weights are pickled (*.bin), which deploykit does not load: a pickle can "
+                         "carry code. Convert them to safetensors where you trust the file: "
+                         "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`.")
     transformers = _transformers()
     _check_decoder(folder, transformers, root)
+    tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
+    tok = None if tokenizer is None else read_tokenizer(tokenizer, f"hf:{folder}: the folder's tokenizer")
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
             root, local_files_only=True, dtype=torch.float32, output_loading_info=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it ({str(exc)[:300]}).") from exc
+    except Exception as exc:  # noqa: BLE001  (config validation, safetensors and torch errors of every kind)
+        config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+        try:
+            shapes = _shape_mismatches(root, config, transformers)
+        except Exception:  # noqa: BLE001  (an unreadable weight file: the original error says it)
+            shapes = []
+        why = f"weights and config.json disagree ({'; '.join(shapes[:4])})" if shapes else _first_line(exc)
+        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it: {why}. Give the folder "
+                         "save_pretrained wrote (config.json, model.safetensors, tokenizer.json).") from exc
     wrong = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(wrong.values()):  # a silently re-initialized tensor would make a bundle of another model
         found = "; ".join(f"{k.split('_')[0]} {len(v)}: {', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''}"
                           for k, v in wrong.items() if v)
         raise InputError(f"hf:{folder}: the weights do not fit {type(model).__name__} ({found}); transformers would "
                          "drop or randomly fill them. Give the folder save_pretrained wrote for this model.")
-    tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     size = int(model.config.vocab_size)
     names: list[str] = []
-    if tokenizer is not None:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(tokenizer))
+    if tok is not None:
         names = [tok.id_to_token(i) or "" for i in range(min(size, tok.get_vocab_size(with_added_tokens=True)))]
     vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
     return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root))

@@ -30,6 +30,7 @@ from .tokens import (
     decode_tokens,
     encode_text,
     generate,
+    token_ids,
 )
 from .vae import VaeConfig, interpolate, iwae
 
@@ -149,6 +150,8 @@ class Deployment:
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0, host: bool = False) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""
+        if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
+            raise InputError("prompts: give a list of at least one text prompt (str).")
         codec = self.codec()
         out = self.generate_ids([codec.encode(p, special=True) for p in prompts], config, seed, host)
         return [codec.decode(t) for t in out]
@@ -161,7 +164,9 @@ class Deployment:
         assert isinstance(loop, LanguageModelConfig)
         if loop.eos is not None and loop.eos not in config.stop:
             config = replace(config, stop=(*config.stop, loop.eos))
-        ids = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
+        if isinstance(prompts, str | bytes) or not len(prompts):
+            raise InputError("prompts: give a list of at least one prompt (token ids).")
+        ids = [token_ids(p, i) for i, p in enumerate(prompts)]
         check_seed(seed)
         try:
             return generate(self.kind.token_model(self.runners, loop), ids, config, seed, host)

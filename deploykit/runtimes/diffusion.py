@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..checks import check_count, check_fits
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, choices
 from .generator import cycle_labels
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 from .schedulers import COLUMNS, LEGACY_COLUMNS, SCHEDULERS, Scheduler, make_scheduler
@@ -46,6 +46,17 @@ class DiffusionConfig(ImageLayout):
     decoder: dict[str, Any] | None = None
     columns: list[str] = field(default_factory=lambda: list(LEGACY_COLUMNS))
 
+    def validate(self, where: str) -> None:
+        """BundleError unless the bundle names known schedulers and a schedule they can run."""
+        unknown = [n for n in self.schedulers if n not in SCHEDULERS]
+        if not self.schedulers or unknown:
+            raise BundleError(f"{where}: 'schedulers' is {self.schedulers!r}; expected a non-empty list of "
+                              f"{choices(SCHEDULERS)}; re-export the bundle or upgrade deploykit.")
+        try:
+            scheduler_config(self.schedule)
+        except InputError as exc:
+            raise BundleError(f"{where}: 'schedule': {exc} Re-export the bundle.") from exc
+
     @cached_property
     def planned(self) -> dict[tuple[Any, ...], Scheduler]:
         """Schedulers set up so far, by their options (`scheduler_for`): a table is computed once per loop, not
@@ -54,6 +65,7 @@ class DiffusionConfig(ImageLayout):
 
 
 OnStep = Callable[[int, int], None] | None
+MAX_GUIDANCE = 1e6  # w (cond - uncond) stays far inside float32 (3.4e38) for any network output
 PLANNED_MAX = 64  # schedulers a loop keeps set up (distinct scheduler, steps and options)
 PROGRESS_CHUNKS = 20  # the in-graph loop runs in this many calls when a progress callback is given
 
@@ -111,9 +123,9 @@ def check_labels(loop: DiffusionConfig, n: int, labels: np.ndarray | None, guida
     if guidance is not None and not classes:
         raise InputError("--guidance needs a class-conditional model trained with a null label; this bundle is "
                          "unconditional. Drop --guidance.")
-    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
-        raise InputError(f"--guidance is {guidance}, expected a finite scale >= 0 (0: unconditional, "
-                         "1: conditional, 5-9: typical classifier-free guidance).")
+    if guidance is not None and not (np.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise InputError(f"--guidance is {guidance}, expected a finite scale in 0..{MAX_GUIDANCE:g} (0: unconditional, "
+                         "1: conditional, 5-9: typical classifier-free guidance; the graphs compute in float32).")
     return cycle_labels(n, classes, labels), 1.0 if guidance is None else float(guidance)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..checks import check_count
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from .kinds import IMAGES, ImageLayout, LoopKind, Runners, SampleOptions, register
 
 
@@ -36,11 +36,21 @@ def draw_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
 def cycle_labels(n: int, classes: int | None, labels: np.ndarray | None) -> np.ndarray | None:
     """int64 labels [n] for a conditional model: `labels` broadcast, or 0..classes-1 cycling; None if unconditional.
     InputError for labels outside 0..classes-1."""
+    if classes is not None and classes < 0:
+        raise BundleError(f"this bundle's loop has num_classes {classes}; a class count is >= 0. Re-export the bundle.")
     if not classes:
         if labels is not None:
             raise InputError("this model is unconditional; drop --label.")
         return None
-    out = (np.arange(n) % classes if labels is None else np.broadcast_to(np.asarray(labels), (n,))).astype(np.int64)
+    if labels is None:
+        out = np.arange(n) % classes
+    else:
+        given = np.asarray(labels)
+        if given.dtype.kind not in "iu" or given.ndim > 1 or given.size not in (1, n):
+            raise InputError(f"labels are {given.dtype} of shape {list(given.shape)}; expected one integer label or "
+                             f"{n} (one per sample).")
+        out = np.broadcast_to(given.reshape(-1), (n,))
+    out = out.astype(np.int64)
     bad = out[(out < 0) | (out >= classes)]
     if bad.size:
         raise InputError(f"--label {int(bad[0])} is out of range; this model has classes 0..{classes - 1}.")

@@ -59,6 +59,23 @@ def _conforms(value: Any, hint: Any) -> bool:
     raise TypeError(f"loop config fields cannot be {hint!r}")
 
 
+def _option_fits(value: Any, hint: Any) -> bool:
+    """Whether a sampling option's value fits its hint where the hint is a scalar type (ints are integers, numpy's
+    included: 2.5 steps is not a step count); arrays, callables and other types are checked where they are used."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_option_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool | np.bool_)
+    if hint is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return hint is not str or isinstance(value, str)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     """A loop's settings as stored in the manifest's `loop` (JSON), typed; subclasses name their `kind`."""
@@ -85,7 +102,12 @@ class LoopConfig:
                     raise BundleError(f"{where}: a '{cls.kind}' loop needs '{name}'; re-export the bundle.")
             elif not _conforms(data[name], hints[name]):
                 raise BundleError(f"{where}: '{name}' is {data[name]!r}, expected {hints[name]}; re-export the bundle.")
-        return cls(**{k: v for k, v in data.items() if k != "kind"})
+        config = cls(**{k: v for k, v in data.items() if k != "kind"})
+        config.validate(where)
+        return config
+
+    def validate(self, where: str) -> None:
+        """BundleError for values of the right type that this kind still cannot run (none, unless a kind says)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,7 +216,12 @@ class LoopKind:
                 takes = ", ".join(names.get(f, f) for f in allowed) or "no sampling options"
                 where = f"is for {_joined(users)} bundles" if users else "is not a sampling option"
                 raise InputError(f"{label} {where}; this '{self.name}' bundle takes {takes}.")
-        return (self.options or SampleOptions)(**given)
+        cls = self.options or SampleOptions
+        hints = typing.get_type_hints(cls)
+        for key, value in given.items():
+            if not _option_fits(value, hints.get(key, Any)):
+                raise InputError(f"{names.get(key, key)} is {value!r:.60}, expected {hints[key]}.")
+        return cls(**given)
 
 
 def _joined(items: list[str]) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..backends.base import Runner
+from ..checks import check_fits
 from ..errors import BackendUnavailableError, InputError, choices
 from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
@@ -35,6 +36,9 @@ class TokenModel(Protocol):
         """Keep (and reorder or repeat) the given rows of the model's state, for beam search."""
 
 
+MIN_TEMPERATURE = 1e-30  # logits up to ~1e8 stay finite in float32 (3.4e38) once divided by it
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How each next token is picked. temperature 0 means greedy (argmax)."""
@@ -49,6 +53,9 @@ class SamplingConfig:
         """Raise InputError for values outside their ranges."""
         if not 0 <= self.temperature < np.inf:  # NaN included
             raise InputError(f"temperature is {self.temperature}, expected a finite value >= 0 (0 = greedy).")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T overflows float32: every pick would be token 0
+            raise InputError(f"temperature is {self.temperature}, below {MIN_TEMPERATURE:g}, where logits / "
+                             "temperature overflows float32; use 0 for greedy decoding.")
         if self.top_k is not None and not 1 <= self.top_k <= vocab_size:
             raise InputError(f"top_k is {self.top_k}, expected 1..{vocab_size} (the vocabulary size).")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -110,6 +117,12 @@ def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingC
     model has a loop graph (unless `host`), else one call per token; both pick from the same seeded uniforms."""
     config.check(model.vocab_size)
     rows = len(prompts)
+    context = getattr(model, "context", None)
+    if context is not None and config.max_new_tokens > context:  # checked before the buffers exist
+        raise InputError(f"max_new_tokens is {config.max_new_tokens}, more than this model's context of {context} "
+                         f"positions (prompt + new tokens); ask for at most {context}.")
+    check_fits(config.max_new_tokens * rows * 16, f"max_new_tokens {config.max_new_tokens} for {rows} prompt(s)",
+               "ask for fewer tokens")  # the uniforms and the token buffer
     uniforms = np.random.default_rng(seed).random((config.max_new_tokens, rows))
     tokens = None if host or not isinstance(model, LoopInGraph) else model.generate_in_graph(prompts, uniforms, config)
     if tokens is None:
@@ -247,16 +260,27 @@ class CharCodec:
         return decode_tokens(ids, self.vocab)
 
 
+def read_tokenizer(path: Path, what: str) -> Any:
+    """The `tokenizers` Tokenizer in the file `path`; InputError naming `what` (and the file) when it is not a
+    tokenizer.json that tokenizers reads (not JSON, `{}`, binary, another file)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{what} needs the tokenizers package: `pip install tokenizers` (or "
+                                      "deploykit[text]).") from exc
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001  (tokenizers raises plain Exceptions for malformed files)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{what} '{path}' is not a tokenizer.json that tokenizers can read ({first}); give the "
+                         "tokenizer.json saved with the model.") from exc
+
+
 class TokenizerCodec:
     """A bundle's tokenizer.json run by the `tokenizers` package (Rust, no torch, no transformers)."""
 
     def __init__(self, path: Path, vocab_size: int) -> None:
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise BackendUnavailableError("this bundle carries a tokenizer.json, which needs the tokenizers package: "
-                                          "`pip install tokenizers` (or deploykit[text]).") from exc
-        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer = read_tokenizer(path, "this bundle's tokenizer")
         self.vocab_size = vocab_size
         self.textual = True
 
@@ -272,6 +296,18 @@ class TokenizerCodec:
     def decode(self, ids: np.ndarray) -> str:
         """Text of `ids` (special tokens skipped)."""
         return str(self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True))
+
+
+def token_ids(prompt: Any, index: int) -> np.ndarray:
+    """Prompt `index` as int64 token ids; InputError unless it holds integers (floats are not truncated)."""
+    try:
+        array = np.asarray(prompt)
+    except (TypeError, ValueError) as exc:  # ragged or otherwise not array-like
+        raise InputError(f"prompt {index} is not a sequence of token ids ({exc}).") from exc
+    if array.dtype.kind not in "iu":
+        raise InputError(f"prompt {index} holds {array.dtype} values ({str(prompt)[:60]}), expected integer token ids; "
+                         "ids too large for int64 count as not integers.")
+    return array.astype(np.int64).reshape(-1)
 
 
 def check_prompts(

@@ -10,6 +10,7 @@ translates them. Everything is computed in float64 (diffusers uses float32; see 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,13 +46,41 @@ def zoo_config(schedule: str, training_steps: int, clip_sample: float) -> dict[s
             "steps_offset": 0, "timestep_spacing": "leading", "use_clipped_model_output": True}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_values(config: Mapping[str, Any]) -> None:
+    """InputError naming the first numeric setting of the wrong type or outside its range."""
+    steps = config.get("num_train_timesteps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 2):
+        raise InputError(f"scheduler config num_train_timesteps={steps!r}: expected an integer >= 2 (the diffusion "
+                         "steps the model was trained with).")
+    for key in ("beta_start", "beta_end"):
+        if key in config and not (_number(config[key]) and 0 < config[key] < 1):
+            raise InputError(f"scheduler config {key}={config[key]!r}: expected a number in (0, 1).")
+    trained = config.get("trained_betas")
+    if trained is not None and not (isinstance(trained, list | tuple) and trained
+                                    and all(_number(b) and 0 < b < 1 for b in trained)):
+        raise InputError("scheduler config trained_betas: expected a non-empty list of numbers in (0, 1), one per "
+                         "training step.")
+    if "clip_sample_range" in config and not (_number(config["clip_sample_range"]) and config["clip_sample_range"] > 0):
+        raise InputError(f"scheduler config clip_sample_range={config['clip_sample_range']!r}: expected a number > 0.")
+    offset = config.get("steps_offset")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+        raise InputError(f"scheduler config steps_offset={offset!r}: expected an integer >= 0.")
+
+
 def scheduler_config(schedule: Mapping[str, Any]) -> dict[str, Any]:
     """The diffusers config of a bundle's `schedule` (translating pre-diffusers bundles); InputError for
-    settings deploykit cannot run, naming them."""
+    settings deploykit cannot run and for values of the wrong type or range, naming them."""
+    if not isinstance(schedule, Mapping):
+        raise InputError(f"the scheduler config is a {type(schedule).__name__}, expected a JSON object of settings.")
     if "training_steps" in schedule:
         config = zoo_config(schedule["schedule"], int(schedule["training_steps"]), float(schedule["clip_sample"]))
     else:
         config = {k: v for k, v in schedule.items() if not k.startswith("_")}
+    _check_values(config)
     for key, supported, why in UNSUPPORTED:
         if key in config and config[key] != supported:
             raise InputError(f"scheduler config {key}={config[key]!r}: {why}; deploykit runs {key}={supported!r}.")
