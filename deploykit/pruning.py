@@ -298,8 +298,8 @@ def prune_model(model: nn.Module, options: PruneOptions,
 
 def _finetune(finetune: Callable[[nn.Module, int], Any] | None, model: nn.Module, steps: int) -> None:
     if finetune is None:
-        raise InputError("--finetune needs a training loop: zoo models bring theirs; prune your own model from Python "
-                         "and train it with the masks held (`deploykit.pruning.held`).")
+        raise InputError("--finetune needs a training loop: zoo models bring theirs; for your own model, prune it from "
+                         "Python and train it with the masks held (`with deploykit.pruning.held(model, masks): ...`).")
     finetune(model, steps)
 
 
@@ -402,29 +402,43 @@ def measure(name: str, family: str, original: nn.Module, pruned: nn.Module, opti
                            _moved(load_bundle(before.path), load_bundle(after.path)), parity)
 
 
-def _zoo_source(source: str) -> tuple[Any, nn.Module]:
-    """(zoo entry, trained model) of `zoo:NAME[@CHECKPOINT]` or a checkpoint path; InputError for other sources."""
-    from .models import load_checkpoint, trained
+@dataclass(frozen=True)
+class PruneSource:
+    """A model to prune: its family, the zoo entry whose training loop fine-tunes and scores it (None for your own
+    factory), and the fields a pruned checkpoint records to rebuild it (zoo name and config, or the factory)."""
 
-    if source.startswith("zoo:"):
-        name, _, given = source[4:].partition("@")
-        path = Path(given) if given else trained(name)
-    elif Path(source).is_file():
-        path = Path(source)
-    else:
-        raise InputError(f"prune takes a zoo model or a deploykit checkpoint (`zoo:cnn`, `runs/cnn.pt`), not "
-                         f"{source!r}; to prune your own module, call deploykit.pruning.prune_model(model, options, "
-                         "...) from Python and export the result.")
-    entry, original, _ = load_checkpoint(path)
-    return entry, original
+    model: nn.Module
+    family: str
+    entry: Any
+    fields: dict[str, Any]
+
+
+def prune_source(source: str, family: str | None = None) -> PruneSource:
+    """`zoo:NAME[@CHECKPOINT]`, a checkpoint, or `package.module:factory[@CHECKPOINT]` (with `family`), ready to
+    prune; InputError for a folder source (prune its model from Python: deploykit.pruning.prune_model)."""
+    from .models import get_entry
+    from .sources import FOLDERS, resolve
+
+    prefix = source.partition(":")[0]
+    if prefix in FOLDERS:
+        raise InputError(f"prune takes zoo models, checkpoints and factories; for {prefix}:DIR, prune the model from "
+                         f"Python: `deploykit.pruning.prune_model(resolve('{prefix}:DIR').model, PruneOptions(...), None)`"
+                         " and export the result.")
+    resolved = resolve(source, family)
+    record = resolved.source
+    if record["kind"] == "checkpoint":
+        entry = get_entry(record["zoo"])
+        return PruneSource(resolved.model, resolved.family, entry,
+                           {"zoo": entry.name, "family": entry.family, "config": entry.config})
+    return PruneSource(resolved.model, resolved.family, None, {"factory": record["ref"], "family": resolved.family})
 
 
 def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force: bool = False,
-          iterations: int = 100, baseline: Path | None = None) -> PruneReport:
-    """Prune the zoo model or zoo checkpoint `source` (`zoo:NAME[@CHECKPOINT]` or a checkpoint path), fine-tune it
-    with its own training loop when asked, measure it against the original (`measure`; `baseline`: the original's
-    bundle, when exported already) and write the pruned checkpoint to `out` with the report (exported, the
-    bundle's manifest carries it under source.pruning)."""
+          iterations: int = 100, baseline: Path | None = None, family: str | None = None) -> PruneReport:
+    """Prune `source` (see `prune_source`), fine-tune a zoo model with its own training loop when asked, measure it
+    against the original (`measure`; `baseline`: the original's bundle, when exported already) and write the pruned
+    checkpoint to `out` with the report (exported, the bundle's manifest carries it under source.pruning; a
+    factory's as `package.module:factory@CHECKPOINT`)."""
     from .exporters import get_family
     from .exporters.onnx_export import example_inputs
     from .models import write_checkpoint
@@ -435,14 +449,16 @@ def prune(source: str, options: PruneOptions, out: str | os.PathLike[str], force
     if target.exists() and not force:
         raise InputError(f"--out {target} exists; pass --force to replace it (the file is replaced only once the "
                          "new checkpoint is complete).")
-    entry, original = _zoo_source(source)
-    family = get_family(entry.family)
-    structured = (lambda m: example_inputs(next(iter(family.roles(m).values())))) if family.structured else None
-    finetune = (lambda m, n: entry.fit(m, n, None)) if entry.steps else None
-    score = (lambda m: entry.fit(m, 0, None)) if entry.steps else None
-    pruned, record = prune_model(copy.deepcopy(original), options, structured, finetune)
-    report = measure(source, entry.family, original, pruned, record, score, iterations, baseline)
-    write_checkpoint(target, entry, pruned, report.metric.get("after", {}), pruning=record | {"report": report.to_json()})
+    chosen = prune_source(source, family)
+    entry, fam = chosen.entry, get_family(chosen.family)
+    structured = (lambda m: example_inputs(next(iter(fam.roles(m).values())))) if fam.structured else None
+    steps = entry is not None and entry.steps
+    finetune = (lambda m, n: entry.fit(m, n, None)) if steps else None
+    score = (lambda m: entry.fit(m, 0, None)) if steps else None
+    pruned, record = prune_model(copy.deepcopy(chosen.model), options, structured, finetune)
+    report = measure(source, chosen.family, chosen.model, pruned, record, score, iterations, baseline)
+    write_checkpoint(target, pruned, **chosen.fields, metrics=report.metric.get("after", {}),
+                     pruning=record | {"report": report.to_json()})
     return report
 
 
@@ -490,7 +506,7 @@ def sweep_plot(reports: list[PruneReport], path: Path) -> Path:
 
 
 def sweep(source: str, sparsities: list[float], options: PruneOptions, out: str | os.PathLike[str],
-          force: bool = False, iterations: int = 100) -> list[PruneReport]:
+          force: bool = False, iterations: int = 100, family: str | None = None) -> list[PruneReport]:
     """Prune `source` at each sparsity (from the original each time) into `out`/pruned-S.pt and write the table
     (sweep.md), the reports (sweep.json) and the plot (sweep.png) there."""
     folder = Path(out)
@@ -501,12 +517,12 @@ def sweep(source: str, sparsities: list[float], options: PruneOptions, out: str 
     check_int("--iterations", iterations, 1, MAX_ITERATIONS, "timed ORT calls per variant and batch")
     from .exporters import export
 
-    entry, original = _zoo_source(source)
+    chosen = prune_source(source, family)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="deploykit-sweep-") as tmp:  # the original is exported once
-        baseline = export(original, entry.family, Path(tmp) / "original").path
+        baseline = export(chosen.model, chosen.family, Path(tmp) / "original").path
         reports = [prune(source, replace(options, sparsity=value), folder / f"pruned-{value:g}.pt", True, iterations,
-                         baseline) for value in sparsities]
+                         baseline, family) for value in sparsities]
     (folder / "sweep.md").write_text(sweep_table(reports) + "\n")
     (folder / "sweep.json").write_text(json.dumps([r.to_json() for r in reports], indent=1))
     sweep_plot(reports, folder / "sweep.png")

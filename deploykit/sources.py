@@ -108,6 +108,9 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
         if resolved.source["zoo"] != entry.name:
             raise InputError(f"checkpoint '{path}' holds zoo model '{resolved.source['zoo']}', not '{name}'.")
         return resolved
+    ref, _, weights = spec.partition("@")
+    if FACTORY.match(ref) and weights:
+        return _factory_weights(ref, Path(weights), family)
     if FACTORY.match(spec) and not Path(spec).exists():
         if not family:
             from .exporters import FAMILIES
@@ -126,8 +129,35 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     )
 
 
+def _factory_weights(ref: str, path: Path, family: str | None) -> Resolved:
+    """`module:factory@CHECKPOINT`: the factory's model with the weights a prune (or you) saved for it; the
+    checkpoint must name that factory, and a pruned one rebuilds its architecture first."""
+    from .models import read_checkpoint
+    from .pruning import pruned_architecture
+
+    payload = read_checkpoint(path)
+    if payload.get("factory") != ref:
+        raise InputError(f"checkpoint '{path}' holds weights for {payload.get('factory') or payload.get('zoo')!r}, "
+                         f"not for factory '{ref}'.")
+    family = family or payload.get("family")
+    if not family:
+        raise InputError(f"source '{ref}@{path}' is a factory; say which family it is with --family.")
+    model = _import_factory(ref)()
+    state = payload.get("state_dict") or {}
+    try:
+        if payload.get("pruning"):
+            model = pruned_architecture(model, payload["pruning"], state)
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise InputError(f"checkpoint '{path}' does not fit what factory '{ref}' builds ({type(exc).__name__}: "
+                         f"{first}); was the factory changed since?") from exc
+    source = {"kind": "factory", "ref": ref, "weights": str(path.resolve()), "sha256": sha256_file(path)}
+    return Resolved(model.eval(), family, source | ({"pruning": payload["pruning"]} if payload.get("pruning") else {}))
+
+
 def _fingerprint(source: dict[str, Any]) -> Any:
-    return source.get("sha256") if source.get("kind") == "checkpoint" else source.get("fingerprint")
+    return source.get("sha256") if source.get("kind") in ("checkpoint", "factory") else source.get("fingerprint")
 
 
 def rebuild(source: dict[str, Any]) -> Any:
@@ -142,7 +172,7 @@ def rebuild(source: dict[str, Any]) -> Any:
         cached = cached_checkpoint(source["zoo"]) if source["zoo"] in ZOO else None
         if cached is not None and cached.is_file() and sha256_file(cached) == source.get("sha256"):
             return _from_checkpoint(cached, None).model
-    hint = {"checkpoint": "PATH_TO_CHECKPOINT", "factory": "MODULE:FACTORY"} | {prefix: f"{prefix}:DIR" for prefix in FOLDERS}
+    hint = {"checkpoint": "PATH_TO_CHECKPOINT", "factory": "MODULE:FACTORY[@CHECKPOINT]"} | {prefix: f"{prefix}:DIR" for prefix in FOLDERS}
     if kind in hint:
         named = source.get("ref") if kind == "factory" else source.get("path")
         raise InputError(f"this bundle names {kind} {str(named)[:200]!r} as its source, and deploykit does not import "

@@ -93,7 +93,7 @@ def test_bad_options_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
                            (PruneOptions(0.5, round_to=0), "--round-to is 0")]:
         with pytest.raises(InputError, match=match):
             prune("zoo:mlp", options, tmp_path / "p.pt")
-    with pytest.raises(InputError, match="prune takes a zoo model or a deploykit checkpoint"):
+    with pytest.raises(InputError, match="is a factory; say which family it is with --family"):
         prune("pkg.module:factory", PruneOptions(0.5), tmp_path / "p.pt")
     with pytest.raises(InputError, match="cannot lose"):
         prune("zoo:made", PruneOptions(0.5, "structured"), tmp_path / "p.pt")
@@ -239,3 +239,29 @@ def test_structured_pruning_that_would_remove_nothing_is_refused() -> None:
     _, model, _ = load_checkpoint(trained("cnn"))
     with pytest.raises(InputError, match="removed no channel.*--round-to 16"):
         prune_model(model, PruneOptions(0.75, "structured", scope="layer", round_to=16), _structured_inputs("cnn"))
+
+
+def test_your_own_factory_prunes_and_exports_with_its_weights(tmp_path: Path) -> None:
+    """`deploykit prune package.module:factory --family mlp` writes a checkpoint naming the factory; it exports as
+    `package.module:factory@CHECKPOINT` (the architecture rebuilt by the factory, then pruned to the checkpoint's
+    shapes), and the plain checkpoint path says how to load it. Fine-tuning needs a training loop: refused."""
+    out = tmp_path / "tiny.pt"
+    run = subprocess.run([sys.executable, "-m", "deploykit", "prune", "tests.conftest:TinyMLP", "--family", "mlp",
+                          "--method", "structured", "--sparsity", "0.5", "--iterations", "5", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert f"deploykit export tests.conftest:TinyMLP@{out} --family mlp" in run.stdout
+    payload = torch.load(out, weights_only=True)
+    assert payload["factory"] == "tests.conftest:TinyMLP" and payload["state_dict"]["net.0.weight"].shape[0] == 4
+    exported = subprocess.run([sys.executable, "-m", "deploykit", "export", f"tests.conftest:TinyMLP@{out}", "--family",
+                               "mlp", "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["source"]["ref"] == "tests.conftest:TinyMLP" and manifest["source"]["pruning"]["method"] == "structured"
+    plain = subprocess.run([sys.executable, "-m", "deploykit", "export", str(out), "--out", str(tmp_path / "c")],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2 and "load it as `tests.conftest:TinyMLP@" in plain.stderr
+    with pytest.raises(InputError, match="--finetune needs a training loop"):
+        prune("tests.conftest:TinyMLP", PruneOptions(0.5, finetune=10), tmp_path / "f.pt", family="mlp")
+    with pytest.raises(InputError, match="for hf:DIR, prune the model from Python"):
+        prune("hf:models/x", PruneOptions(0.5), tmp_path / "h.pt")

@@ -203,17 +203,16 @@ def train_zoo(name: str, out: str | os.PathLike[str], on_step: OnStep = None) ->
     torch.manual_seed(0)
     model = entry.create()
     metrics = entry.fit(model, entry.steps or 0, on_step)
-    write_checkpoint(out, entry, model, metrics)
+    write_checkpoint(out, model, zoo=name, family=entry.family, config=entry.config, metrics=metrics)
     return metrics
 
 
-def write_checkpoint(out: str | os.PathLike[str], entry: ZooEntry, model: nn.Module, metrics: dict[str, float],
-                     **extra: Any) -> None:
-    """Write a checkpoint of zoo model `entry` with `model`'s weights to `out` atomically (`extra`: e.g. pruning)."""
+def write_checkpoint(out: str | os.PathLike[str], model: nn.Module, **fields: Any) -> None:
+    """Write `model`'s weights and `fields` (a zoo model's name, family, config and metrics; or the factory that
+    rebuilds it; pruning) as a deploykit checkpoint to `out`, atomically."""
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "zoo": entry.name, "family": entry.family, "config": entry.config,
-               "metrics": metrics, "state_dict": model.state_dict(), **extra}
+    payload = {"format": CHECKPOINT_FORMAT, **fields, "state_dict": model.state_dict()}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
@@ -244,6 +243,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ZooEntry, nn.Module, dict[str, Any]]:
     """(entry, model with trained weights in eval mode, checkpoint payload)."""
     payload = read_checkpoint(path)
+    if isinstance(payload.get("factory"), str):
+        raise InputError(f"checkpoint '{path}' holds weights for your factory {payload['factory']!r}; load it as "
+                         f"`{payload['factory']}@{path}` with --family {payload.get('family', 'FAMILY')}.")
     entry = get_entry(payload.get("zoo", ""))
     config, weights = payload.get("config"), payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(weights, dict):
