@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import deploykit
 from deploykit.backends import BACKENDS, RunnerOptions, make_runners
 from deploykit.backends.ort import PROVIDERS, OrtRunner
 from deploykit.bundle import load_bundle
@@ -134,3 +135,26 @@ def test_shared_weights_replace_the_files_without_a_copy(tmp_path: Path) -> None
         with OrtRunner("g", spec, path, options=RunnerOptions(arena=arena)) as runner:
             assert runner.session.get_session_options().enable_cpu_mem_arena is arena
             np.testing.assert_array_equal(runner.infer({"x": x})["y"], x @ w)
+
+
+def test_load_works_without_with_and_close_frees_the_sessions(zoo_bundle) -> None:
+    """deploykit.load returns a ready object: the sessions start on first use and go on close() (and a later use
+    starts them again); `with` keeps working and closes at the block's end."""
+    import gc
+    import weakref
+
+    dep = deploykit.load(zoo_bundle("dcgan").path)
+    assert not any(r.active for r in dep._runners.values())  # nothing built until used
+    first = dep.sample(4, 0)
+    assert first.shape[0] == 4 and all(r.active for r in dep._runners.values())
+    dep.close()
+    assert not any(r.active or r.session is not None for r in dep._runners.values())
+    np.testing.assert_array_equal(dep.sample(4, 0), first)  # reactivated on use, same samples
+    runners = dep._runners
+    with deploykit.load(zoo_bundle("dcgan").path) as inside:
+        inside.sample(2, 0)
+    assert not any(r.active for r in inside._runners.values())
+    ref = weakref.ref(dep)
+    del dep
+    gc.collect()
+    assert ref() is None and not any(r.active for r in runners.values())  # collected: released

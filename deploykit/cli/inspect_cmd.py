@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,28 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..bundle import load_bundle
+from ..bundle import Bundle, load_bundle
+from ..runtimes.kinds import OPTION_NAMES, kind_of
 from . import app, console
+
+TEXT_OPTIONS = {"generate": "--prompt / --prompt-ids, --mode (top-p), --temperature, --top-k, --top-p, "
+                             "--max-new-tokens (200), --stop, --host-loop",
+                "translate": "--prompt, --beam (1)"}
+
+
+def sampling_options(b: Bundle) -> str:
+    """The `deploykit sample` options this bundle's loop takes, with their defaults (None: the loop decides)."""
+    kind = kind_of(b.loop)
+    if kind.use in TEXT_OPTIONS:
+        return TEXT_OPTIONS[kind.use]
+    if kind.use != "sample":
+        return f"nothing: a {kind.title} bundle is used through deploykit run / the Python API"
+    shown = ["--n (64)", "--seed (0)"]
+    for f in fields(kind.options) if kind.options else ():
+        if f.name in OPTION_NAMES:
+            default = f.default if f.default is not MISSING else None
+            shown.append(f"{OPTION_NAMES[f.name]} ({'the loop decides' if default is None else default})")
+    return ", ".join(shown)
 
 
 @app.command("inspect")
@@ -42,6 +63,7 @@ def inspect_cmd(
                 extra = "" if s.high is None else f"values in [{s.low}, {s.high}{close}"
                 table.add_row("", io, s.name, s.dtype, escape(s.shape_text()), extra)
     console.print(table)
+    console.print(f"deploykit sample takes: {sampling_options(b)}", highlight=False, markup=False)
     console.print(
         f"tolerance atol={b.tolerance.atol:g} rtol={b.tolerance.rtol:g}, else fp64 budget x{b.tolerance.multiple:g} "
         f"or magnitude {b.tolerance.magnitude:g}; export parity {b.manifest.get('parity', 'not recorded')}; "

@@ -75,35 +75,43 @@ def _samples(dep: Deployment, out: Path | None, n: int, seed: int, given: dict[s
     console.print(f"wrote {n} samples {list(samples.shape[1:])} to {out}")
 
 
+# sample --help groups its options by the bundles they apply to (`deploykit inspect BUNDLE` lists a bundle's own)
+ALL = "Every bundle"
+SAMPLE = "Sampling: generators, VAEs, autoregressive images and audio, flows, diffusion, RBMs, VRNN"
+DIFFUSION = "Diffusion (ddpm, latent-diffusion, ncsn bundles)"
+OTHER = "Flows, MADE, WaveNet and VAE bundles"
+TEXT = "Language models (--prompt / --prompt-ids) and seq2seq (--prompt, --beam)"
+
+
 @app.command("sample")
 def sample_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-    out: Annotated[Path | None, typer.Option(help="output: .png grid or .npy (images, trajectories); .wav (audio); .txt (text)")] = None,
-    n: Annotated[int, typer.Option(help="number of samples (generators, VRNN)")] = 64,
-    seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)")] = 0,
-    label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)")] = None,
-    steps: Annotated[int | None, typer.Option(help="VRNN length / WaveNet audio samples / diffusion steps (langevin: per level) / RBM Gibbs steps")] = None,
-    ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples")] = None,
-    naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample")] = False,
-    prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch")] = None,
-    prompt_ids: Annotated[list[str] | None, typer.Option(help="LM: a prompt as token ids, e.g. 15496,11; repeat for a batch")] = None,
-    mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}")] = "top-p",
-    temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)")] = None,
-    size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)")] = None,
-    host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM, small KV-cache LMs: run the loop on the host, one graph call per step, instead of in the graph")] = False,
-    scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm, ddim, euler, euler-a, heun or dpm++2m (score networks: langevin); default: the bundle's first")] = None,
-    eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="euler, euler-a, heun, dpm++2m: Karras sigmas (default: the scheduler config's)")] = None,
-    clipped_model_output: Annotated[bool | None, typer.Option("--clipped-model-output/--no-clipped-model-output", help="DDIM: re-derive eps from the clipped x0 (default: the bundle's; diffusers: off)")] = None,
-    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale >= 0 (1 = conditional, 0 = unconditional, typical 5-9)")] = None,
-    interpolate: Annotated[bool, typer.Option(help="VAE: decode --n points along the path between two seeded latents")] = False,
-    top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens")] = None,
-    top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate per prompt")] = 200,
-    stop: Annotated[str | None, typer.Option(help="LM: characters that end a row (e.g. $'\\n')")] = None,
-    beam: Annotated[int, typer.Option(help="seq2seq: beam size (1 = greedy)")] = 1,
-    backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda, ort-trt or torch")] = "ort-cpu",
-    check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in any graph input or output")] = False,
+    out: Annotated[Path | None, typer.Option(help="output: .png grid or .npy (images, trajectories); .wav (audio); .txt (text)", rich_help_panel=ALL)] = None,
+    n: Annotated[int, typer.Option(help="number of samples (generators, VRNN)", rich_help_panel=SAMPLE)] = 64,
+    seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)", rich_help_panel=ALL)] = 0,
+    label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)", rich_help_panel=SAMPLE)] = None,
+    steps: Annotated[int | None, typer.Option(help="VRNN length / WaveNet audio samples / diffusion steps (langevin: per level) / RBM Gibbs steps", rich_help_panel=SAMPLE)] = None,
+    ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples", rich_help_panel=OTHER)] = None,
+    naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample", rich_help_panel=OTHER)] = False,
+    prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch", rich_help_panel=TEXT)] = None,
+    prompt_ids: Annotated[list[str] | None, typer.Option(help="LM: a prompt as token ids, e.g. 15496,11; repeat for a batch", rich_help_panel=TEXT)] = None,
+    mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}", rich_help_panel=TEXT)] = "top-p",
+    temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)", rich_help_panel=TEXT)] = None,
+    size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)", rich_help_panel=OTHER)] = None,
+    host_loop: Annotated[bool, typer.Option(help="MAF, diffusion, RBM, small KV-cache LMs: run the loop on the host, one graph call per step, instead of in the graph", rich_help_panel=ALL)] = False,
+    scheduler: Annotated[str | None, typer.Option(help="diffusion: ddpm, ddim, euler, euler-a, heun or dpm++2m (score networks: langevin); default: the bundle's first", rich_help_panel=DIFFUSION)] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)", rich_help_panel=DIFFUSION)] = None,
+    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="euler, euler-a, heun, dpm++2m: Karras sigmas (default: the scheduler config's)", rich_help_panel=DIFFUSION)] = None,
+    clipped_model_output: Annotated[bool | None, typer.Option("--clipped-model-output/--no-clipped-model-output", help="DDIM: re-derive eps from the clipped x0 (default: the bundle's; diffusers: off)", rich_help_panel=DIFFUSION)] = None,
+    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale >= 0 (1 = conditional, 0 = unconditional, typical 5-9)", rich_help_panel=DIFFUSION)] = None,
+    interpolate: Annotated[bool, typer.Option(help="VAE: decode --n points along the path between two seeded latents", rich_help_panel=OTHER)] = False,
+    top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens", rich_help_panel=TEXT)] = None,
+    top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass", rich_help_panel=TEXT)] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate per prompt", rich_help_panel=TEXT)] = 200,
+    stop: Annotated[str | None, typer.Option(help="LM: characters that end a row (e.g. $'\\n')", rich_help_panel=TEXT)] = None,
+    beam: Annotated[int, typer.Option(help="seq2seq: beam size (1 = greedy)", rich_help_panel=TEXT)] = 1,
+    backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda, ort-trt or torch", rich_help_panel=ALL)] = "ort-cpu",
+    check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in any graph input or output", rich_help_panel=ALL)] = False,
     source: SourceOption = None,
 ) -> None:
     """Run the bundle's sampling loop: images, trajectories, generated text or decoded sequences."""

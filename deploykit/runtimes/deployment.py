@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -39,15 +40,38 @@ USES = {"sample": "sample (images, audio, trajectories)", "generate": "generate 
         "stream": "stream", "graphs": "only run its graphs"}
 
 
+def _release(runners: dict[str, Runner]) -> None:
+    for runner in runners.values():
+        runner.deactivate()
+
+
 class Deployment:
-    """Runners for every role of a bundle on one backend; a context manager that activates them all."""
+    """Runners for every role of a bundle on one backend. Ready when used directly: the runners activate on first
+    use and release on `close()`, when the object is collected, or at exit; `with` closes at the block's end."""
 
     def __init__(self, bundle: Bundle, runners: dict[str, Runner]) -> None:
         self.bundle = bundle
         self.loop = bundle.loop
         self.kind: LoopKind = kind_of(self.loop)
-        self.runners = runners
+        self._runners = runners
         self._codec: Codec | None = None
+        self._finalizer = weakref.finalize(self, _release, runners)  # not `self`: the finalizer must not keep it
+
+    @property
+    def runners(self) -> dict[str, Runner]:
+        """The runners by role, activated (sessions built) on first use."""
+        self.open()
+        return self._runners
+
+    def open(self) -> Deployment:
+        """Activate every runner (idempotent); using the deployment does it too."""
+        for runner in self._runners.values():
+            runner.activate()
+        return self
+
+    def close(self) -> None:
+        """Release every runner's session or engine (idempotent); a later use activates them again."""
+        _release(self._runners)
 
     def runner(self, role: str | None = None) -> Runner:
         """The runner of `role` (optional when the bundle has a single graph besides loop graphs built from it)."""
@@ -204,12 +228,9 @@ class Deployment:
         return Stream(self.runner(loop.role), loop, streams)
 
     def __enter__(self) -> Deployment:
-        for runner in self.runners.values():
-            runner.activate()
-        return self
+        return self.open()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for runner in self.runners.values():
-            runner.deactivate()
+        self.close()
