@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +179,12 @@ def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: lis
 
 def quantize(
     bundle: str | os.PathLike[str] | Bundle, mode: str, out: str | os.PathLike[str], calibration: int = 32,
-    force: bool = False, labelled: Labelled | None = None,
+    force: bool = False, labelled: Labelled | None = None, on_phase: Callable[[str], None] | None = None,
 ) -> Bundle:
     """A new bundle at `out` with every graph converted to `mode` (fp16, int8-dynamic or int8-static); the
-    accuracy change is measured on `labelled` (inputs, labels) for classifiers when given."""
+    accuracy change is measured on `labelled` (inputs, labels) for classifiers when given. `on_phase(text)` hears
+    each phase (converting a graph, measuring) as it starts."""
+    phase = on_phase or (lambda text: None)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if mode not in QUANT_MODES:
         raise InputError(f"unknown precision mode {mode!r}; choose one of {choices(QUANT_MODES)}.")
@@ -202,6 +204,7 @@ def quantize(
         manifest = json.loads(json.dumps(b.manifest))
         for role, graph in b.graphs.items():
             if graph.built_from is None:
+                phase(f"converting '{role}' to {mode}")
                 _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode, graph.spec, b.check_shapes, calibration)
                 manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
                 manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
@@ -235,6 +238,7 @@ def quantize(
         return manifest
 
     def measure(staged: Bundle) -> dict[str, Any]:
+        phase("measuring the accuracy change")
         return {"precision": staged.manifest["precision"] | {"accuracy": accuracy_change(b, staged, labelled)}}
 
     return write_bundle(out, fill, force=force, check=measure)

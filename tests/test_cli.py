@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,17 @@ def test_cli_errors_are_short_and_actionable(args, message, capsys, tmp_path, ti
     assert code == 2
     assert message in " ".join(err.split())
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+
+
+def test_export_and_quantize_report_their_phases_on_a_terminal_only(tiny_model, tmp_path: Path) -> None:
+    """Piped (as here), export prints its one result line and no status line; given a callback, export names each
+    phase as it starts (what the terminal's status line shows)."""
+    import deploykit
+
+    phases: list[str] = []
+    deploykit.export(tiny_model, "mlp", tmp_path / "b", on_phase=phases.append)
+    assert phases[0].startswith("tracing 'model'") and any("checking 'model' against torch" in p for p in phases)
+    assert phases[-1] == "writing the bundle"
+    run = subprocess.run([sys.executable, "-m", "deploykit", "export", "tests.conftest:TinyMLP", "--family", "mlp",
+                          "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "tracing" not in run.stdout + run.stderr

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app, console
-from .progress import progress_bar
+from .progress import phase_line, progress_bar
 
 
 @app.command("export")
@@ -36,7 +36,9 @@ def export_cmd(
     check_destination(out, force)
     with progress_bar(f"training {source} (first use)") as on_step:
         resolved = resolve(source, family, on_step, context)
-    bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
-                    external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer or resolved.tokenizer)
+    with phase_line(f"exporting {source}") as on_phase:
+        bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
+                        external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer or resolved.tokenizer,
+                        on_phase=on_phase)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
     console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")

@@ -10,6 +10,7 @@ import typer
 from ..bundle import load_bundle
 from ..precision import QUANT_MODES, Labelled, accuracy_table, quantize
 from . import app, console
+from .progress import phase_line
 
 
 def _zoo_test_split(bundle: Path) -> Labelled | None:
@@ -33,7 +34,8 @@ def quantize_cmd(
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
 ) -> None:
     """Write a new bundle with fp16 or int8 graphs; its tolerance is widened from the error measured here."""
-    result = quantize(bundle, mode, out, calibration, force, _zoo_test_split(bundle))
+    with phase_line(f"quantizing {bundle} to {mode}") as on_phase:
+        result = quantize(bundle, mode, out, calibration, force, _zoo_test_split(bundle), on_phase)
     precision = result.manifest["precision"]
     sizes = ", ".join(f"{role} {g.size_bytes / 1024:.1f} KiB" for role, g in result.graphs.items())
     console.print(

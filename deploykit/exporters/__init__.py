@@ -7,7 +7,7 @@ import os
 import platform
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -124,6 +124,7 @@ def export(
     opset: int = OPSET,
     external_threshold: int = EXTERNAL_DATA_THRESHOLD,
     tokenizer: str | os.PathLike[str] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Export `model` as a bundle at `out`: graphs, golden vectors, manifest; fails if ORT != torch.
 
@@ -131,8 +132,10 @@ def export(
     verify needs the model passed in again. Graphs whose weights exceed `external_threshold` bytes
     keep them in ONNX external-data files inside the bundle (needed above protobuf's 2 GB). A language
     model may bring its `tokenizer` (a Hugging Face tokenizer.json): the bundle carries it and text
-    generation encodes and decodes with it.
+    generation encodes and decodes with it. `on_phase(text)` hears each phase (tracing a role, checking a shape,
+    the loop check, writing) as it starts.
     """
+    phase = on_phase or (lambda text: None)
     fam = get_family(family)
     with exportable(model) as ready:  # the user's module (restored after) unless weights must be folded
         roles = fam.roles(ready)  # first: it checks the family's protocol and names what is missing
@@ -159,6 +162,7 @@ def export(
             orts: dict[str, Runner] = {}
             for name, role in roles.items():
                 path = tmp / "graphs" / f"{name}.onnx"
+                phase(f"tracing '{name}' (torch.export -> ONNX)")
                 done = export_role(name, role, path, opset)
                 graphs[name] = {"file": f"graphs/{name}.onnx", "opset": done.opset, "spec": done.spec.to_json()}
                 if done.data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
@@ -179,6 +183,7 @@ def export(
                     for index, dims in enumerate(shapes):  # every shape is compared; the first ones that fit are stored
                         release_memory(collect=False)  # the last shape's arrays: their pages go before these come
                         case = dims_label(dims)
+                        phase(f"checking '{name}' against torch at {case}")
                         inputs = refs[name].spec.random_inputs(np.random.default_rng(index), dims)
                         try:
                             expected = refs[name].infer(inputs)
@@ -201,6 +206,7 @@ def export(
                                       | _allowed(report, label))
                     fp64.release(name)  # its float64 copy of the weights goes before the next role's
                 if kind.check is not None:  # a short seeded run of the sampling loop, torch vs ORT
+                    phase("checking the sampling loop against torch (seed 0)")
                     expected = kind.check(refs, loop, 0)
                     save_golden(tmp / "golden" / "loop.0.npz", {"seed": np.asarray(0)}, expected)
                     with _backend_failure("the exported graphs' sampling loop (seed 0)"):
@@ -210,6 +216,7 @@ def export(
                     golden.append({"role": LOOP_ROLE, "case": "seed=0", "dims": {}, "file": "golden/loop.0.npz"}
                                   | _allowed(report, "loop seed=0"))
                 problems = kind.structure(orts, loop) if kind.structure else []
+            phase("writing the bundle")
             for name, role in roles.items():  # sessions closed: fold small graphs' weights back into one file
                 if "external_data" in graphs[name] and weight_bytes(role.module) <= external_threshold:
                     inline_external_data(tmp / "graphs" / f"{name}.onnx")
