@@ -130,7 +130,7 @@ def test_every_sample_option_with_nan_negative_and_huge_values(zoo_bundle, capsy
     bundle = str(zoo_bundle(model).path)
     text = model == "char-lm"
     for option in SAMPLE_OPTIONS:
-        for value in ("nan", "-1", "99999999999"):
+        for value in ("nan", "-1", "99999999999", "1e39"):
             args = ["sample", bundle, option, value]
             if text:
                 args += ["--prompt", "Hi"] + ([] if option == "--max-new-tokens" else ["--max-new-tokens", "4"])
@@ -143,8 +143,48 @@ def test_every_sample_option_with_nan_negative_and_huge_values(zoo_bundle, capsy
                 pytest.fail(f"{' '.join(args[2:])}: {type(exc).__name__}: {exc}")
             err = capsys.readouterr().err
             assert "Traceback" not in err and code in (0, 2), (args[2:], code, err)
-            if value in ("nan", "-1"):
+            if value in ("nan", "-1", "1e39"):  # 1e39 overflows the float32 the graphs compute in
                 assert code == 2, (args[2:], err)
+
+
+API_VALUES = (float("nan"), -1, 1e39, 2.5, np.int64(2), True)
+
+
+@pytest.mark.parametrize("model", ["ddpm-digits", "maf-moons", "glow-digits", "char-lm"])
+def test_every_api_option_with_nan_negative_huge_and_fractional_values(zoo_bundle, model) -> None:
+    """The same property through the Python API: every scalar field of the bundle's options (sample) or of
+    SamplingConfig (generate_ids) with NaN, -1, a float32 overflow, a fraction, a numpy integer and a bool either
+    runs or raises a DeploykitError naming it; NaN, -1 and 1e39 never run."""
+    import dataclasses
+    import typing
+
+    import deploykit
+    from deploykit.errors import DeploykitError
+    from deploykit.runtimes.tokens import SamplingConfig
+
+    with deploykit.load(zoo_bundle(model).path) as dep:
+        cls = SamplingConfig if model == "char-lm" else dep.kind.options
+        hints = typing.get_type_hints(cls)
+        scalar = [f.name for f in dataclasses.fields(cls)  # int, float and their optionals (not tuples of ints)
+                  if hints[f.name] in (int, float) or (typing.get_origin(hints[f.name]) is not tuple and
+                                                       {int, float} & set(typing.get_args(hints[f.name])))]
+        assert scalar
+        for name in scalar:
+            for value in API_VALUES:
+                try:
+                    if model == "char-lm":
+                        config = SamplingConfig(**{"max_new_tokens": 3, name: value})
+                        dep.generate_ids([[1, 2]], config)
+                    else:
+                        steps = {"steps": 3} if model == "ddpm-digits" and name != "steps" else {}
+                        dep.sample(2, 0, dep.options(**steps, **{name: value}))
+                except DeploykitError as exc:
+                    assert str(exc), (name, value)
+                    continue
+                except Exception as exc:  # noqa: BLE001  (a raw exception is what this test looks for)
+                    pytest.fail(f"{name}={value!r}: {type(exc).__name__}: {exc}")
+                assert not (isinstance(value, float) and (np.isnan(value) or value > 1e38)) and value != -1, \
+                    f"{name}={value!r} ran"
 
 
 def _numeric_options() -> list[tuple[str, str]]:

@@ -80,7 +80,7 @@ def test_generate_stops_rows_independently_and_checks_its_config() -> None:
     assert [o.tolist() for o in out] == [[], [1]]
     for bad, match in [
         (SamplingConfig(temperature=-1), "temperature is -1"),
-        (SamplingConfig(top_k=9), "top_k is 9, expected 1..4"),
+        (SamplingConfig(top_k=9), "top_k is 9, expected an integer in 1..4"),
         (SamplingConfig(top_p=0), "top_p is 0"),
         (SamplingConfig(max_new_tokens=0), "max_new_tokens is 0"),
         (SamplingConfig(stop=(7,)), r"stop token id\(s\) \[7\]"),

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..backends.base import Runner
-from ..checks import check_fits
+from ..checks import check_fits, check_int
 from ..errors import BackendUnavailableError, InputError, choices
 from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
@@ -37,6 +37,7 @@ class TokenModel(Protocol):
 
 
 MIN_TEMPERATURE = 1e-30  # logits up to ~1e8 stay finite in float32 (3.4e38) once divided by it
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,14 @@ class SamplingConfig:
         if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T overflows float32: every pick would be token 0
             raise InputError(f"temperature is {self.temperature}, below {MIN_TEMPERATURE:g}, where logits / "
                              "temperature overflows float32; use 0 for greedy decoding.")
-        if self.top_k is not None and not 1 <= self.top_k <= vocab_size:
-            raise InputError(f"top_k is {self.top_k}, expected 1..{vocab_size} (the vocabulary size).")
+        if self.temperature > FLOAT32_MAX:
+            raise InputError(f"temperature is {self.temperature}, beyond float32's range ({FLOAT32_MAX:.3g}); "
+                             "1 samples the model's own distribution.")
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, 1, vocab_size, "the vocabulary size at most")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise InputError(f"top_p is {self.top_p}, expected 0 < top_p <= 1.")
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens is {self.max_new_tokens}, expected at least 1.")
+        check_int("max_new_tokens", self.max_new_tokens, 1)
         bad = [t for t in self.stop if not 0 <= t < vocab_size]
         if bad:
             raise InputError(f"stop token id(s) {bad} are outside the vocabulary [0, {vocab_size - 1}].")
