@@ -22,7 +22,6 @@ from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int
 from .errors import BackendUnavailableError, BundleError, InputError, choices
-from .loop_graphs import densified
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
 from .specs import GraphSpec
@@ -150,6 +149,8 @@ def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: lis
     onnx = _onnx()
     model = onnx.load(str(source))
     del model.graph.value_info[:]  # stale intermediate shapes trip the quantizer's own shape inference
+    from .loop_graphs import densified  # imports onnx: only where a graph is converted
+
     densified(model.graph)  # a pruned graph's sparse weights: the converters read dense ones
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16

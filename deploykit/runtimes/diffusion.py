@@ -124,8 +124,9 @@ def check_labels(loop: DiffusionConfig, n: int, labels: np.ndarray | None, guida
         raise InputError("--guidance needs a class-conditional model trained with a null label; this bundle is "
                          "unconditional. Drop --guidance.")
     if guidance is not None and not (np.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
-        raise InputError(f"--guidance is {guidance}, expected a finite scale in 0..{MAX_GUIDANCE:g} (0: unconditional, "
-                         "1: conditional, 5-9: typical classifier-free guidance; the graphs compute in float32).")
+        raise InputError(f"--guidance is {guidance}, expected a finite scale >= 0 and at most {MAX_GUIDANCE:g} (0: "
+                         "unconditional, 1: conditional, 5-9: typical classifier-free guidance; the graphs compute in "
+                         "float32).")
     return cycle_labels(n, classes, labels), 1.0 if guidance is None else float(guidance)
 
 

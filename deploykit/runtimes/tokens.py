@@ -8,7 +8,7 @@ onnxruntime picks the same tokens from the same seed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,10 +120,11 @@ def generate(model: TokenModel, prompts: Sequence[np.ndarray], config: SamplingC
     model has a loop graph (unless `host`), else one call per token; both pick from the same seeded uniforms."""
     config.check(model.vocab_size)
     rows = len(prompts)
-    context = getattr(model, "context", None)
-    if context is not None and config.max_new_tokens > context:  # checked before the buffers exist
-        raise InputError(f"max_new_tokens is {config.max_new_tokens}, more than this model's context of {context} "
-                         f"positions (prompt + new tokens); ask for at most {context}.")
+    context = getattr(model, "context", None)  # a KV-cache or full-recompute model's positions
+    if isinstance(context, int) and config.max_new_tokens > context:
+        # no row can get past its context (the loop says so when one reaches it): buffers for more are never used,
+        # and the uniforms for fewer steps are the same stream's first rows
+        config = replace(config, max_new_tokens=context)
     check_fits(config.max_new_tokens * rows * 16, f"max_new_tokens {config.max_new_tokens} for {rows} prompt(s)",
                "ask for fewer tokens")  # the uniforms and the token buffer
     uniforms = np.random.default_rng(seed).random((config.max_new_tokens, rows))
