@@ -201,7 +201,8 @@ ARCHITECTURES = {  # decoders that failed before: sliding windows (past the wind
 }
 
 
-@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in ("gemma3-local", "falcon-kv-heads")
+                                  else k for k in ARCHITECTURES])  # the other two run in make test-slow
 def test_decoders_that_used_to_fail_match_transformers_past_the_window(kind: str, bpe: Path, tmp_path: Path) -> None:
     """Exported by the CLI as a user would (Bloom with --context, its positions having no learned limit), then token
     for token against transformers' greedy generate on a left-padded batch of two prompts, host loop and in-graph
