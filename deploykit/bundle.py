@@ -266,7 +266,7 @@ MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) ar
     "loop": _Map(object),  # typed by its LoopKind's config (LoopConfig.from_json)
     "tolerance": {"atol": _NUMBER, "rtol": _NUMBER, "outputs": _Opt(_Map(_List(_NUMBER))), "multiple": _Opt(_NUMBER),
                   "magnitude": _Opt(_NUMBER)},
-    "check_shapes": _List(_Map(int)), "source": _Map(object), "tokenizer": _Opt(_FILE),
+    "check_shapes": _List(_Map(int)), "source": _Map(object), "tokenizer": _Opt(_FILE | {"vocab_sha256": _Opt(str)}),
     "precision": _Opt(_Map(object)), "edge": _Opt(_Map(object)), "parity": _Opt(_Map(object)),
 }
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")

@@ -17,6 +17,7 @@ from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
 from .runtimes.kinds import compare_loop, kind_of
+from .runtimes.tokens import TokenizerCodec
 from .sources import torch_reference
 from .specs import dims_label
 
@@ -66,6 +67,11 @@ def verify(
     loop = b.loop
     check = kind_of(loop).check
     result = VerifyResult(str(b.path), backend, ParityReport(), allow_uninformative=allow_uninformative)
+    if b.tokenizer is not None and b.manifest["tokenizer"].get("vocab_sha256"):  # the text path is part of the proof
+        try:
+            TokenizerCodec(b.tokenizer, 0, b.manifest["tokenizer"]["vocab_sha256"])  # BundleError when swapped
+        except BackendUnavailableError as exc:
+            result.notes.append(f"tokenizer: not checked ({exc})")
     runners = make_runners(b, backend, options)
     for runner in runners.values():
         runner.activate()

@@ -230,3 +230,29 @@ def test_sampling_api_arguments_and_float32_overflow(zoo_bundle) -> None:
                          timeout=300)
     assert run.returncode == 2 and "--guidance is 1e+39" in run.stderr and not Path("never.npy").exists()
 
+
+
+def test_a_swapped_tokenizer_is_caught_even_with_a_rehashed_manifest(gpt2_folder: Path, tmp_path: Path) -> None:
+    """The manifest records the tokenizer's vocabulary (id -> token); another valid tokenizer.json, checksummed
+    again, would make `sample` print other text while the graphs verify: verify and sample refuse it."""
+    import tokenizers
+
+    from deploykit.bundle import sha256_file
+
+    resolved = resolve(f"hf:{gpt2_folder}")
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source,
+                              tokenizer=resolved.tokenizer).path
+    assert json.loads((bundle / "manifest.json").read_text())["tokenizer"]["vocab_sha256"]
+    other = tokenizers.Tokenizer(tokenizers.models.BPE())
+    other.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    other.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    other.train_from_iterator(["a completely different corpus of words"] * 50, trainer)
+    other.save(str(bundle / "tokenizer.json"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = sha256_file(bundle / "tokenizer.json")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["verify", str(bundle), "--golden-only"], ["sample", str(bundle), "--prompt", "Now"]):
+        run = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and "not the tokenizer this bundle was exported with" in run.stderr, run.stderr

@@ -24,7 +24,7 @@ from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
 from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
-from ..runtimes.tokens import read_tokenizer
+from ..runtimes.tokens import read_tokenizer, vocabulary_sha256
 from ..specs import GraphSpec, dims_label
 from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
@@ -242,6 +242,7 @@ def export(
                 "loop": loop.to_json(),
                 "source": src,
                 "tools": _versions(),
-            } | ({"tokenizer": {"file": "tokenizer.json"}} if tokenizer is not None else {})
+            } | ({"tokenizer": {"file": "tokenizer.json", "vocab_sha256": vocabulary_sha256(
+                read_tokenizer(tokenizer, "--tokenizer"))}} if tokenizer is not None else {})
 
         return write_bundle(out, fill, force=force)

@@ -169,7 +169,8 @@ class Deployment:
         assert isinstance(loop, LanguageModelConfig)
         if self._codec is None:
             path = self.bundle.tokenizer
-            self._codec = CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab))
+            recorded = self.bundle.manifest.get("tokenizer", {}).get("vocab_sha256")
+            self._codec = CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab), recorded)
         return self._codec
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0, host: bool = False) -> list[str]:

@@ -7,6 +7,8 @@ onnxruntime picks the same tokens from the same seed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..checks import check_fits, check_int
-from ..errors import BackendUnavailableError, InputError, choices
+from ..errors import BackendUnavailableError, BundleError, InputError, choices
 from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
 
@@ -280,11 +282,23 @@ def read_tokenizer(path: Path, what: str) -> Any:
                          "tokenizer.json saved with the model.") from exc
 
 
+def vocabulary_sha256(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's id -> token table (added tokens included): two tokenizers that map ids to the same
+    strings have the same one, whatever their file's formatting."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    table = json.dumps([tokenizer.id_to_token(i) for i in range(size)], ensure_ascii=False)
+    return hashlib.sha256(table.encode()).hexdigest()
+
+
 class TokenizerCodec:
     """A bundle's tokenizer.json run by the `tokenizers` package (Rust, no torch, no transformers)."""
 
-    def __init__(self, path: Path, vocab_size: int) -> None:
+    def __init__(self, path: Path, vocab_size: int, vocab_sha256: str | None = None) -> None:
         self.tokenizer = read_tokenizer(path, "this bundle's tokenizer")
+        if vocab_sha256 is not None and vocabulary_sha256(self.tokenizer) != vocab_sha256:
+            raise BundleError(f"{path} is not the tokenizer this bundle was exported with: its vocabulary (id -> token) "
+                              "differs from the one the manifest records, so text would encode to other ids; put "
+                              "the exported tokenizer.json back or re-export the bundle.")
         self.vocab_size = vocab_size
         self.textual = True
 
