@@ -60,20 +60,15 @@ def _conforms(value: Any, hint: Any) -> bool:
 
 
 def _option_fits(value: Any, hint: Any) -> bool:
-    """Whether a sampling option's value fits its hint where the hint is a scalar type (ints are integers, numpy's
-    included: 2.5 steps is not a step count); arrays, callables and other types are checked where they are used."""
+    """Whether a sampling option's value fits its hint where the hint is a scalar type, by the manifest's rules
+    (`_conforms`; numpy scalars count as their Python values: 2.5 steps is not a step count); arrays, callables and
+    other types are checked where they are used."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
         return any(_option_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool | np.bool_)
-    if hint is int:
-        return isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    return hint is not str or isinstance(value, str)
+    if hint in (int, float, bool, str, type(None)):
+        return _conforms(value.item() if isinstance(value, np.generic) else value, hint)
+    return True
 
 
 @dataclass(frozen=True, kw_only=True)
