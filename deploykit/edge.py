@@ -23,21 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Bundle, carry_over, load_bundle, write_bundle
-from .errors import BackendUnavailableError, ExportError, InputError
+from .errors import ExportError, InputError, optional_import
 from .verify import verify
 
 OPERATORS_FILE = "required_operators.config"
 
 
 def _converter() -> Any:
-    try:
-        from onnxruntime.tools import convert_onnx_models_to_ort as tool
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "pack --edge needs onnxruntime's conversion tools (`pip install onnxruntime`, the full package, "
-            "on the machine that packs; the device only needs the runtime)."
-        ) from exc
-    return tool
+    return optional_import("onnxruntime.tools.convert_onnx_models_to_ort",
+                           "pack --edge needs onnxruntime's conversion tools (`pip install onnxruntime`, the full "
+                           "package, on the machine that packs; the device only needs the runtime).")
 
 
 def _operators(config: Path) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 
 class DeploykitError(Exception):
     """Root of deploykit's errors; the CLI prints these in one or two lines, never a traceback."""
@@ -29,6 +32,14 @@ class NumericalError(DeploykitError):
 
 class BackendUnavailableError(DeploykitError):
     """The requested backend (torch, CUDA, TensorRT) is not installed or cannot run here."""
+
+
+def optional_import(module: str, need: str) -> Any:
+    """The module named `module`, or BackendUnavailableError(`need`: what needs it and how to install it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(need) from exc
 
 
 def choices(values: object) -> str:

@@ -21,7 +21,7 @@ from .api import load
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int
-from .errors import BackendUnavailableError, BundleError, InputError, choices
+from .errors import BundleError, InputError, choices, optional_import
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
 from .specs import GraphSpec
@@ -81,11 +81,7 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise BackendUnavailableError("quantize needs the onnx package; `pip install onnx`.") from exc
-    return onnx
+    return optional_import("onnx", "quantize needs the onnx package; `pip install onnx`.")
 
 
 def _calibration(spec: GraphSpec, shapes: list[dict[str, int]], count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:

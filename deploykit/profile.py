@@ -15,7 +15,7 @@ import numpy as np
 from .backends import RunnerOptions, make_runners
 from .bundle import Bundle, load_bundle
 from .checks import INT32_MAX, check_fits, check_int
-from .errors import BackendUnavailableError, InputError
+from .errors import InputError, optional_import
 from .sources import torch_reference
 
 
@@ -79,13 +79,7 @@ class ProfileReport:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Box plots of the latency distributions, one panel per (role, batch), written as PNG."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise BackendUnavailableError("--plot needs matplotlib; `pip install matplotlib`.") from exc
+        plt = pyplot("--plot needs matplotlib; `pip install matplotlib`.")
         panels = sorted({(k[1], k[2]) for k in self.latencies})
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
         for ax, (role, batch) in zip(axes[0], panels):
@@ -101,6 +95,12 @@ class ProfileReport:
         fig.savefig(target, dpi=100)
         plt.close(fig)
         return target
+
+
+def pyplot(need: str) -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or BackendUnavailableError(`need`)."""
+    optional_import("matplotlib", need).use("Agg")
+    return optional_import("matplotlib.pyplot", need)
 
 
 BLOCKS = 10  # each variant's iterations run in this many blocks, the variants alternating (order reversed every block)

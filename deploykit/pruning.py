@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from .checks import check_int
-from .errors import BackendUnavailableError, InputError, choices
+from .errors import InputError, choices, optional_import
 from .exporters.onnx_export import prepare
 
 METHODS = ("magnitude", "structured")
@@ -174,11 +174,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def _torch_pruning() -> Any:
-    try:
-        import torch_pruning
-    except ImportError as exc:
-        raise BackendUnavailableError("--method structured needs torch-pruning: `pip install deploykit[prune]`.") from exc
-    return torch_pruning
+    return optional_import("torch_pruning", "--method structured needs torch-pruning: `pip install deploykit[prune]`.")
 
 
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
@@ -481,13 +477,9 @@ def sweep_table(reports: list[PruneReport]) -> str:
 
 def sweep_plot(reports: list[PruneReport], path: Path) -> Path:
     """Metric and ORT latency (batch 1 and 32) against sparsity, as a PNG."""
-    try:
-        import matplotlib
+    from .profile import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise BackendUnavailableError("the sweep's plot needs matplotlib; `pip install matplotlib`.") from exc
+    plt = pyplot("the sweep's plot needs matplotlib; `pip install matplotlib`.")
     x = [r.options["sparsity"] for r in reports]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for metric in reports[0].metric.get("after", {}):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, InputError, choices
+from ..errors import BackendUnavailableError, BundleError, InputError, choices, optional_import
 from ..specs import GraphSpec
 from .base import Runner, RunnerOptions
 
@@ -44,10 +44,7 @@ class OrtRunner(Runner):
         self.session: Any = None
 
     def _activate(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailableError("onnxruntime is not installed; `pip install onnxruntime`.") from exc
+        ort = optional_import("onnxruntime", "onnxruntime is not installed; `pip install onnxruntime`.")
         wanted, providers = PROVIDERS[self.backend]
         if (self.options.fp16 or self.options.engine_cache) and self.backend != "ort-trt":
             raise InputError(f"fp16 and engine_cache are TensorRT options (backends tensorrt and ort-trt), not "

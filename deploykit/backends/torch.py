@@ -7,21 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import optional_import
 from ..specs import GraphSpec
 from .base import Runner, RunnerOptions
 
 
 def import_torch() -> Any:
     """Import torch or raise BackendUnavailableError with the install hint."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "this needs torch, which is not installed here; `pip install deploykit[export]` "
-            "(the ort-* backends and golden-mode verify work without it)."
-        ) from exc
-    return torch
+    return optional_import("torch", "this needs torch, which is not installed here; `pip install deploykit[export]` "
+                                    "(the ort-* backends and golden-mode verify work without it).")
 
 
 def float64_mode() -> Any:

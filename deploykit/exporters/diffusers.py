@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import InputError, optional_import
 from ..runtimes.schedulers import SCHEDULERS, for_diffusers_class
 from ..runtimes.schedulers.noise_schedule import scheduler_config
 from .onnx_export import ANSI
@@ -32,10 +32,7 @@ UNSUPPORTED_PARTS = {"vae": "latent pipelines (a vae/ folder)", "text_encoder": 
 
 
 def _diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError as exc:
-        raise BackendUnavailableError("diffusers:DIR needs diffusers: `pip install deploykit[diffusers]`.") from exc
+    diffusers = optional_import("diffusers", "diffusers:DIR needs diffusers: `pip install deploykit[diffusers]`.")
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     return diffusers

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
 from .onnx_export import ANSI
 
@@ -26,10 +26,7 @@ WEIGHTS = ("*.safetensors", "*.bin")
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as exc:
-        raise BackendUnavailableError("hf:DIR needs transformers: `pip install deploykit[hf]`.") from exc
+    transformers = optional_import("transformers", "hf:DIR needs transformers: `pip install deploykit[hf]`.")
     transformers.logging.set_verbosity_error()  # load reports and deprecation notes stay out of the terminal
     transformers.utils.logging.disable_progress_bar()
     return transformers

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..bundle import MANIFEST, Bundle, sha256_file
-from ..errors import BackendUnavailableError, InputError
+from ..errors import InputError, optional_import
 from .kinds import kind_of
 from .tokens import Codec, LanguageModelConfig
 
@@ -94,12 +94,8 @@ class Compressed:
 
 
 def _coder() -> Any:
-    try:
-        import constriction
-    except ImportError as exc:
-        raise BackendUnavailableError("compression needs the constriction entropy coder: `pip install constriction` "
-                                      "(or deploykit[compress]).") from exc
-    return constriction
+    return optional_import("constriction", "compression needs the constriction entropy coder: `pip install "
+                                           "constriction` (or deploykit[compress]).")
 
 
 class _TextModel:

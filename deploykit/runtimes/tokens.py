@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..checks import check_fits, check_int
-from ..errors import BackendUnavailableError, BundleError, InputError, choices
+from ..errors import BundleError, InputError, choices, optional_import
 from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
 
@@ -269,13 +269,10 @@ class CharCodec:
 def read_tokenizer(path: Path, what: str) -> Any:
     """The `tokenizers` Tokenizer in the file `path`; InputError naming `what` (and the file) when it is not a
     tokenizer.json that tokenizers reads (not JSON, `{}`, binary, another file)."""
+    tokenizers = optional_import("tokenizers", f"{what} needs the tokenizers package: `pip install tokenizers` (or "
+                                               "deploykit[text]).")
     try:
-        from tokenizers import Tokenizer
-    except ImportError as exc:
-        raise BackendUnavailableError(f"{what} needs the tokenizers package: `pip install tokenizers` (or "
-                                      "deploykit[text]).") from exc
-    try:
-        return Tokenizer.from_file(str(path))
+        return tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001  (tokenizers raises plain Exceptions for malformed files)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(f"{what} '{path}' is not a tokenizer.json that tokenizers can read ({first}); give the "

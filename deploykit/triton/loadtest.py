@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backends import make_runners
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, InputError
+from ..errors import InputError, optional_import
 from ..parity import Tolerance
 from ..runtimes.deployment import Deployment
 from . import batchable, to_wire
@@ -55,12 +55,8 @@ class LoadReport:
 
 
 def _tritonclient() -> Any:
-    try:
-        from tritonclient import http
-    except ImportError as exc:
-        raise BackendUnavailableError("the load test needs tritonclient: `pip install tritonclient[http]` "
-                                      "(`make triton-env` has it).") from exc
-    return http
+    return optional_import("tritonclient.http", "the load test needs tritonclient: `pip install tritonclient[http]` "
+                                                "(`make triton-env` has it).")
 
 
 def graph_requests(bundle: Bundle, role: str, count: int, seed: int = 0) -> list[Request]:
