@@ -24,6 +24,7 @@ from .checks import check_fits, check_int
 from .errors import BundleError, InputError, choices, optional_import
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
+from .runtimes.tokens import generate, mode_config
 from .specs import GraphSpec
 
 QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
@@ -35,8 +36,9 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
     """What lower precision costs in user terms, measured on the two bundles (no torch).
 
     Classifiers: accuracy on `labelled` data when given (the CLI passes the zoo's test split for
-    zoo classifiers), else top-1 agreement with fp32 on random inputs. Sampling loops: the same seeded samples from both, mean and max abs
-    difference. Densities (flows, masked autoregressive models): mean NLL of the fp32 model's own
+    zoo classifiers), else top-1 agreement with fp32 on random inputs. Language models: next-token agreement and
+    perplexity on text the fp32 model samples, and greedy tokens kept equal. Sampling loops: the same seeded samples
+    from both, mean and max abs difference. Densities (flows, masked autoregressive models): mean NLL of the fp32 model's own
     samples under each bundle.
     """
     rows: list[dict[str, Any]] = []
@@ -57,6 +59,8 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
                 top = [d.infer(feeds, role)["logits"].argmax(1) for d in (full, low)]
                 rows.append({"metric": "top-1 agreement with fp32 (256 random inputs)", "fp32": 1.0,
                              "quantized": float((top[0] == top[1]).mean())})
+        if kind.use == "generate":
+            rows.extend(_language_model_rows(full, low))
         if kind.sample is not None:  # a short run (kind.quick) of the kind's loop, the same seed for both
             steps = kind.quick.get("steps")
             x = [d.sample(n, 0, d.options(**kind.quick)) for d in (full, low)]
@@ -73,6 +77,42 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
                 nll = [float(-d.log_prob(data, labels).mean()) for d in (full, low)]
                 rows.append({"metric": "NLL of fp32 samples (nats)", "fp32": nll[0], "quantized": nll[1]})
     return rows
+
+
+LM_ROWS, LM_TOKENS, LM_GREEDY = 4, 64, 32  # the language-model report's text: rows x tokens; greedy tokens compared
+
+
+def _language_model_rows(full: Any, low: Any) -> list[dict[str, Any]]:
+    """What lower precision costs a language model, torch-free: on text the fp32 model samples itself (top-p, seed 0,
+    LM_ROWS rows of LM_TOKENS tokens), each bundle's top-1 next token along it (teacher-forced) and its perplexity of
+    it; then from the same prompts, how many greedy tokens the quantized bundle keeps equal to fp32's."""
+    loop = full.require("generate")
+    models = [d.kind.token_model(d.runners, loop) for d in (full, low)]
+    vocab, context = models[0].vocab_size, getattr(loop, "context", None)
+    tokens, greedy_tokens = (min(n, context - 1) if context else n for n in (LM_TOKENS, LM_GREEDY))
+    prompts = [np.asarray([(i + 1) % vocab], np.int64) for i in range(LM_ROWS)]
+    text = np.stack(generate(models[0], prompts, mode_config("top-p", tokens), seed=0))  # no stop: full rows
+    sequence = np.concatenate([np.stack(prompts), text], axis=1)
+    logits = []
+    for model in models:  # logits[t] predicts sequence[:, t + 1]
+        steps = [model.start([row[:1] for row in sequence])]
+        steps += [model.step(sequence[:, t]) for t in range(1, sequence.shape[1] - 1)]
+        logits.append(np.stack(steps, axis=1).astype(np.float64))
+    target = sequence[:, 1:]
+    nll = []
+    for x in logits:
+        log_p = x - x.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        nll.append(float(-np.take_along_axis(log_p, target[..., None], -1).mean()))
+    agree = float((logits[0].argmax(-1) == logits[1].argmax(-1)).mean())
+    greedy = [np.stack(generate(m, prompts, mode_config("greedy", greedy_tokens), seed=0)) for m in models]
+    same = greedy[0] == greedy[1]
+    kept = float(np.where(same.all(1), greedy_tokens, same.argmin(1)).mean())
+    where = f"{LM_ROWS} x {tokens} tokens the fp32 model sampled"
+    return [{"metric": f"top-1 next token agreement with fp32 ({where})", "fp32": 1.0, "quantized": agree},
+            {"metric": f"perplexity ({where})", "fp32": float(np.exp(nll[0])), "quantized": float(np.exp(nll[1]))},
+            {"metric": f"greedy tokens equal to fp32 before the first difference (of {greedy_tokens})",
+             "fp32": float(greedy_tokens), "quantized": kept}]
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:

@@ -112,6 +112,8 @@ def test_int8_dynamic_quantizes_every_linear_layer(exported, tmp_path: Path) -> 
     assert ops["MatMulInteger"] == 2 * linear_per_layer + 1 and ops["Gemm"] == 0, ops  # 2 layers + the LM head
     assert deploykit.verify(quantized, fresh=False).passed
     assert quantized.tokenizer.read_bytes() == bundle.tokenizer.read_bytes()  # the tokenizer comes along
+    rows = {r["metric"]: r["quantized"] for r in quantized.manifest["precision"]["accuracy"]}
+    assert any(m.startswith("perplexity (4 x 63 tokens") for m in rows), rows  # within the 64-position context
 
 
 def test_hf_folder_errors(tmp_path: Path) -> None:

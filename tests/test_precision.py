@@ -42,6 +42,13 @@ def test_quantized_lm_generates_and_skips_exact_token_replay(zoo_bundle, tmp_pat
     assert any("loop replay: skipped for a int8-dynamic bundle" in n for n in result.notes)
     with deploykit.load(bundle.path) as dep:
         assert len(dep.generate(["Beautiful is"], mode_config("greedy", 30))[0]) == 30
+    report = {r["metric"].split(" (")[0]: r for r in bundle.manifest["precision"]["accuracy"]}
+    assert set(report) == {"top-1 next token agreement with fp32", "perplexity",
+                           "greedy tokens equal to fp32 before the first difference"}, report
+    assert 0.8 <= report["top-1 next token agreement with fp32"]["quantized"] <= 1.0  # int8 rarely flips the argmax
+    fp32, int8 = report["perplexity"]["fp32"], report["perplexity"]["quantized"]
+    assert 1 < fp32 < 60 and abs(int8 - fp32) < 0.1 * fp32  # text it sampled itself: far below the 60-char vocabulary
+    assert 0 <= report["greedy tokens equal to fp32 before the first difference"]["quantized"] <= 32
 
 
 def test_quantize_refuses_bad_requests(zoo_bundle, tmp_path: Path) -> None:

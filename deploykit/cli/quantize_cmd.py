@@ -44,3 +44,7 @@ def quantize_cmd(
         highlight=False,
     )
     console.print("accuracy change:\n" + accuracy_table(precision["accuracy"]), highlight=False, markup=False)
+    if mode == "fp16":
+        console.print("note: fp16 graphs are for GPU execution providers (ort-cuda, ort-trt, TensorRT); onnxruntime's "
+                      "CPU provider runs most fp16 operators through casts, so they are usually slower than fp32 "
+                      "there. For CPU, use int8-dynamic.", highlight=False, markup=False)
