@@ -50,10 +50,10 @@ ROUND_TRIP_LIMIT = 1e-3  # |x - sample(log_prob(x).z)| allowed at export; fp32 f
 
 
 def check_temperature(temperature: float) -> None:
-    """InputError unless the temperature is a positive number."""
-    if not 0 < temperature < np.inf:  # NaN included
-        raise InputError(f"--temperature is {temperature}, expected a number > 0 (z ~ N(0, T^2); 1 = the model, "
-                         "below 1 = sharper samples).")
+    """InputError unless the temperature is a positive number that float32 (the latents' dtype) holds."""
+    if not 0 < temperature <= float(np.finfo(np.float32).max):  # NaN included
+        raise InputError(f"--temperature is {temperature}, expected a number > 0 within float32's range "
+                         "(z ~ N(0, T^2); 1 = the model, below 1 = sharper samples).")
 
 
 def latent_shape(loop: FlowConfig, size: tuple[int, int] | None = None) -> tuple[int, ...]:
