@@ -195,9 +195,7 @@ def fixed_layers(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[nn.
         trial = copy.deepcopy(model)
         layer = trial.get_submodule(name)
         graph = tp.DependencyGraph().build_dependency(trial, example_inputs=inputs)
-        fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-            fn = tp.prune_conv_out_channels
+        fn = graph.get_pruner_of_module(layer).prune_out_channels  # conv, transposed conv or linear: tp's own
         group = graph.get_pruning_group(layer, fn, idxs=[0])
         group.prune()
         try:
