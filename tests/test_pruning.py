@@ -136,6 +136,10 @@ def test_structured_prune_is_smaller_rebuilds_and_exports_with_its_report(pruned
     assert manifest["source"]["pruning"]["report"]["params"] == report["params"]
     _, model, _ = load_checkpoint(out)  # the pruned architecture rebuilds from the zoo config + the checkpoint
     assert deploykit.verify(tmp_path / "cli", model=model).passed
+    shown = subprocess.run([sys.executable, "-m", "deploykit", "inspect", str(tmp_path / "cli")], capture_output=True,
+                           text=True, timeout=300)
+    assert f"pruned: structured (layer), sparsity 0.5, fine-tuned 100 steps; parameters {report['params']['before']:,}" \
+        in shown.stdout and "test_accuracy" in shown.stdout, shown.stdout
 
 
 def test_magnitude_90_stores_sparse_weights_and_quantizes(tmp_path: Path) -> None:

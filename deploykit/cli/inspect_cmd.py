@@ -64,6 +64,16 @@ def inspect_cmd(
                 table.add_row("", io, s.name, s.dtype, escape(s.shape_text()), extra)
     console.print(table)
     console.print(f"deploykit sample takes: {sampling_options(b)}", highlight=False, markup=False)
+    pruning = src.get("pruning")
+    if isinstance(pruning, dict) and isinstance(pruning.get("report"), dict):
+        report = pruning["report"]
+        metric = report.get("metric") or {}
+        changes = ", ".join(f"{k} {v:.4g} -> {metric['after'].get(k, float('nan')):.4g}"
+                            for k, v in (metric.get("before") or {}).items())
+        console.print(f"pruned: {pruning.get('method')} ({pruning.get('scope')}), sparsity {pruning.get('sparsity')}, "
+                      f"fine-tuned {pruning.get('finetune')} steps; parameters {report['params']['before']:,} -> "
+                      f"{report['params']['nonzero_after']:,} nonzero; {changes or 'no zoo metric'}",
+                      highlight=False, markup=False)
     console.print(
         f"tolerance atol={b.tolerance.atol:g} rtol={b.tolerance.rtol:g}, else fp64 budget x{b.tolerance.multiple:g} "
         f"or magnitude {b.tolerance.magnitude:g}; export parity {b.manifest.get('parity', 'not recorded')}; "
