@@ -389,11 +389,10 @@ def measure(name: str, family: str, original: nn.Module, pruned: nn.Module, opti
         timed = profile(after, backends=("ort-cpu",), batches=(1, 32), iterations=iterations, threads=1, against=before)
         latency = [{"role": r.role, "batch": r.batch, "before_ms": r.p50_ms * (r.speedup_vs_against or 1.0),
                     "after_ms": r.p50_ms, "speedup": r.speedup_vs_against or 1.0} for r in timed.rows]
-        parity = json.loads((after.path / "manifest.json").read_text()).get("parity", {})
         return PruneReport(name, options, sparsity_by_layer(original, pruned),
                            {"before": total, "after": after_total, "nonzero_after": after_nonzero},
                            {"before": _bytes(before.path), "after": _bytes(after.path)}, metric, latency,
-                           _moved(load_bundle(before.path), load_bundle(after.path)), parity)
+                           _moved(before, after), after.manifest.get("parity", {}))
 
 
 @dataclass(frozen=True)

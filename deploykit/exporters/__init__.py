@@ -66,16 +66,18 @@ EXPORT_CHECKS = RunnerOptions(prepack=False, arena=False)
 FLOAT64 = RunnerOptions(float64=True)  # the fp64 parity reference, made only for a case the fixed rule fails
 
 
-def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> Path:
-    """A tokenizer.json that `tokenizers` reads and whose ids fit the model's vocabulary; else ExportError."""
+def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> dict[str, str]:
+    """The manifest's entry for a tokenizer.json that `tokenizers` reads and whose ids fit the model's vocabulary
+    (with its vocabulary's sha256, read once); else ExportError."""
     if use != "generate":
         raise ExportError(f"--tokenizer is for language models; family '{family}' does not generate text.")
     if not path.is_file():
         raise ExportError(f"tokenizer '{path}' does not exist; give the tokenizer.json saved beside the model.")
-    size = read_tokenizer(path, "--tokenizer").get_vocab_size(with_added_tokens=True)
+    read = read_tokenizer(path, "--tokenizer")
+    size = read.get_vocab_size(with_added_tokens=True)
     if size > len(loop.vocab):
         raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
-    return path
+    return {"file": "tokenizer.json", "vocab_sha256": vocabulary_sha256(read)}
 
 
 @contextmanager
@@ -145,8 +147,7 @@ def export(
             raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} "
                               "(a bug in its exporter).")
         kind = kind_of(loop)
-        if tokenizer is not None:
-            tokenizer = _check_tokenizer(Path(tokenizer), family, kind.use, loop)
+        tokenizer_entry = None if tokenizer is None else _check_tokenizer(Path(tokenizer), family, kind.use, loop)
         src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
         def fill(tmp: Path) -> dict[str, Any]:
@@ -242,7 +243,6 @@ def export(
                 "loop": loop.to_json(),
                 "source": src,
                 "tools": _versions(),
-            } | ({"tokenizer": {"file": "tokenizer.json", "vocab_sha256": vocabulary_sha256(
-                read_tokenizer(tokenizer, "--tokenizer"))}} if tokenizer is not None else {})
+            } | ({"tokenizer": tokenizer_entry} if tokenizer_entry is not None else {})
 
         return write_bundle(out, fill, force=force)
