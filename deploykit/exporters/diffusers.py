@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import InputError, optional_import
 from ..runtimes.schedulers import SCHEDULERS, for_diffusers_class
 from ..runtimes.schedulers.noise_schedule import scheduler_config
-from .onnx_export import ANSI
+from .onnx_export import first_line
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 UNSUPPORTED_PARTS = {"vae": "latent pipelines (a vae/ folder)", "text_encoder": "text-conditioned pipelines"}
@@ -128,8 +128,7 @@ def load(folder: str | Path) -> DiffusersSource:
         unet = getattr(diffusers, unet_class).from_pretrained(root / "unet", local_files_only=True,
                                                                torch_dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001  (config, safetensors and torch errors of every kind)
-        first = (ANSI.sub("", str(exc)).strip().splitlines() or [""])[0][:300]
-        raise InputError(f"diffusers:{folder}: diffusers could not load the UNet ({type(exc).__name__}: {first}); "
+        raise InputError(f"diffusers:{folder}: diffusers could not load the UNet ({first_line(exc)}); "
                          "give the unet/ folder save_pretrained wrote.") from exc
     config = unet.config
     blocks = [*config.down_block_types, *config.up_block_types, str(getattr(config, "mid_block_type", ""))]

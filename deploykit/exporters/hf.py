@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
-from .onnx_export import ANSI
+from .onnx_export import first_line
 
 WEIGHTS = ("*.safetensors", "*.bin")
 
@@ -103,8 +103,7 @@ def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
     try:
         config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
-        raise InputError(f"hf:{folder}: config.json could not be read by transformers "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
+        raise InputError(f"hf:{folder}: config.json could not be read by transformers ({first_line(exc)}).") from exc
     kind = getattr(config, "model_type", "?")
     architectures = list(getattr(config, "architectures", None) or [])
     causal = [a for a in architectures if a.endswith(("ForCausalLM", "LMHeadModel"))]
@@ -117,11 +116,6 @@ def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
     if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
         raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
                          f"{transformers.__version__}; hf:DIR exports decoder-only causal LMs.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = ANSI.sub("", str(exc)).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def _shape_mismatches(root: Path, config: Any, transformers: Any) -> list[str]:
@@ -167,7 +161,7 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
             shapes = _shape_mismatches(root, config, transformers)
         except Exception:  # noqa: BLE001  (an unreadable weight file: the original error says it)
             shapes = []
-        why = f"weights and config.json disagree ({'; '.join(shapes[:4])})" if shapes else _first_line(exc)
+        why = f"weights and config.json disagree ({'; '.join(shapes[:4])})" if shapes else first_line(exc)
         raise InputError(f"hf:{folder}: transformers could not load a causal LM from it: {why}. Give the folder "
                          "save_pretrained wrote (config.json, model.safetensors, tokenizer.json).") from exc
     wrong = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}

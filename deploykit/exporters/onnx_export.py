@@ -98,6 +98,13 @@ SUMMARY = re.compile(r"## Exception summary\s*(.*?)(?:\n\s*\n|$)", re.S)
 SUMMARY_CLASS = re.compile(r"<class '(?:[\w]+\.)*(\w+)'>")
 SUMMARY_NOISE = re.compile(r"For more information, run with TORCH_LOGS=\S+ ?")
 USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def first_line(exc: BaseException) -> str:
+    """'Type: the first line of its message' (colour codes stripped, 300 characters at most), for wrapping a library's
+    exception in ours."""
+    text = ANSI.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 LIBRARY = tuple(f"{Path(p).parent}{os.sep}" for p in (torch.__file__, onnx.__file__, Path(__file__).parent.parent / "x"))
 
 
