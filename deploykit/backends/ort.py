@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,16 @@ INSTALL_HINT = {
 
 
 class OrtRunner(Runner):
-    """Runs an ONNX graph with an onnxruntime InferenceSession. `weights` (initializer name -> C-contiguous array)
-    replace the file's initializers of those names without a copy: the arrays must hold the same values."""
+    """Runs an ONNX graph with an onnxruntime InferenceSession."""
 
     def __init__(
         self, role: str, spec: GraphSpec, path: Path, backend: str = "ort-cpu", options: RunnerOptions | None = None,
-        weights: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if backend not in PROVIDERS:
             raise BackendUnavailableError(f"unknown onnxruntime backend {backend!r}; choose one of {choices(PROVIDERS)}.")
         super().__init__(role, spec, options)
         self.backend = backend
         self.path = path
-        self.weights = dict(weights or {})
         self.session: Any = None
 
     def _activate(self) -> None:
@@ -57,15 +53,13 @@ class OrtRunner(Runner):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # errors only: the exporter's unused-initializer warnings are noise to users
+        so.log_severity_level = 4  # fatal only: failures come back as exceptions (wrapped with the role), and its log
+        # lines (coloured, repeating them) and the exporter's unused-initializer warnings are noise to users
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
         if not self.options.prepack:  # external data is then mapped, not copied
             so.add_session_config_entry("session.disable_prepacking", "1")
         so.enable_cpu_mem_arena = self.options.arena
-        self.shared = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in self.weights.items()]
-        for name, value in self.shared:  # the OrtValues must outlive the session: kept until deactivate
-            so.add_initializer(name, value)
         opts = [provider_options(p, self.options) for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers, provider_options=opts)
@@ -93,7 +87,6 @@ class OrtRunner(Runner):
 
     def _deactivate(self) -> None:
         self.session = None
-        self.shared = []
         self.resident = {}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

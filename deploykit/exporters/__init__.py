@@ -57,11 +57,11 @@ def _versions() -> dict[str, str]:
 # else the first ones; the rest are still compared at export and by fresh-input verify.
 GOLDEN_SHARE = 0.05
 GOLDEN_MIN_BYTES = 16 << 20
-# The export's checks run onnxruntime on the torch model's own tensors (export_role checks the file against them) and
-# without prepacking, so no second copy of the weights is made while torch's is held; same kernels, same results.
-# Without the arena, what one check shape's run allocated is freed (and trimmed) before the next. With the trim and
-# smaller compare chunks: GPT-2 124M's export peak 1202-1215 -> 1183-1206 MiB (its largest shape: a 200-token cache
-# for 3 rows).
+# The export's checks run onnxruntime on the written file, without prepacking, so its external data is mapped (page
+# cache, which the kernel can drop) rather than copied beside torch's weights. Handing onnxruntime the torch tensors
+# instead (add_initializer) broke graphs whose initializers its transpose optimizer rewrites in place (ConvNeXt's
+# layer scale: "broadcast 56 by 96" at every level above DISABLE_ALL). Without the arena, what one check shape's run
+# allocated is freed (and trimmed) before the next.
 EXPORT_CHECKS = RunnerOptions(prepack=False, arena=False)
 FLOAT64 = RunnerOptions(float64=True)  # the fp64 parity reference, made only for a case the fixed rule fails
 
@@ -170,7 +170,7 @@ def export(
                     graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in done.data_files]
                 refs[name] = TorchRunner(name, done.spec, role.torch_module)
                 refs64[name] = TorchRunner(name, done.spec, role.torch_module, FLOAT64)
-                orts[name] = OrtRunner(name, done.spec, path, options=EXPORT_CHECKS, weights=done.weights)
+                orts[name] = OrtRunner(name, done.spec, path, options=EXPORT_CHECKS)
             for name, entry in build_loop_graphs(loop, tmp / "graphs").items():  # checked by the loop check below
                 graphs[name] = entry
                 orts[name] = OrtRunner(name, GraphSpec.from_json(entry["spec"]), tmp / entry["file"], options=EXPORT_CHECKS)

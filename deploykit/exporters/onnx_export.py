@@ -213,23 +213,20 @@ def _export_dims(role: Role) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Exported:
-    """One role's graph on disk: its spec, opset, external-data files (relative to the graph's folder), and the
-    in-memory tensors those files hold, by initializer name (views of the torch weights, for the export's checks)."""
+    """One role's graph on disk: its spec, opset and external-data files (relative to the graph's folder)."""
 
     spec: GraphSpec
     opset: int
     data_files: list[str]
-    weights: dict[str, np.ndarray]
 
 
 def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Exported:
     """Export one role to `path` (outputs read back from the graph into its spec).
 
     Weights always go to external data first: torch.onnx then streams them to disk one tensor at a time instead of
-    building the whole protobuf (and its serialization) in memory. The data file is then compared byte for byte
-    with the tensors it was written from, and the export's checks hand onnxruntime those tensors (`weights`)
-    instead of a second copy read from the file. `inline_external_data` folds them back when the graph should be
-    one file. The checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
+    building the whole protobuf (and its serialization) in memory; the export's checks then run onnxruntime on
+    that file, which maps the data instead of copying it. `inline_external_data` folds them back when the graph
+    should be one file. The checker and shape inference run on the file, so graphs over protobuf's 2 GB limit work too."""
     symbols = _export_dims(role)
     dynamic = tuple({i: symbols[d] for i, d in enumerate(s.shape) if isinstance(d, str)} for s in role.inputs)
     params = inspect.signature(role.module.forward).parameters.values()
@@ -262,7 +259,6 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     log.unlink()
     _strip_metadata(program.model)
     _gemm_transposed_weights(program.model)
-    weights = {v.name: v.const_value.numpy() for v in program.model.graph.initializers.values() if v.const_value is not None}
     program.save(str(path), external_data=True)
     del program
     release_memory()
@@ -281,33 +277,7 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     unused = path.with_name(path.name + ".data")  # torch keeps tensors under 1 KiB inline: the file may hold none
     if unused.name not in data_files:
         unused.unlink(missing_ok=True)
-    return Exported(spec, int(opset_found), data_files, _written_as(path.parent, model.graph, weights))
-
-
-def _written_as(folder: Path, graph: onnx.GraphProto, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The `tensors` that `graph`'s own external-data initializers hold, after checking the file byte for byte
-    against them (streamed: no copy of either); ExportError if any differs. Each comes back as a view in the
-    initializer's own dims: the graph may hold a parameter in another shape of the same bytes (ConvNeXt's layer
-    scale [C, 1, 1] as [C]), and onnxruntime would take the torch shape for the graph's. A tensor of another
-    element count or dtype than its initializer is left out (onnxruntime reads that one from the file)."""
-    out = {}
-    for init in graph.initializer:
-        array = tensors.get(init.name)
-        if (init.data_location != onnx.TensorProto.EXTERNAL or array is None or not array.flags.c_contiguous
-                or array.dtype.kind not in "biuf"  # onnxruntime takes numpy's own dtypes (not ml_dtypes' bfloat16)
-                or array.dtype != onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-                or array.size != math.prod(init.dims)):
-            continue
-        info = {entry.key: entry.value for entry in init.external_data}
-        data = memoryview(array).cast("B")
-        with open(folder / info["location"], "rb") as handle:
-            handle.seek(int(info.get("offset", 0)))
-            for start in range(0, len(data), CHUNK):
-                if handle.read(min(CHUNK, len(data) - start)) != data[start:start + CHUNK]:
-                    raise ExportError(f"external data for '{init.name}' in {info['location']} differs from the "
-                                      "tensor it was written from; the export is corrupt (disk full?).")
-        out[init.name] = array.reshape(tuple(init.dims))
-    return out
+    return Exported(spec, int(opset_found), data_files)
 
 
 def release_memory(collect: bool = True) -> None:
