@@ -8,8 +8,9 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
 TRITON_VENV ?= .venv-triton
+PEERS_VENV ?= .venv-peers
 
-.PHONY: install triton-env demo test test-slow bench bench-hf bench-diffusers bench-triton clean
+.PHONY: install triton-env peers-env demo test test-slow bench bench-hf bench-diffusers bench-triton clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +29,17 @@ $(TRITON_VENV)/.installed: pyproject.toml
 	python3 -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton "tritonclient[http]" -e .
+	touch $@
+
+# The peers `make bench-hf` measures against: optimum-onnx pins transformers<4.58, so its own venv (deploykit's
+# torch-free runtime joins it through PYTHONPATH); onnxruntime-genai's builder needs transformers 5: in .venv.
+peers-env: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q "$(TORCH)"
+	$(PEERS_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]" onnxruntime-genai onnxscript tokenizers
+	$(PY) -m pip install -q onnxruntime-genai
 	touch $@
 
 demo: install
@@ -51,7 +63,7 @@ bench: install
 	$(PY) benchmarks/diffusion_samplers.py
 	$(PY) benchmarks/loop_glue.py
 
-bench-hf: install
+bench-hf: install peers-env
 	$(PY) benchmarks/hf_language_models.py
 
 bench-diffusers: install
@@ -63,4 +75,4 @@ bench-triton: install triton-env
 	$(TRITON_VENV)/bin/python benchmarks/triton_serving.py --generator bundles/cgan --loop bundles/ddpm
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) bundles out runs
+	rm -rf $(VENV) $(TRITON_VENV) $(PEERS_VENV) bundles out runs

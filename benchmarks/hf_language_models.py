@@ -1,62 +1,152 @@
-"""Real-size language models through hf:DIR: a GPT-2-small-shaped and a Llama-style model of ~124M parameters
-(random init from configs, saved with save_pretrained; nothing downloaded).
+"""Real-size language models through hf:DIR beside the peers: a GPT-2-small-shaped and a Llama-style model of ~124M
+parameters (random init from configs, saved with save_pretrained with a byte-level BPE tokenizer; nothing downloaded).
 
-Per model, in fresh processes so peak RSS is the step's own: export wall time and peak RSS (vs the fp32
-weights), bundle size and the golden vectors' share, `deploykit.load` + session start time and RSS, then
-greedy decode tokens/s at batch 1 (32-token prompt, 128 new tokens) for deploykit on onnxruntime against
-Hugging Face `generate(do_sample=False)` in torch eager with its cache, same weights, same thread count
-(1 and 2), blocks interleaved, median of 3 (tokens compared). Last, the int8-dynamic bundle (`quantize`):
-its tokens/s and its top-1 agreement with fp32 along the fp32 greedy continuation. Beside the fp32 rates, the
-ceiling a decoder cannot pass on this machine: tokens/s if a step only read the fp32 weights once (sgemv).
+Per model, each build in a fresh process (CPU-seconds of the process and its children, peak RSS):
+deploykit export, quantize int8-dynamic and int4; optimum-onnx export (fp32) and its int8 dynamic quantizer;
+onnxruntime-genai's model builder at fp32 and int4 (block 32, accuracy level 4, as deploykit's int4 default).
+Then greedy decode tokens/s (32-token prompt, 128 new tokens, batch 1 and 8, one thread each) for every engine in
+one process, rounds interleaved (the order reversed every other round), median and spread; Hugging Face
+`generate` in torch eager is the baseline. Peak RSS of each engine: a fresh process loading it and decoding once
+at batch 1. Last, deploykit's quantize accuracy rows (int8, int4) from the manifests.
 
-    python benchmarks/hf_language_models.py [--arch gpt2 llama] [--threads 1 2] [--repeats 3]
+optimum-onnx pins transformers < 4.58, so the peers run in their own environment (`make peers-env`:
+.venv-peers, with deploykit on its path for the torch-free decode); the genai builder runs here (it needs
+transformers 5).
+
+    python benchmarks/hf_language_models.py [--arch gpt2 llama] [--threads 1] [--repeats 3] [--peers .venv-peers/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import statistics
+import os
+import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-STEP = r"""
-import json, resource, sys, time
-t = time.perf_counter()
-step, folder, out = sys.argv[1], sys.argv[2], sys.argv[3]
-if step == "export":
-    import deploykit
-    from deploykit.sources import resolve
-    r = resolve("hf:" + folder)
-    deploykit.export(r.model, r.family, out, source=r.source, tokenizer=r.tokenizer)
-elif step == "quantize":
-    from deploykit.precision import quantize
-    quantize(folder, "int8-dynamic", out)
-else:
-    import deploykit
-    with deploykit.load(folder) as dep:
-        pass
-    assert "onnx" not in sys.modules and "torch" not in sys.modules
-try:  # this process's own peak: ru_maxrss also counts the parent's pages at fork (Linux keeps it across exec)
-    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-except OSError:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": peak / 1024}))
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT, NEW, BATCHES = [(7 * i + 3) % 300 + 10 for i in range(32)], 128, (1, 8)
+
+BUILD = {  # name -> (environment, command list run with that environment's python)
+    "deploykit fp32": ("here", ["-m", "deploykit", "export", "hf:{model}", "--out", "{out}"]),
+    "deploykit int8": ("here", ["-m", "deploykit", "quantize", "{work}/deploykit fp32", "--mode", "int8-dynamic",
+                                "--out", "{out}"]),
+    "deploykit int4": ("here", ["-m", "deploykit", "quantize", "{work}/deploykit fp32", "--mode", "int4", "--out", "{out}"]),
+    "genai fp32": ("here", ["-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o", "{out}", "-p", "fp32",
+                            "-e", "cpu", "-c", "{work}/cache"]),
+    "genai int4": ("here", ["-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o", "{out}", "-p", "int4",
+                            "-e", "cpu", "-c", "{work}/cache", "--extra_options", "int4_block_size=32",
+                            "int4_accuracy_level=4"]),
+    "optimum fp32": ("peers", ["-m", "optimum.commands.optimum_cli", "export", "onnx", "--model", "{model}", "--task",
+                               "text-generation-with-past", "{out}"]),
+    "optimum int8": ("peers", ["-c", "from optimum.onnxruntime import ORTQuantizer\n"
+                               "from optimum.onnxruntime.configuration import AutoQuantizationConfig\n"
+                               "q = ORTQuantizer.from_pretrained('{work}/optimum fp32')\n"
+                               "q.quantize(save_dir='{out}', quantization_config="
+                               "AutoQuantizationConfig.avx2(is_static=False, per_channel=False))"]),
+}
+
+DECODE = r"""
+import json, os, statistics, sys, time
+import numpy as np
+spec = json.loads(sys.argv[1])
+threads, prompt, new = spec["threads"], spec["prompt"], spec["new"]
+
+def engine(name, path):
+    if name == "hf generate":
+        import torch, transformers
+        torch.set_num_threads(threads)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+        def run(batch):
+            with torch.no_grad():
+                out = model.generate(torch.tensor([prompt] * batch), max_new_tokens=new, min_new_tokens=new,
+                                     do_sample=False, pad_token_id=0)
+            return out[:, len(prompt):].tolist()
+    elif name.startswith("deploykit"):
+        import deploykit
+        from deploykit.backends import RunnerOptions
+        from deploykit.runtimes.tokens import mode_config
+        dep = deploykit.load(path, options=RunnerOptions(threads=threads))
+        config = mode_config("greedy", new)
+        run = lambda batch: [row.tolist() for row in dep.generate_ids([prompt] * batch, config)]  # stops at EOS
+    elif name.startswith("optimum"):
+        import onnxruntime, torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+        torch.set_num_threads(threads)
+        so = onnxruntime.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        model = ORTModelForCausalLM.from_pretrained(path, session_options=so)
+        def run(batch):
+            out = model.generate(torch.tensor([prompt] * batch), max_new_tokens=new, min_new_tokens=new,
+                                 do_sample=False, pad_token_id=0)
+            return out[:, len(prompt):].tolist()
+    else:
+        import onnxruntime_genai as og
+        settings = json.loads(open(path + "/genai_config.json").read())
+        settings["model"]["decoder"]["session_options"] |= {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        open(path + "/genai_config.json", "w").write(json.dumps(settings, indent=2))
+        config = og.Config(path)
+        config.clear_providers()
+        model = og.Model(config)
+        def run(batch):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(prompt) + new, min_length=len(prompt) + new, do_sample=False,
+                                      batch_size=batch)
+            generator = og.Generator(model, params)
+            generator.append_tokens(np.asarray([prompt] * batch, np.int32))
+            while not generator.is_done():
+                generator.generate_next_token()
+            return [generator.get_sequence(i)[len(prompt):].tolist() for i in range(batch)]
+    return run
+
+engines = {name: engine(name, path) for name, path in spec["engines"].items()}
+if spec["rss"]:
+    next(iter(engines.values()))(1)
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_mb": peak / 1024}))
+    raise SystemExit
+out = {}
+for batch in spec["batches"]:
+    for run in engines.values():
+        run(batch)  # warm-up
+    rates, tokens = {n: [] for n in engines}, {}
+    for r in range(spec["repeats"]):
+        for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+            start = time.perf_counter()
+            got = engines[name](batch)
+            rates[name].append(sum(map(len, got)) / (time.perf_counter() - start))
+            tokens[name] = got
+    out[batch] = {n: {"median": statistics.median(v), "spread": (max(v) - min(v)) / 2, "tokens": tokens[n]}
+                  for n, v in rates.items()}
+print(json.dumps(out))
 """
 
 
-def _step(*args: str) -> dict[str, float]:
-    run = subprocess.run([sys.executable, "-c", STEP, *args], capture_output=True, text=True)
+def _run(python: str, args: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
+    """stdout of `python args` and the CPU-seconds (user + system) it and its children used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run([python, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
-        raise SystemExit(run.stderr[-3000:])
-    return json.loads(run.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(args)[:200]} failed:\n{run.stderr[-3000:]}")
+    return run.stdout, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _timed_build(python: str, args: list[str], env: dict[str, str] | None) -> tuple[float, float]:
+    """CPU-seconds and peak RSS (MiB, GNU time's maximum resident set) of one build command."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        _, cpu = _run("/usr/bin/time", ["-f", "%M", "-o", report.name, python, *args], env)
+        return cpu, int(report.read().split()[-1]) / 1024
 
 
 def save_model(arch: str, folder: Path, seed: int = 0, init: float = 0.02) -> int:
-    """A random-init ~124M `arch` (gpt2 | llama) saved with save_pretrained (weights N(0, init)); its parameter count."""
+    """A random-init ~124M `arch` (gpt2 | llama) saved with save_pretrained (weights N(0, init)) beside a tokenizer;
+    its parameter count."""
     import torch
     import transformers
 
@@ -68,112 +158,81 @@ def save_model(arch: str, folder: Path, seed: int = 0, init: float = 0.02) -> in
             vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
             num_key_value_heads=4, max_position_embeddings=2048, initializer_range=init))
     model.save_pretrained(folder)
+    _save_tokenizer(folder)
     return sum(p.numel() for p in model.parameters())
 
 
-def _tokens_per_second(arch_dir: Path, bundle: Path, threads: int, repeats: int, prompt: list[int], new: int
-                       ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    import torch
+def _save_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer (trained on the Zen of Python: a few hundred tokens of the model's vocabulary)
+    saved beside the model as save_pretrained writes it: the peers' builders refuse a folder without one."""
+    import codecs
+
+    import tokenizers
     import transformers
 
-    import deploykit
-    from deploykit.backends import RunnerOptions
-    from deploykit.runtimes.tokens import mode_config
-
-    torch.set_num_threads(threads)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(arch_dir, local_files_only=True).eval()
-    config = mode_config("greedy", new)
-    rates: dict[str, list[float]] = {"deploykit": [], "hf": []}
-    tokens: dict[str, list[int]] = {}
-    with deploykit.load(bundle, options=RunnerOptions(threads=threads)) as dep:
-        for _ in range(repeats):  # alternate the two in blocks: drift on a shared machine hits both
-            start = time.perf_counter()
-            ours = dep.generate_ids([prompt], config)[0]
-            rates["deploykit"].append(len(ours) / (time.perf_counter() - start))
-            with torch.no_grad():
-                start = time.perf_counter()
-                out = hf.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                  eos_token_id=None, pad_token_id=0)
-                rates["hf"].append(new / (time.perf_counter() - start))
-            tokens = {"deploykit": ours.tolist(), "hf": out[0, len(prompt):].tolist()}
-    return rates, tokens
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(codecs.decode(this.s, "rot13").splitlines(), trainer)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+                                         ).save_pretrained(folder)
 
 
-def _weight_read_ceiling(params: int, threads: int, repeats: int = 5) -> float:
-    """Tokens/s if a decode step did nothing but read the fp32 weights once: the fastest of `repeats` passes of
-    torch.mv (MKL sgemv, bandwidth-bound) over a matrix of the model's size, at `threads`. Every fp32 decoder,
-    HF's and ours, reads each weight once per token, so neither can beat it."""
-    import torch
-
-    torch.set_num_threads(threads)
-    matrix, vector = torch.randn(params // 768, 768), torch.randn(768)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mv(matrix, vector)
-        best = min(best, time.perf_counter() - start)
-    return 1 / best
-
-
-def _top1_agreement(full: Path, low: Path, sequence: list[int]) -> float:
-    """Argmax agreement of the int8 and fp32 graphs at every position of one prefill over `sequence`."""
-    import numpy as np
-
-    import deploykit
-
-    preds = []
-    for path in (full, low):
-        with deploykit.load(path) as dep:
-            loop = dep.loop
-            feeds = {"input_ids": np.asarray([sequence], np.int64),
-                     "position_ids": np.arange(len(sequence), dtype=np.int64)[None],
-                     "attention_mask": np.ones((1, len(sequence)), np.int64)}
-            empty = np.zeros((1, loop.heads, 0, loop.head_dim), np.float32)
-            feeds |= {f"past_key_values.{i}.{p}": empty for i in range(loop.layers) for p in ("key", "value")}
-            preds.append(dep.infer(feeds)["logits"][0].argmax(-1))
-    return float((preds[0] == preds[1]).mean())
-
-
-def _size(path: Path, pattern: str = "**/*") -> float:
-    return sum(f.stat().st_size for f in path.glob(pattern) if f.is_file()) / 2**20
+def _size(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.glob("**/*") if f.is_file() and "golden" not in f.parts) / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", nargs="+", default=["gpt2", "llama"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peers", default=str(ROOT / ".venv-peers" / "bin" / "python"),
+                        help="python of the environment with optimum-onnx and onnxruntime-genai (make peers-env)")
     args = parser.parse_args()
-    prompt = [(7 * i + 3) % 1000 + 10 for i in range(32)]
+    if not Path(args.peers).exists():
+        raise SystemExit(f"{args.peers} not found: `make peers-env` builds the peers' environment.")
+    pythons = {"here": sys.executable, "peers": args.peers}
+    peers_env = os.environ | {"PYTHONPATH": str(ROOT)}
     for arch in args.arch:
         work = Path(tempfile.mkdtemp(prefix=f"hf-{arch}-"))
         params = save_model(arch, work / "model")
         weights_mb = params * 4 / 2**20
-        print(f"\n## {arch}: {params / 1e6:.1f}M parameters, {weights_mb:.0f} MiB fp32 weights")
-        exp = _step("export", str(work / "model"), str(work / "bundle"))
-        print(f"export: {exp['seconds']:.1f} s, peak RSS {exp['peak_rss_mb']:.0f} MiB ({exp['peak_rss_mb'] / weights_mb:.2f}x weights)")
-        total, golden = _size(work / "bundle"), _size(work / "bundle", "golden/*")
-        print(f"bundle: {total:.0f} MiB, golden vectors {golden:.1f} MiB ({100 * golden / total:.1f} %)")
-        load = _step("load", str(work / "bundle"), "")
-        print(f"load + sessions: {load['seconds']:.2f} s, peak RSS {load['peak_rss_mb']:.0f} MiB "
-              f"({load['peak_rss_mb'] / weights_mb:.2f}x weights), no onnx / torch import")
-        quant = _step("quantize", str(work / "bundle"), str(work / "int8"))
-        print(f"quantize int8-dynamic: {quant['seconds']:.1f} s, bundle {_size(work / 'int8'):.0f} MiB")
-        print("\n| threads | deploykit ORT tok/s | HF generate (torch) tok/s | ratio | fp32 weight-read ceiling tok/s "
-              "(ORT / HF at % of it) | deploykit int8 tok/s | int8 / HF | tokens identical |")
-        print("|---|---|---|---|---|---|---|---|")
-        for threads in args.threads:
-            rates, tokens = _tokens_per_second(work / "model", work / "bundle", threads, args.repeats, prompt, 128)
-            int8, _ = _tokens_per_second(work / "model", work / "int8", threads, 1, prompt, 128)
-            ours, theirs, low = (statistics.median(rates["deploykit"]), statistics.median(rates["hf"]),
-                                 statistics.median(int8["deploykit"]))
-            spread = max(rates["deploykit"]) - min(rates["deploykit"])
-            ceiling = _weight_read_ceiling(params, threads)
-            print(f"| {threads} | {ours:.1f} (+-{spread / 2:.1f}) | {theirs:.1f} | {ours / theirs:.2f}x | {ceiling:.1f} "
-                  f"({100 * ours / ceiling:.0f} % / {100 * theirs / ceiling:.0f} %) | {low:.1f} | {low / theirs:.2f}x | "
-                  f"{tokens['deploykit'] == tokens['hf']} |")
-        agreement = _top1_agreement(work / "bundle", work / "int8", prompt + tokens["deploykit"])
-        print(f"int8 top-1 agreement with fp32 along the 160-token greedy sequence: {agreement:.3f}")
+        print(f"\n## {arch}: {params / 1e6:.1f}M parameters, {weights_mb:.0f} MiB fp32 weights "
+              f"({args.threads} thread, {args.repeats} interleaved rounds, {len(PROMPT)}-token prompt, {NEW} new tokens)")
+        builds = {}
+        for name, (where, template) in BUILD.items():
+            fill = {"model": str(work / "model"), "out": str(work / name), "work": str(work)}
+            builds[name] = _timed_build(pythons[where], [a.format(**fill) for a in template], peers_env)
+        engines = {"hf generate": str(work / "model")} | {name: str(work / name) for name in BUILD}
+        rss = {}
+        for name, path in engines.items():
+            spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": {name: path}, "rss": True}
+            rss[name] = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])["peak_rss_mb"]
+        spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": engines, "rss": False,
+                "batches": BATCHES, "repeats": args.repeats}
+        rates = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])
+        print("\n| engine | build CPU-s | build peak MiB | size MiB | decode peak RSS MiB | "
+              + " | ".join(f"batch {b} tok/s (x HF)" for b in BATCHES) + " | greedy tokens = HF (batch 1) |")
+        print("|---" * (6 + len(BATCHES)) + "|")
+        for name in engines:
+            cpu, peak = builds.get(name, (0.0, 0.0))
+            cells = []
+            for b in BATCHES:
+                r, hf = rates[str(b)][name], rates[str(b)]["hf generate"]["median"]
+                cells.append(f"{r['median']:.1f} +-{r['spread']:.1f} ({r['median'] / hf:.2f}x)")
+            same = rates["1"][name]["tokens"] == rates["1"]["hf generate"]["tokens"]
+            built = f"{cpu:.0f} | {peak:.0f}" if name in builds else "- | -"
+            size = f"{_size(Path(engines[name])):.0f}"
+            print(f"| {name} | {built} | {size} | {rss[name]:.0f} | {' | '.join(cells)} | {same} |")
+        for mode in ("int8", "int4"):
+            manifest = json.loads((work / f"deploykit {mode}" / "manifest.json").read_text())
+            for row in manifest["precision"]["accuracy"]:
+                print(f"deploykit {mode}: {row['metric']}: fp32 {row['fp32']:.4g}, {mode} {row['quantized']:.4g}")
 
 
 if __name__ == "__main__":

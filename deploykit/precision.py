@@ -1,7 +1,8 @@
-"""quantize: write a new bundle whose graphs run in fp16 or int8, with tolerances from the measured error.
+"""quantize: write a new bundle whose graphs run in fp16, int8 or int4 (weight-only), with tolerances from the
+measured error.
 
-Uses onnxruntime's own tools (float16 conversion, dynamic and static QDQ quantization); needs onnx
-and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
+Uses onnxruntime's own tools (float16 conversion, dynamic and static QDQ quantization, MatMulNBits: `int4.py`);
+needs onnx and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
 outputs) are kept, so `verify` compares the quantized graphs with torch; the tolerance becomes
 max(family atol, 2 x the worst error measured on the golden cases at quantization), recorded in
 the manifest with the mode, so a deployment drifting beyond what was accepted still fails.
@@ -12,22 +13,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import int4
 from .api import load
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int
 from .errors import BundleError, InputError, choices, optional_import
+from .int4 import Int4Options
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
 from .runtimes.tokens import generate, mode_config
 from .specs import GraphSpec
 
-QUANT_MODES = ("fp16", "int8-dynamic", "int8-static")
 Labelled = tuple[np.ndarray, np.ndarray]  # held-out inputs of a classifier's first graph input, their labels
 
 
@@ -180,47 +183,75 @@ def _constant_matmuls(model: Any) -> None:
     graph.node.extend(nodes)
 
 
-def _convert(source: Path, target: Path, mode: str, spec: GraphSpec, shapes: list[dict[str, int]], count: int) -> None:
-    """Write `source` converted to `mode` at `target` (inputs and outputs stay float32)."""
-    onnx = _onnx()
-    model = onnx.load(str(source))
+@dataclass(frozen=True)
+class Conversion:
+    """What a mode's converter may need besides the graph: its spec and check shapes (int8-static calibrates on
+    them), the calibration batch count and the int4 options."""
+
+    spec: GraphSpec
+    shapes: list[dict[str, int]]
+    calibration: int
+    int4: Int4Options
+
+
+def _fp16(model: Any, target: Path, job: Conversion) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    _onnx().save(convert_float_to_float16(model, keep_io_types=True), str(target))
+
+
+def _int8(model: Any, target: Path, job: Conversion, static: bool) -> None:
+    clean = target.with_suffix(".fp32.onnx")  # onnxruntime's int8 quantizers read a file
+    _onnx().save(model, str(clean))
+    from onnxruntime import quantization as q
+
+    try:
+        if not static:
+            q.quantize_dynamic(str(clean), str(target), weight_type=q.QuantType.QInt8)
+            return
+        feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
+
+        class Reader(q.CalibrationDataReader):
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(feeds, None)
+
+        q.quantize_static(str(clean), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+    finally:
+        clean.unlink()
+
+
+# mode -> converter(model, target, job): writes the converted graph (inputs and outputs stay float32). The
+# quantizers (all but fp16) get linear layers as MatMul over constant weights (_constant_matmuls) first.
+CONVERTERS: dict[str, Callable[[Any, Path, Conversion], None]] = {
+    "fp16": _fp16,
+    "int8-dynamic": lambda model, target, job: _int8(model, target, job, static=False),
+    "int8-static": lambda model, target, job: _int8(model, target, job, static=True),
+    "int4": lambda model, target, job: int4.convert(model, target, job.int4),
+}
+QUANT_MODES = tuple(CONVERTERS)
+
+
+def _convert(source: Path, target: Path, mode: str, job: Conversion) -> None:
+    """Write `source` converted to `mode` at `target`."""
+    model = _onnx().load(str(source))
     del model.graph.value_info[:]  # stale intermediate shapes trip the quantizer's own shape inference
     from .loop_graphs import densified  # imports onnx: only where a graph is converted
 
     densified(model.graph)  # a pruned graph's sparse weights: the converters read dense ones
-    if mode == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        onnx.save(convert_float_to_float16(model, keep_io_types=True), str(target))
-        return
-    _constant_matmuls(model)
-    clean = target.with_suffix(".fp32.onnx")
-    onnx.save(model, str(clean))
-    from onnxruntime import quantization as q
-
-    try:
-        if mode == "int8-dynamic":
-            q.quantize_dynamic(str(clean), str(target), weight_type=q.QuantType.QInt8)
-        else:
-            feeds = iter(_calibration(spec, shapes, count, seed=0))
-
-            class Reader(q.CalibrationDataReader):
-                def get_next(self) -> dict[str, np.ndarray] | None:
-                    return next(feeds, None)
-
-            q.quantize_static(str(clean), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
-    finally:
-        clean.unlink()
+    if mode != "fp16":
+        _constant_matmuls(model)
+    CONVERTERS[mode](model, target, job)
 
 
 def quantize(
     bundle: str | os.PathLike[str] | Bundle, mode: str, out: str | os.PathLike[str], calibration: int = 32,
     force: bool = False, labelled: Labelled | None = None, on_phase: Callable[[str], None] | None = None,
+    int4_options: Int4Options | None = None,
 ) -> Bundle:
-    """A new bundle at `out` with every graph converted to `mode` (fp16, int8-dynamic or int8-static); the
-    accuracy change is measured on `labelled` (inputs, labels) for classifiers when given. `on_phase(text)` hears
-    each phase (converting a graph, measuring) as it starts."""
+    """A new bundle at `out` with every graph converted to `mode` (QUANT_MODES); `int4_options` (block size,
+    symmetric, accuracy level) for int4. The accuracy change is measured on `labelled` (inputs, labels) for
+    classifiers when given. `on_phase(text)` hears each phase (converting a graph, measuring) as it starts."""
     phase = on_phase or (lambda text: None)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if mode not in QUANT_MODES:
@@ -228,6 +259,10 @@ def quantize(
     if "precision" in b.manifest:
         raise InputError(f"bundle {b.path} is already {b.manifest['precision']['mode']}; quantize the fp32 bundle it came from.")
     check_int("--calibration", calibration, 1, meaning="batches of calibration inputs")
+    if int4_options is not None and mode != "int4":
+        raise InputError(f"--block-size, --asymmetric and --accuracy-level are int4 options; this is --mode {mode}.")
+    options = int4_options or Int4Options()
+    options.check()
     if mode == "int8-static":  # onnxruntime's calibrator holds every batch's tensors until it is done
         need = calibration * max(g.spec.nbytes(s) for g in b.graphs.values() for s in b.check_shapes)
         check_fits(need, f"--calibration {calibration}", "calibrate with fewer batches")
@@ -242,7 +277,8 @@ def quantize(
         for role, graph in b.graphs.items():
             if graph.built_from is None:
                 phase(f"converting '{role}' to {mode}")
-                _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode, graph.spec, b.check_shapes, calibration)
+                _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode,
+                         Conversion(graph.spec, b.check_shapes, calibration, options))
                 manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
                 manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
         manifest["graphs"] |= build_loop_graphs(b.loop, tmp / "graphs")  # rebuilt around the converted step graph
@@ -271,7 +307,8 @@ def quantize(
             "source_bundle": str(b.path.resolve()),
             "measured_max_abs": worst,
             "source_tolerance": tol.to_json(),
-        } | ({"calibration_batches": calibration} if mode == "int8-static" else {})
+        } | ({"calibration_batches": calibration} if mode == "int8-static" else {}) \
+          | ({"int4": options.to_json()} if mode == "int4" else {})
         return manifest
 
     def measure(staged: Bundle) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""quantize: fp16 / int8 bundles written beside the source, verified against torch, accuracy kept."""
+"""quantize: fp16, int8 and int4 bundles written beside the source, verified against torch, accuracy kept."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import deploykit
 from deploykit.bundle import sha256_file
 from deploykit.cli import main
 from deploykit.errors import InputError
+from deploykit.int4 import Int4Options
 from deploykit.models.data import load_digits
 from deploykit.precision import quantize
 from deploykit.runtimes.tokens import mode_config
@@ -53,8 +54,8 @@ def test_quantized_lm_generates_and_skips_exact_token_replay(zoo_bundle, tmp_pat
 
 def test_quantize_refuses_bad_requests(zoo_bundle, tmp_path: Path) -> None:
     source = zoo_bundle("vit")
-    with pytest.raises(InputError, match="unknown precision mode 'int4'"):
-        quantize(source, "int4", tmp_path / "x")
+    with pytest.raises(InputError, match="unknown precision mode 'int2'"):
+        quantize(source, "int2", tmp_path / "x")
     with pytest.raises(InputError, match="never overwrites its source"):
         quantize(source, "fp16", source.path, force=True)
     half = quantize(source, "fp16", tmp_path / "half")
@@ -64,3 +65,50 @@ def test_quantize_refuses_bad_requests(zoo_bundle, tmp_path: Path) -> None:
     assert main(["quantize", str(source.path), "--mode", "int8-static", "--calibration", "0", "--out", str(tmp_path / "z")]) == 2
     assert not (tmp_path / "z").exists()
     assert np.isfinite(half.manifest["precision"]["measured_max_abs"])
+
+
+def test_int4_quantizes_every_linear_layer_and_reports_what_it_costs(zoo_bundle, tmp_path: Path) -> None:
+    """int4 (MatMulNBits, weight-only): every linear layer of the gpt bundle, its in-graph loop rebuilt around the
+    converted step, verify green within the measured tolerance, the options and the LM report in the manifest."""
+    import onnx
+
+    source = zoo_bundle("gpt")
+    bundle = quantize(source, "int4", tmp_path / "q4", int4_options=Int4Options(block_size=16))
+    precision = bundle.manifest["precision"]
+    assert precision["int4"] == {"block_size": 16, "symmetric": True, "accuracy_level": 4}
+    ops = {role: [n.op_type for n in onnx.load(str(g.path)).graph.node] for role, g in source.graphs.items()}
+    quantized = [n.op_type for n in onnx.load(str(bundle.graphs["decoder_with_past"].path)).graph.node]
+    linear = ops["decoder_with_past"].count("Gemm")  # the exported linear layers, the LM head among them
+    assert linear and quantized.count("MatMulNBits") == linear and "Gemm" not in quantized
+    assert bundle.graphs["decoder_with_past"].size_bytes < 0.4 * source.graphs["decoder_with_past"].size_bytes
+    result = deploykit.verify(bundle, fresh=True, seed=0)
+    assert result.passed, result.report.table()
+    report = {r["metric"].split(" (")[0]: r["quantized"] for r in precision["accuracy"]}
+    assert report["top-1 next token agreement with fp32"] >= 0.7, report
+    with deploykit.load(bundle.path) as dep:  # the in-graph loop runs the int4 step
+        assert len(dep.generate(["The "], mode_config("greedy", 20))[0]) == 20
+
+
+def test_int4_refuses_what_it_cannot_do(zoo_bundle, tmp_path: Path) -> None:
+    """Options out of range, int4 options on another mode, and a graph without linear layers are refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit import int4
+
+    source = zoo_bundle("vit")
+    for options, match in ((Int4Options(block_size=48), "power of two"), (Int4Options(block_size=8), "block-size"),
+                           (Int4Options(accuracy_level=7), "accuracy-level")):
+        with pytest.raises(InputError, match=match):
+            quantize(source, "int4", tmp_path / "x", int4_options=options)
+    with pytest.raises(InputError, match="are int4 options; this is --mode int8-dynamic"):
+        quantize(source, "int8-dynamic", tmp_path / "x", int4_options=Int4Options())
+    assert main(["quantize", str(source.path), "--mode", "int8-dynamic", "--block-size", "64", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+    conv = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")]))
+    with pytest.raises(InputError, match="this graph has none"):
+        int4.convert(conv, tmp_path / "conv.onnx", Int4Options())

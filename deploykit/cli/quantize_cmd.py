@@ -1,4 +1,4 @@
-"""`deploykit quantize BUNDLE --mode fp16|int8-dynamic|int8-static --out NEW` (torch-free)."""
+"""`deploykit quantize BUNDLE --mode fp16|int8-dynamic|int8-static|int4 --out NEW` (torch-free)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..bundle import load_bundle
+from ..int4 import Int4Options
 from ..precision import QUANT_MODES, Labelled, accuracy_table, quantize
 from . import app, console
 from .progress import phase_line
@@ -32,10 +33,18 @@ def quantize_cmd(
     out: Annotated[Path, typer.Option(help="directory of the new bundle")],
     calibration: Annotated[int, typer.Option(help="int8-static: calibration batches (seeded, at the check shapes)")] = 32,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
+    block_size: Annotated[int | None, typer.Option(help="int4: weights per scale (a power of two >= 16) [default: 32]")] = None,
+    asymmetric: Annotated[bool, typer.Option(help="int4: a zero point per block (default: symmetric blocks)")] = False,
+    accuracy_level: Annotated[int | None, typer.Option(help="int4: lowest compute precision, 0 unset, 1 fp32, 2 fp16, "
+                                                       "3 bf16, 4 int8 (fastest on CPU) [default: 4]")] = None,
 ) -> None:
-    """Write a new bundle with fp16 or int8 graphs; its tolerance is widened from the error measured here."""
+    """Write a new bundle with fp16, int8 or int4 graphs; its tolerance is widened from the error measured here."""
+    given = block_size is not None or asymmetric or accuracy_level is not None
+    defaults = Int4Options()
+    int4 = Int4Options(defaults.block_size if block_size is None else block_size, not asymmetric,
+                       defaults.accuracy_level if accuracy_level is None else accuracy_level) if given else None
     with phase_line(f"quantizing {bundle} to {mode}") as on_phase:
-        result = quantize(bundle, mode, out, calibration, force, _zoo_test_split(bundle), on_phase)
+        result = quantize(bundle, mode, out, calibration, force, _zoo_test_split(bundle), on_phase, int4)
     precision = result.manifest["precision"]
     sizes = ", ".join(f"{role} {g.size_bytes / 1024:.1f} KiB" for role, g in result.graphs.items())
     console.print(
