@@ -254,7 +254,7 @@ LOOP_ROLE = "loop"  # role name of the golden loop run in a manifest
 _NUMBER = (int, float)
 _FILE = {"file": str, "sha256": str, "bytes": _Opt(int)}
 _TENSOR = {"name": str, "dtype": str, "shape": _List((int, str)), "high": _Opt((int, float, str)),
-           "low": _Opt(_NUMBER), "padding": _Opt(str)}
+           "low": _Opt(_NUMBER), "padding": _Opt(str), "pad_right": _Opt(bool)}
 _SPEC = {"inputs": _List(_TENSOR), "outputs": _List(_TENSOR),
          "dims": _Opt(_Map({"min": int, "multiple_of": int, "sum_of": _Opt(_List(str)), "max": _Opt(int)}))}
 MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) are informational

@@ -20,17 +20,17 @@ FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 @dataclass(frozen=True)
 class FolderSource:
-    """A `PREFIX:DIR` source: the family it exports as, what it holds, and the exporters module whose `load(folder)`
-    returns an object with `model`, `fingerprint` (and optionally `tokenizer`) and whose `fingerprint(folder)`
-    detects changes."""
+    """A `PREFIX:DIR` source: the families it exports as (the first unless the loaded object names its `family`),
+    what it holds, and the exporters module whose `load(folder)` returns an object with `model`, `fingerprint` (and
+    optionally `tokenizer`, `family`) and whose `fingerprint(folder)` detects changes."""
 
-    family: str
+    families: tuple[str, ...]
     what: str
     module: str
 
 
-FOLDERS = {"hf": FolderSource("gpt", "causal language models", "hf"),
-           "diffusers": FolderSource("ddpm", "diffusion pipelines", "diffusers")}
+FOLDERS = {"hf": FolderSource(("gpt", "hf-encoder"), "causal language models and text encoders", "hf"),
+           "diffusers": FolderSource(("ddpm",), "diffusion pipelines", "diffusers")}
 
 
 def _folder_module(prefix: str) -> Any:
@@ -89,12 +89,15 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
         raise InputError("--context sets the positions of an hf:DIR language model; drop it for this source.")
     if prefix in FOLDERS:
         folder_source = FOLDERS[prefix]
-        if family not in (None, folder_source.family):
-            raise InputError(f"{prefix}:DIR exports {folder_source.what} as family '{folder_source.family}', "
-                             f"not '{family}'; drop --family.")
+        if family not in (None, *folder_source.families):
+            raise InputError(f"{prefix}:DIR exports {folder_source.what} as family "
+                             f"{' or '.join(repr(f) for f in folder_source.families)}, not '{family}'; drop --family.")
         folder = Path(rest).resolve()
         loaded = _folder_module(prefix).load(folder, **({} if context is None else {"context": context}))
-        return Resolved(loaded.model, folder_source.family, {"kind": prefix, "path": str(folder),
+        chosen = getattr(loaded, "family", folder_source.families[0])  # hf:DIR routes by architecture
+        if family not in (None, chosen):
+            raise InputError(f"{prefix}:{rest} holds a model of family '{chosen}', not '{family}'; drop --family.")
+        return Resolved(loaded.model, chosen, {"kind": prefix, "path": str(folder),
                                                              "fingerprint": loaded.fingerprint}
                         | ({} if context is None else {"context": context}),
                         getattr(loaded, "tokenizer", None))

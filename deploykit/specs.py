@@ -47,7 +47,8 @@ class TensorSpec:
     `padding` marks a 0/1 attention mask [batch, positions] drawn the way real batches look: each
     row left-padded by 0..dims[padding] zeros (row 0 by the most), ones after. With padding='past'
     only cached positions are padding, so every new query sees at least itself: no row of the
-    check is an all-hidden (undefined) attention row.
+    check is an all-hidden (undefined) attention row. With `pad_right` (encoders' batches) rows end in
+    0..dims[padding] zeros, at most all but one of the row.
     """
 
     name: str
@@ -56,6 +57,7 @@ class TensorSpec:
     high: int | str | None = None
     low: int = 0
     padding: str | None = None
+    pad_right: bool = False
 
     def shape_text(self) -> str:
         """The shape as users read it, e.g. '[batch, 3, height, width]'."""
@@ -79,9 +81,12 @@ class TensorSpec:
         """A random array for this spec: uniform in its range, standard normal for unbounded floats."""
         shape = self.bind(dims)
         if self.padding is not None:
-            pads = rng.integers(0, int(dims[self.padding]) + 1, size=shape[0])
+            most = min(int(dims[self.padding]), shape[-1] - 1) if self.pad_right else int(dims[self.padding])
+            pads = rng.integers(0, most + 1, size=shape[0])
             if pads.size:
-                pads[0] = int(dims[self.padding])
+                pads[0] = most
+            if self.pad_right:
+                return (np.arange(shape[-1])[None, :] < shape[-1] - pads[:, None]).astype(self.dtype)
             return (np.arange(shape[-1])[None, :] >= pads[:, None]).astype(self.dtype)
         if self.high is not None and not self.is_integer():
             return rng.uniform(self.low, float(self.high), size=shape).astype(self.dtype)
@@ -101,13 +106,15 @@ class TensorSpec:
             out["low"] = self.low
         if self.padding is not None:
             out["padding"] = self.padding
+        if self.pad_right:
+            out["pad_right"] = True
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         """Inverse of to_json."""
         return cls(data["name"], data["dtype"], tuple(data["shape"]), data.get("high"), data.get("low", 0),
-                   data.get("padding"))
+                   data.get("padding"), bool(data.get("pad_right", False)))
 
 
 @dataclass(frozen=True)

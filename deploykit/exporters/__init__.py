@@ -26,7 +26,7 @@ from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
 from ..runtimes.tokens import read_tokenizer, vocabulary_sha256
 from ..specs import GraphSpec, dims_label
-from . import autoregressive, diffusion, energy, feedforward, flows, gan, latent, recurrent, transformer  # noqa: F401  (register the families)
+from . import autoregressive, diffusion, energy, feedforward, flows, gan, hf_encoder, latent, recurrent, transformer  # noqa: F401  (register the families)
 from .onnx_export import (
     ANSI,
     EXTERNAL_DATA_THRESHOLD,
@@ -66,17 +66,17 @@ EXPORT_CHECKS = RunnerOptions(prepack=False, arena=False)
 FLOAT64 = RunnerOptions(float64=True)  # the fp64 parity reference, made only for a case the fixed rule fails
 
 
-def _check_tokenizer(path: Path, family: str, use: str, loop: Any) -> dict[str, str]:
+def _check_tokenizer(path: Path, family: str, loop: Any) -> dict[str, str]:
     """The manifest's entry for a tokenizer.json that `tokenizers` reads and whose ids fit the model's vocabulary
     (with its vocabulary's sha256, read once); else ExportError."""
-    if use != "generate":
-        raise ExportError(f"--tokenizer is for language models; family '{family}' does not generate text.")
+    if not hasattr(loop, "vocab_size"):
+        raise ExportError(f"--tokenizer is for models that read text; family '{family}' does not.")
     if not path.is_file():
         raise ExportError(f"tokenizer '{path}' does not exist; give the tokenizer.json saved beside the model.")
     read = read_tokenizer(path, "--tokenizer")
     size = read.get_vocab_size(with_added_tokens=True)
-    if size > len(loop.vocab):
-        raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {len(loop.vocab)}.")
+    if size > loop.vocab_size:
+        raise ExportError(f"tokenizer '{path}' has {size} tokens, more than the model's vocabulary of {loop.vocab_size}.")
     return {"file": "tokenizer.json", "vocab_sha256": vocabulary_sha256(read)}
 
 
@@ -147,7 +147,7 @@ def export(
             raise ExportError(f"family '{family}' made a '{loop.kind}' loop; it declares {list(fam.loop_kinds)} "
                               "(a bug in its exporter).")
         kind = kind_of(loop)
-        tokenizer_entry = None if tokenizer is None else _check_tokenizer(Path(tokenizer), family, kind.use, loop)
+        tokenizer_entry = None if tokenizer is None else _check_tokenizer(Path(tokenizer), family, loop)
         src = source or {"kind": "python", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
         def fill(tmp: Path) -> dict[str, Any]:

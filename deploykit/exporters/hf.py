@@ -1,5 +1,6 @@
-"""`hf:DIR`: a causal language model saved with transformers' `save_pretrained`, exported through the `gpt`
-family's KV-cache loop as it is published (its default attention, sdpa included).
+"""`hf:DIR`: a model saved with transformers' `save_pretrained`, routed by its architecture: a causal language model
+goes through the `gpt` family's KV-cache loop as it is published (its default attention, sdpa included); a text
+encoder (masked LM, sequence classifier, bare encoder) through `hf-encoder` (hf_encoder.py).
 
 The folder is read as it is (config.json, weights, tokenizer.json when present); nothing is fetched.
 GPT-2 and Llama-style models (RoPE, RMSNorm, grouped-query attention, SwiGLU) are covered by the
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
+from . import hf_encoder
 from .onnx_export import first_line
 
 WEIGHTS = ("*.safetensors", "*.bin")
@@ -81,11 +83,13 @@ class HFCausalLM(nn.Module):
 
 @dataclass(frozen=True)
 class HFSource:
-    """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, and a fingerprint of the folder."""
+    """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, a fingerprint of the folder and
+    the family it exports as (gpt for causal LMs, hf-encoder for text encoders)."""
 
-    model: HFCausalLM
+    model: nn.Module
     tokenizer: Path | None
     fingerprint: str
+    family: str
 
 
 def fingerprint(folder: Path) -> str:
@@ -97,34 +101,65 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_decoder(folder: str | Path, transformers: Any, root: Path) -> None:
-    """InputError unless config.json describes a decoder-only causal LM: an encoder-decoder (BART, T5, Marian) or
-    an encoder (BERT, ViT) would load as another model or not at all."""
+def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str | None]:
+    """The folder's config and its route: None for a decoder-only causal LM, else the hf_encoder.HEADS suffix of a
+    text encoder; InputError for an encoder-decoder (BART, T5, Marian: it would load as another model) and for
+    architectures neither route takes."""
     try:
         config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
         raise InputError(f"hf:{folder}: config.json could not be read by transformers ({first_line(exc)}).") from exc
     kind = getattr(config, "model_type", "?")
     architectures = list(getattr(config, "architectures", None) or [])
-    causal = [a for a in architectures if a.endswith(("ForCausalLM", "LMHeadModel"))]
-    if getattr(config, "is_encoder_decoder", False) or (architectures and not causal):
-        what = "an encoder-decoder" if getattr(config, "is_encoder_decoder", False) else "not a causal language model"
+    takes = ("hf:DIR exports decoder-only causal LMs (GPT-2, Llama, Qwen, Phi-3, GPT-NeoX, OPT, Gemma, GPT-J, "
+             "StableLM and other *ForCausalLM models) and text encoders (BERT, RoBERTa, DistilBERT and other "
+             "*ForMaskedLM, *ForSequenceClassification or bare *Model encoders)")
+    if getattr(config, "is_encoder_decoder", False):
+        raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is an "
+                         f"encoder-decoder, which is not supported yet; {takes}.")
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or (
+            not architectures and type(config) in transformers.AutoModelForCausalLM._model_mapping):
+        if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
+            raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
+                             f"{transformers.__version__}; {takes}.")
+        return config, None
+    suffix = hf_encoder.head(architectures)
+    if suffix is None:
         raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
-                         f"{what}; hf:DIR exports decoder-only causal LMs (GPT-2, Llama, Qwen, Phi-3, GPT-NeoX, OPT, "
-                         "Gemma, GPT-J, StableLM and other *ForCausalLM models). Encoder-decoders and encoders are "
-                         "not supported yet.")
-    if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
-        raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
-                         f"{transformers.__version__}; hf:DIR exports decoder-only causal LMs.")
+                         f"not supported yet; {takes}.")
+    return config, suffix
 
 
-def _shape_mismatches(root: Path, config: Any, transformers: Any) -> list[str]:
+def _from_pretrained(auto: Any, folder: str | Path, root: Path, transformers: Any) -> nn.Module:
+    """`auto`.from_pretrained(root) in float32; InputError naming what disagrees when it fails or when a tensor
+    would be dropped or randomly filled (missing, unexpected or mismatched keys)."""
+    try:
+        model, info = auto.from_pretrained(root, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001  (config validation, safetensors and torch errors of every kind)
+        config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+        try:
+            shapes = _shape_mismatches(root, config, auto)
+        except Exception:  # noqa: BLE001  (an unreadable weight file: the original error says it)
+            shapes = []
+        why = f"weights and config.json disagree ({'; '.join(shapes[:4])})" if shapes else first_line(exc)
+        raise InputError(f"hf:{folder}: transformers could not load it ({auto.__name__}): {why}. Give the folder "
+                         "save_pretrained wrote (config.json, model.safetensors, tokenizer.json).") from exc
+    wrong = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(wrong.values()):  # a silently re-initialized tensor would make a bundle of another model
+        found = "; ".join(f"{k.split('_')[0]} {len(v)}: {', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''}"
+                          for k, v in wrong.items() if v)
+        raise InputError(f"hf:{folder}: the weights do not fit {type(model).__name__} ({found}); transformers would "
+                         "drop or randomly fill them. Give the folder save_pretrained wrote for this model.")
+    return model
+
+
+def _shape_mismatches(root: Path, config: Any, auto: Any) -> list[str]:
     """'name: file [shape] vs config [shape]' for each tensor of the folder's safetensors whose shape is not the one
     the config builds (the model is built on the meta device: no memory)."""
     from safetensors import safe_open
 
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in transformers.AutoModelForCausalLM.from_config(config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
     found = []
     for path in sorted(root.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
@@ -136,8 +171,9 @@ def _shape_mismatches(root: Path, config: Any, transformers: Any) -> list[str]:
 
 
 def load(folder: str | Path, context: int | None = None) -> HFSource:
-    """The causal LM saved in `folder` (float32, eval), wrapped for the gpt family with `context` positions (default:
-    the config's max_position_embeddings); InputError naming what is missing or malformed."""
+    """The model saved in `folder` (float32, eval) on its route: a causal LM wrapped for the gpt family with `context`
+    positions (default: the config's max_position_embeddings), or a text encoder for hf-encoder; InputError naming
+    what is missing, malformed or not supported."""
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
@@ -149,30 +185,20 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
                          "carry code. Convert them to safetensors where you trust the file: "
                          "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`.")
     transformers = _transformers()
-    _check_decoder(folder, transformers, root)
+    config, suffix = _route(folder, transformers, root)
     tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     tok = None if tokenizer is None else read_tokenizer(tokenizer, f"hf:{folder}: the folder's tokenizer")
-    try:
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            root, local_files_only=True, dtype=torch.float32, output_loading_info=True)
-    except Exception as exc:  # noqa: BLE001  (config validation, safetensors and torch errors of every kind)
-        config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
-        try:
-            shapes = _shape_mismatches(root, config, transformers)
-        except Exception:  # noqa: BLE001  (an unreadable weight file: the original error says it)
-            shapes = []
-        why = f"weights and config.json disagree ({'; '.join(shapes[:4])})" if shapes else first_line(exc)
-        raise InputError(f"hf:{folder}: transformers could not load a causal LM from it: {why}. Give the folder "
-                         "save_pretrained wrote (config.json, model.safetensors, tokenizer.json).") from exc
-    wrong = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(wrong.values()):  # a silently re-initialized tensor would make a bundle of another model
-        found = "; ".join(f"{k.split('_')[0]} {len(v)}: {', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''}"
-                          for k, v in wrong.items() if v)
-        raise InputError(f"hf:{folder}: the weights do not fit {type(model).__name__} ({found}); transformers would "
-                         "drop or randomly fill them. Give the folder save_pretrained wrote for this model.")
+    if suffix is not None:  # a text encoder
+        if context is not None:
+            raise InputError("--context sets a causal LM's positions; a text encoder reads up to its position table.")
+        task, auto = hf_encoder.HEADS[suffix]
+        model = _from_pretrained(getattr(transformers, auto), folder, root, transformers)
+        encoder = hf_encoder.wrap(model, task, tok, root, config.model_type)
+        return HFSource(encoder, tokenizer, fingerprint(root), "hf-encoder")
+    model = _from_pretrained(transformers.AutoModelForCausalLM, folder, root, transformers)
     size = int(model.config.vocab_size)
     names: list[str] = []
     if tok is not None:
         names = [tok.id_to_token(i) or "" for i in range(min(size, tok.get_vocab_size(with_added_tokens=True)))]
     vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
-    return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root))
+    return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root), "gpt")

@@ -16,6 +16,7 @@ from ..bundle import Bundle
 from ..checks import check_count, check_fits, check_seed
 from ..errors import InputError, choices
 from .compress import Compressed, Progress, compress, decompress, read_header
+from .encoder import TextResult
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
 from .kinds import LoopConfig, LoopKind, Use, kind_of
@@ -163,15 +164,29 @@ class Deployment:
         return bits_per_dim(self.runners, self._config(FlowConfig), pixels, seed)
 
     def codec(self) -> Codec:
-        """Text <-> ids of a language-model bundle: its tokenizer.json when it carries one, else its character vocabulary
-        (read once per deployment)."""
-        loop = self.require("generate")
-        assert isinstance(loop, LanguageModelConfig)
+        """Text <-> ids of a bundle that reads text: its tokenizer.json when it carries one, else a language model's
+        character vocabulary (read once per deployment)."""
+        loop = self.loop
+        if self.kind.use != "generate" and self.kind.text is None:
+            raise self._refuse("a bundle that reads text (a language model or a text encoder)")
         if self._codec is None:
             path = self.bundle.tokenizer
             recorded = self.bundle.manifest.get("tokenizer", {}).get("vocab_sha256")
-            self._codec = CharCodec(loop.vocab) if path is None else TokenizerCodec(path, len(loop.vocab), recorded)
+            if path is not None:
+                self._codec = TokenizerCodec(path, loop.vocab_size, recorded)
+            elif isinstance(loop, LanguageModelConfig):
+                self._codec = CharCodec(loop.vocab)
+            else:
+                raise InputError("this bundle carries no tokenizer.json, so text cannot become token ids; feed ids with "
+                                 "`deploykit run --inputs FILE.npz`, or re-export from a folder with its tokenizer.json.")
         return self._codec
+
+    def read_texts(self, texts: list[str]) -> list[TextResult]:
+        """A text encoder's outputs for each text (one right-padded batch): fill-mask candidates, class
+        probabilities or per-token features, with a one-line summary each."""
+        if self.kind.text is None:
+            raise self._refuse("a text encoder")
+        return self.kind.text(self.runners, self.loop, self.codec(), texts)
 
     def generate(self, prompts: list[str], config: SamplingConfig, seed: int = 0, host: bool = False) -> list[str]:
         """Continue each text prompt with a language model (recurrent, KV-cached or full recompute): the new text."""

@@ -170,7 +170,8 @@ class LoopKind:
     expected, actual, tolerance, bound) explains token outputs of `check` that diverge (output -> note) where
     the logits, off by `bound`, could swap a pick (judged on the runners' own logits); symbols(runners, config) ->
     a SymbolModel coding one example's values in the sampling order (runtimes/compress.py); log_prob(runners, config,
-    x, labels, host) for density models. `quick` are options of a short sampling run (quantize's
+    x, labels, host) for density models; text(runners, config, codec, texts) -> one result per text for models
+    that read text in one graph call (text encoders). `quick` are options of a short sampling run (quantize's
     comparison, Triton's probe); `serving` the options a Triton loop model fixes.
     """
 
@@ -186,6 +187,7 @@ class LoopKind:
     flips: Flips | None = None
     symbols: Callable[[Runners, Any], Any] | None = None
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
+    text: Callable[[Runners, Any, Any, list[str]], list[Any]] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
     serving: Mapping[str, Any] = field(default_factory=dict)
     hint: str = ""  # added to "this bundle cannot ..." errors

@@ -378,6 +378,11 @@ class LanguageModelConfig(LoopConfig):
     check_tokens: int = 200
     check_modes: list[str] = field(default_factory=lambda: list(MODES))
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run 0..vocab_size - 1."""
+        return len(self.vocab)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TranslationConfig(LoopConfig):
