@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -132,6 +133,26 @@ class Bundle:
         """The bundle's tokenizer.json (Hugging Face `tokenizers` format), if it carries one."""
         return self.path / self.manifest["tokenizer"]["file"] if "tokenizer" in self.manifest else None
 
+    @cached_property
+    def text_tokenizer(self) -> Any:
+        """The bundle's tokenizer.json parsed by `tokenizers` (once per bundle), None without one; BundleError when it
+        is not a tokenizer or its vocabulary is not the one the manifest records (another tokenizer would encode
+        text to other ids), BackendUnavailableError without the tokenizers package."""
+        if self.tokenizer is None:
+            return None
+        from .runtimes.tokens import read_tokenizer, vocabulary_sha256  # tokenizers: only for bundles with one
+
+        try:
+            parsed = read_tokenizer(self.tokenizer, f"bundle {self.path}: its tokenizer")
+        except InputError as exc:
+            raise BundleError(f"{exc} The bundle is damaged; re-export it.") from exc
+        recorded = self.manifest["tokenizer"].get("vocab_sha256")
+        if recorded is not None and vocabulary_sha256(parsed) != recorded:
+            raise BundleError(f"{self.tokenizer} is not the tokenizer this bundle was exported with: its vocabulary "
+                              "(id -> token) differs from the one the manifest records, so text would encode to "
+                              "other ids; put the exported tokenizer.json back or re-export the bundle.")
+        return parsed
+
     @property
     def tolerance(self) -> Tolerance:
         """Parity tolerance of this family (per output where the family sets one)."""
@@ -226,6 +247,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         _check_file(root, manifest["tokenizer"], "tokenizer")
     bundle = Bundle(root, manifest)
     _ = bundle.loop  # the loop config is validated here (and cached for the bundle's users)
+    if importlib.util.find_spec("tokenizers") is not None:  # without it, text is refused at first use, saying why
+        _ = bundle.text_tokenizer  # validated here too, parsed once
     return bundle
 
 

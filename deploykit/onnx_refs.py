@@ -28,7 +28,18 @@ class ProtobufError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+def varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf (LEB128) varint."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; ProtobufError when it is cut or longer than 64 bits."""
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -45,13 +56,13 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     """(field number, wire type, value) of one message: ints for varints, views for length-delimited fields."""
     pos = 0
     while pos < len(data):
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
             yield number, wire, value
         elif wire == 2:
-            size, pos = _varint(data, pos)
+            size, pos = read_varint(data, pos)
             if pos + size > len(data):
                 raise ProtobufError("a length-delimited field runs past the end")
             yield number, wire, data[pos : pos + size]

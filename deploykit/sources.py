@@ -13,7 +13,7 @@ from typing import Any
 
 from .backends.torch import import_torch
 from .bundle import Bundle, sha256_file
-from .errors import InputError
+from .errors import InputError, choices
 
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -29,7 +29,7 @@ class FolderSource:
     module: str
 
 
-FOLDERS = {"hf": FolderSource(("gpt", "hf-encoder"), "causal language models and text encoders", "hf"),
+FOLDERS = {"hf": FolderSource(("gpt", "hf-encoder", "cnn"), "causal LMs, text encoders and image classifiers", "hf"),
            "diffusers": FolderSource(("ddpm",), "diffusion pipelines", "diffusers")}
 
 
@@ -90,8 +90,8 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
     if prefix in FOLDERS:
         folder_source = FOLDERS[prefix]
         if family not in (None, *folder_source.families):
-            raise InputError(f"{prefix}:DIR exports {folder_source.what} as family "
-                             f"{' or '.join(repr(f) for f in folder_source.families)}, not '{family}'; drop --family.")
+            raise InputError(f"{prefix}:DIR exports {folder_source.what} as family ({choices(folder_source.families)}), "
+                             f"not '{family}'; drop --family.")
         folder = Path(rest).resolve()
         loaded = _folder_module(prefix).load(folder, **({} if context is None else {"context": context}))
         chosen = getattr(loaded, "family", folder_source.families[0])  # hf:DIR routes by architecture

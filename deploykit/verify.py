@@ -17,7 +17,6 @@ from .errors import BackendUnavailableError, BundleError, InputError
 from .parity import ParityReport
 from .precision import accuracy_table
 from .runtimes.kinds import compare_loop, kind_of
-from .runtimes.tokens import TokenizerCodec
 from .sources import torch_reference
 from .specs import dims_label
 
@@ -67,9 +66,9 @@ def verify(
     loop = b.loop
     check = kind_of(loop).check
     result = VerifyResult(str(b.path), backend, ParityReport(), allow_uninformative=allow_uninformative)
-    if b.tokenizer is not None and b.manifest["tokenizer"].get("vocab_sha256"):  # the text path is part of the proof
+    if b.tokenizer is not None:  # the text path is part of the proof
         try:
-            TokenizerCodec(b.tokenizer, 0, b.manifest["tokenizer"]["vocab_sha256"])  # BundleError when swapped
+            _ = b.text_tokenizer  # BundleError when garbage or swapped
         except BackendUnavailableError as exc:
             result.notes.append(f"tokenizer: not checked ({exc})")
     runners = make_runners(b, backend, options)

@@ -48,7 +48,7 @@ def test_round_trips_are_bit_exact_and_rates_match_the_cross_entropy(name: str, 
     header_bits, code_bits = 8 * (len(packed.data) - 4 * len(words)), 32 * len(words)
     # the range coder spends the cross-entropy of its quantized probabilities: within 1 % and its last word
     assert abs(code_bits - packed.cross_entropy_bits) <= 0.01 * packed.cross_entropy_bits + 32
-    assert header_bits < 8 * 400
+    assert header_bits < 8 * 100  # the binary header: digests, backend, counts
     assert code_bits / len(text) < np.log2(len(vocab)) - 0.5  # the model beats a uniform code over its alphabet
 
 
@@ -157,14 +157,24 @@ def test_cli_codes_a_npy_of_images(zoo_bundle, tmp_path: Path) -> None:
 def test_a_tampered_array_header_is_refused_before_any_allocation(zoo_bundle) -> None:
     import json
     import struct
+    from dataclasses import asdict, replace
+
+    from deploykit.runtimes.compress import MAGIC_JSON, pack_header
 
     bundle = zoo_bundle("fvsbn")
     x = _examples("fvsbn", bundle)[:2]
     with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
-        blob = dep.compress(x).data
-        (length,) = struct.unpack("<I", blob[4:8])
-        header = json.loads(blob[8:8 + length])
-        for change in ({"shape": [10**12, 64]}, {"dtype": "not-a-dtype"}, {"shape": None}, {"symbols": 0}):
-            meta = json.dumps(header | change).encode()
+        packed = dep.compress(x)
+        header, words = read_header(packed.data)
+        code = words.astype("<u4").tobytes()
+        for change in ({"shape": [10**12, 64]}, {"dtype": "not-a-dtype"}, {"shape": []}, {"symbols": 0},
+                       {"size": 10**15}):
             with pytest.raises(InputError, match="truncated or corrupt"):
-                dep.decompress(blob[:4] + struct.pack("<I", len(meta)) + meta + blob[8 + length:])
+                dep.decompress(pack_header(replace(header, **change)) + code)
+        with pytest.raises(InputError, match="header is corrupt"):
+            dep.decompress(packed.data[:20])  # cut inside the header
+        meta = json.dumps(asdict(header)).encode()  # format 1 (a JSON header) is still read
+        assert np.array_equal(dep.decompress(MAGIC_JSON + struct.pack("<I", len(meta)) + meta + code), x)
+        with pytest.raises(InputError, match="truncated or corrupt"):
+            meta = json.dumps(asdict(header) | {"sha256": ""}).encode()  # an empty digest would match any output
+            dep.decompress(MAGIC_JSON + struct.pack("<I", len(meta)) + meta + code)

@@ -230,7 +230,7 @@ def test_pipeline_folder_errors(pipeline, tmp_path: Path) -> None:
     folder, _ = pipeline
     with pytest.raises(InputError, match="no unet/config.json there; give a pipeline folder"):
         resolve(f"diffusers:{folder / 'unet'}")
-    with pytest.raises(InputError, match="exports diffusion pipelines as family 'ddpm', not 'gpt'"):
+    with pytest.raises(InputError, match=r"exports diffusion pipelines as family \('ddpm'\), not 'gpt'"):
         resolve(f"diffusers:{folder}", "gpt")
     cross = tmp_path / "cross"
     unet = diffusers.UNet2DConditionModel(

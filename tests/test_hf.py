@@ -122,8 +122,8 @@ def test_hf_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match=r"no weights \(\*.safetensors or \*.bin\)"):
         resolve(f"hf:{tmp_path}")
-    with pytest.raises(InputError, match="as family 'gpt' or 'hf-encoder', not 'cnn'"):
-        resolve(f"hf:{tmp_path}", "cnn")
+    with pytest.raises(InputError, match=r"as family \('gpt', 'hf-encoder', 'cnn'\), not 'mlp'"):
+        resolve(f"hf:{tmp_path}", "mlp")
 
 
 def test_cli_exports_a_folder_as_it_is(bpe: Path, tmp_path: Path) -> None:
@@ -151,6 +151,17 @@ def _tiny(kind: str, folder: Path) -> Path:
     elif kind == "t5":
         transformers.T5ForConditionalGeneration(transformers.T5Config(
             vocab_size=300, d_model=32, d_ff=32, num_layers=1, num_heads=2, d_kv=16)).save_pretrained(folder)
+    elif kind == "wav2vec2":  # audio: refused by the Auto class mapping
+        transformers.Wav2Vec2ForSequenceClassification(transformers.Wav2Vec2Config(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=(8, 8),
+            conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2)).save_pretrained(folder)
+    elif kind == "clip":  # a bare *Model that is not a text encoder
+        transformers.CLIPModel(transformers.CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                         "vocab_size": 100},
+            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+            projection_dim=16)).save_pretrained(folder)
     elif kind == "bert":
         transformers.BertForMaskedLM(transformers.BertConfig(
             vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
@@ -161,16 +172,17 @@ def _tiny(kind: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind", ["bart", "t5", "bert", "vit"])
+@pytest.mark.parametrize("kind", ["bart", "t5", "bert", "vit", "wav2vec2", "clip"])
 def test_an_encoder_decoder_or_encoder_folder_never_becomes_a_gpt_bundle(kind: str, tmp_path: Path) -> None:
     """BART used to load as BartForCausalLM (its encoder dropped, its decoder embeddings re-initialized at random) and
-    export as a 'gpt' bundle that verified green: encoder-decoders and image models are refused, naming the model
-    type, before any export; a BERT masked LM takes the text-encoder route (tests/test_hf_encoders.py)."""
+    export as a 'gpt' bundle that verified green: encoder-decoders are refused, naming the model type, before any
+    export, and so are models no route takes (audio, CLIP); a BERT masked LM and a ViT classifier take the encoder
+    routes (tests/test_hf_encoders.py)."""
     folder = _tiny(kind, tmp_path / kind)
-    if kind == "bert":
-        assert resolve(f"hf:{folder}").family == "hf-encoder"
+    if kind in ("bert", "vit"):
+        assert resolve(f"hf:{folder}").family == {"bert": "hf-encoder", "vit": "cnn"}[kind]
         return
-    with pytest.raises(InputError, match=f"model type '{kind}'.*(is an encoder-decoder|is not supported yet)"):
+    with pytest.raises(InputError, match=f"model type '{kind}'.*(is an encoder-decoder|not supported yet)"):
         resolve(f"hf:{folder}")
 
 

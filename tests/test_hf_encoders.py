@@ -1,6 +1,7 @@
-"""hf:DIR text encoders (BERT, RoBERTa, DistilBERT: fill-mask, classification, features) exported as `hf-encoder`:
-fresh-input parity on right-padded batches, and text through the bundle's tokenizer.json equal to transformers'
-own pipelines. Small random-init models saved with save_pretrained beside a tokenizer trained here."""
+"""hf:DIR encoders: text encoders (BERT, RoBERTa, DistilBERT: fill-mask, classification, features) exported as
+`hf-encoder`, with fresh-input parity on right-padded batches and text through the bundle's tokenizer.json equal to
+transformers' own pipelines; image classifiers (ViT, ConvNeXt, ResNet) exported as `cnn`. Small random-init models
+saved with save_pretrained (beside a tokenizer trained here)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,40 @@ def test_bert_fill_mask_exports_verifies_and_reads_text(tmp_path: Path) -> None:
                                             ("bert", "Model")])
 def test_every_encoder_head(tmp_path: Path, arch: str, head: str) -> None:
     _check(save_encoder(tmp_path / arch, arch, head), arch, head, tmp_path / "bundle")
+
+
+def save_image_classifier(folder: Path, arch: str) -> Path:
+    """A tiny `arch` (vit | convnext | resnet) *ForImageClassification; ResNet's config has no image size, so its
+    image processor's preprocessor_config.json (as save_pretrained writes it) gives the size."""
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "cat", 1: "dog", 2: "bird"}, "label2id": {"cat": 0, "dog": 1, "bird": 2}}
+    if arch == "vit":
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+            patch_size=8, **labels))
+    elif arch == "convnext":
+        model = transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+            hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32, layer_scale_init_value=0.5, **labels))
+    else:
+        model = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, **labels))
+        transformers.ConvNextImageProcessor(size={"shortest_edge": 40}).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["vit", "convnext", "resnet"])
+def test_image_classifiers_export_as_cnn(tmp_path: Path, arch: str) -> None:
+    """ViT, ConvNeXt and ResNet classifiers take the cnn family at their configured size; logits equal
+    transformers' on the same pixels, and fresh-input verify against the folder passes."""
+    folder = save_image_classifier(tmp_path / arch, arch)
+    resolved = resolve(f"hf:{folder}")
+    assert resolved.family == "cnn" and resolved.model.input_shape == ((3, 40, 40) if arch == "resnet" else (3, 32, 32))
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "bundle", source=resolved.source)
+    assert deploykit.verify(bundle, model=resolve(f"hf:{folder}").model, fresh=True, seed=1).passed
+    pixels = np.random.default_rng(0).standard_normal((4, *resolved.model.input_shape)).astype(np.float32)
+    hf = transformers.AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        want = hf(pixel_values=torch.from_numpy(pixels)).logits.numpy()
+    with deploykit.load(bundle.path) as dep:
+        np.testing.assert_allclose(dep.infer({"image": pixels})["logits"], want, atol=1e-4, rtol=1e-4)

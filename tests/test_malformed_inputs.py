@@ -57,7 +57,7 @@ HF_CASES = {
     "vocab_size as a string": (_config(vocab_size="300"), "config.json could not be read.*'vocab_size'"),
     "n_layer as a string": (_config(n_layer="2"), "config.json could not be read.*'n_layer'"),
     "eos_token_id as a string": (_config(eos_token_id="x"), "config.json could not be read.*'eos_token_id'"),
-    "negative vocab_size": (_config(vocab_size=-5), "could not load a causal LM.*negative dimension"),
+    "negative vocab_size": (_config(vocab_size=-5), "could not load it .AutoModelForCausalLM.*negative dimension"),
     "vocab_size 301 for 300 rows": (_config(vocab_size=301),
                                     r"weights and config.json disagree \(transformer.wte.weight: file \[300, 32\] vs "
                                     r"config \[301, 32\]"),
@@ -67,7 +67,7 @@ HF_CASES = {
                                 "tokenizer.json' is not a tokenizer.json that tokenizers can read"),
     "tokenizer.json {}": (lambda f: (f / "tokenizer.json").write_text("{}"), "is not a tokenizer.json"),
     "tokenizer.json binary": (lambda f: (f / "tokenizer.json").write_bytes(b"\xff\xfe\x00" * 9), "is not a tokenizer"),
-    "safetensors truncated": (_weights(lambda b: b[:5000]), "could not load a causal LM.*SafetensorError"),
+    "safetensors truncated": (_weights(lambda b: b[:5000]), "could not load it .AutoModelForCausalLM.*SafetensorError"),
     "safetensors header only": (_weights(lambda b: b[:8 + int.from_bytes(b[:8], "little")]), "SafetensorError"),
     "safetensors garbage": (_weights(lambda b: b"garbage" * 100), "SafetensorError"),
     "safetensors empty": (_weights(lambda b: b""), "SafetensorError"),
@@ -181,9 +181,11 @@ def test_garbage_tokenizer_in_a_bundle_is_named(zoo_bundle, bpe: Path, tmp_path:
 
     manifest["tokenizer"] = {"file": "tokenizer.json", "sha256": sha256_file(bundle / "tokenizer.json")}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="its tokenizer .* is not a tokenizer.json"):  # refused when the bundle loads
+        deploykit.load_bundle(bundle)
     run = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(bundle), "--prompt", "Now"],
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2 and "this bundle's tokenizer" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "its tokenizer" in run.stderr and "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize(("ids", "match"), [("99999999999999999999999", "--prompt-ids"), ("\u00b2", "--prompt-ids"),
@@ -253,6 +255,8 @@ def test_a_swapped_tokenizer_is_caught_even_with_a_rehashed_manifest(gpt2_folder
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["tokenizer"]["sha256"] = sha256_file(bundle / "tokenizer.json")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not the tokenizer this bundle was exported with"):
+        deploykit.load_bundle(bundle)
     for args in (["verify", str(bundle), "--golden-only"], ["sample", str(bundle), "--prompt", "Now"]):
         run = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and "not the tokenizer this bundle was exported with" in run.stderr, run.stderr

@@ -1,6 +1,7 @@
 """`hf:DIR`: a model saved with transformers' `save_pretrained`, routed by its architecture: a causal language model
 goes through the `gpt` family's KV-cache loop as it is published (its default attention, sdpa included); a text
-encoder (masked LM, sequence classifier, bare encoder) through `hf-encoder` (hf_encoder.py).
+encoder (masked LM, sequence classifier, bare encoder) through `hf-encoder` (hf_encoder.py); an image classifier
+through `cnn` (hf_image.py).
 
 The folder is read as it is (config.json, weights, tokenizer.json when present); nothing is fetched.
 GPT-2 and Llama-style models (RoPE, RMSNorm, grouped-query attention, SwiGLU) are covered by the
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
-from . import hf_encoder
+from . import hf_encoder, hf_image
 from .onnx_export import first_line
 
 WEIGHTS = ("*.safetensors", "*.bin")
@@ -101,10 +102,14 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+IMAGE_CLASSIFIER = "ForImageClassification"
+AUTO = {IMAGE_CLASSIFIER: "AutoModelForImageClassification"}  # the text encoders' are in hf_encoder.HEADS
+
+
 def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str | None]:
-    """The folder's config and its route: None for a decoder-only causal LM, else the hf_encoder.HEADS suffix of a
-    text encoder; InputError for an encoder-decoder (BART, T5, Marian: it would load as another model) and for
-    architectures neither route takes."""
+    """The folder's config and its route: None for a decoder-only causal LM, IMAGE_CLASSIFIER for an image
+    classifier, else the hf_encoder.HEADS suffix of a text encoder; InputError for an encoder-decoder (BART, T5,
+    Marian: it would load as another model) and for architectures no route takes."""
     try:
         config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
@@ -112,8 +117,9 @@ def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str 
     kind = getattr(config, "model_type", "?")
     architectures = list(getattr(config, "architectures", None) or [])
     takes = ("hf:DIR exports decoder-only causal LMs (GPT-2, Llama, Qwen, Phi-3, GPT-NeoX, OPT, Gemma, GPT-J, "
-             "StableLM and other *ForCausalLM models) and text encoders (BERT, RoBERTa, DistilBERT and other "
-             "*ForMaskedLM, *ForSequenceClassification or bare *Model encoders)")
+             "StableLM and other *ForCausalLM models), text encoders (BERT, RoBERTa, DistilBERT and other "
+             "*ForMaskedLM, *ForSequenceClassification or bare *Model encoders) and image classifiers (ViT, "
+             "ConvNeXt, ResNet and other *ForImageClassification models)")
     if getattr(config, "is_encoder_decoder", False):
         raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is an "
                          f"encoder-decoder, which is not supported yet; {takes}.")
@@ -123,8 +129,9 @@ def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str 
             raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
                              f"{transformers.__version__}; {takes}.")
         return config, None
-    suffix = hf_encoder.head(architectures)
-    if suffix is None:
+    suffix = IMAGE_CLASSIFIER if any(a.endswith(IMAGE_CLASSIFIER) for a in architectures) else hf_encoder.head(architectures)
+    auto = None if suffix is None else getattr(transformers, AUTO.get(suffix) or hf_encoder.HEADS[suffix][1])
+    if auto is None or type(config) not in auto._model_mapping:  # e.g. audio classifiers, CLIP-style dual encoders
         raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
                          f"not supported yet; {takes}.")
     return config, suffix
@@ -172,8 +179,8 @@ def _shape_mismatches(root: Path, config: Any, auto: Any) -> list[str]:
 
 def load(folder: str | Path, context: int | None = None) -> HFSource:
     """The model saved in `folder` (float32, eval) on its route: a causal LM wrapped for the gpt family with `context`
-    positions (default: the config's max_position_embeddings), or a text encoder for hf-encoder; InputError naming
-    what is missing, malformed or not supported."""
+    positions (default: the config's max_position_embeddings), a text encoder for hf-encoder or an image classifier
+    for cnn; InputError naming what is missing, malformed or not supported."""
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
@@ -188,9 +195,13 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
     config, suffix = _route(folder, transformers, root)
     tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     tok = None if tokenizer is None else read_tokenizer(tokenizer, f"hf:{folder}: the folder's tokenizer")
+    if suffix is not None and context is not None:
+        raise InputError("--context sets a causal LM's positions; drop it for this folder (model type "
+                         f"'{config.model_type}').")
+    if suffix == IMAGE_CLASSIFIER:
+        model = _from_pretrained(getattr(transformers, AUTO[suffix]), folder, root, transformers)
+        return HFSource(hf_image.wrap(model, root), None, fingerprint(root), "cnn")
     if suffix is not None:  # a text encoder
-        if context is not None:
-            raise InputError("--context sets a causal LM's positions; a text encoder reads up to its position table.")
         task, auto = hf_encoder.HEADS[suffix]
         model = _from_pretrained(getattr(transformers, auto), folder, root, transformers)
         encoder = hf_encoder.wrap(model, task, tok, root, config.model_type)

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import InputError
 from ..runtimes.encoder import TASKS, TextEncoderConfig
 from ..specs import DimRule, TensorSpec
+from .onnx_export import first_line
 from .registry import Family, Role, Tolerance, attribute, register
 
 # architecture suffix -> (task, the transformers Auto class that loads it)
@@ -85,12 +86,24 @@ def _mask_token(folder: Path, tokenizer: Any) -> str | None:
 
 def wrap(model: nn.Module, task: str, tokenizer: Any, folder: Path, kind: str) -> HFTextEncoder:
     """The loaded transformers model as an hf-encoder module; InputError unless it reads token ids alone."""
+    refuse = f"hf:{folder}: model type '{kind}' ({type(model).__name__})"
+    config = model.config
     if getattr(model, "main_input_name", "input_ids") != "input_ids":
-        raise InputError(f"hf:{folder}: model type '{kind}' reads '{model.main_input_name}', not text; hf:DIR exports "
-                         "text encoders and causal LMs (image and audio models are not supported yet).")
+        raise InputError(f"{refuse} reads '{model.main_input_name}', not text; it is not supported yet.")
+    if not all(isinstance(getattr(config, k, None), int) for k in ("vocab_size", "max_position_embeddings")):
+        raise InputError(f"{refuse} has no vocab_size / max_position_embeddings in its config: not a text encoder "
+                         "deploykit reads (multi-modal and other models are not supported yet).")
     cls = HFTextEncoderWithTypes if "token_type_ids" in inspect.signature(model.forward).parameters \
-        and getattr(model.config, "type_vocab_size", 0) else HFTextEncoder
-    return cls(model.eval(), task, tokenizer, folder)
+        and getattr(config, "type_vocab_size", 0) else HFTextEncoder
+    encoder = cls(model.eval(), task, tokenizer, folder)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    try:  # a model that needs more than token ids (pixels, a decoder input) fails here, not inside torch.export
+        with torch.no_grad():
+            encoder(ids, torch.ones_like(ids), *([torch.zeros_like(ids)] if encoder.type_vocab else []))
+    except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, TypeError, AttributeError, ...)
+        raise InputError(f"{refuse} does not run on token ids and an attention mask alone ({first_line(exc)}); it "
+                         "is not supported yet.") from exc
+    return encoder
 
 
 def _roles(model: nn.Module) -> dict[str, Role]:

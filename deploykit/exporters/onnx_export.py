@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ExportError
+from ..onnx_refs import varint
 from ..specs import DimRule, GraphSpec, TensorSpec
 from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
@@ -291,18 +292,9 @@ def release_memory(collect: bool = True) -> None:
         pass
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _field(number: int, size: int) -> bytes:
     """Tag and length of a length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(size)
+    return varint(number << 3 | 2) + varint(size)
 
 
 GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data

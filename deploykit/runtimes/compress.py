@@ -23,7 +23,7 @@ import json
 import platform
 import struct
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,10 +31,14 @@ import numpy as np
 from ..backends.base import Runner
 from ..bundle import MANIFEST, Bundle, sha256_file
 from ..errors import InputError, optional_import
+from ..onnx_refs import read_varint, varint
 from .kinds import kind_of
 from .tokens import Codec, LanguageModelConfig
 
-MAGIC = b"DKZ\x01"  # deploykit compressed file, format 1
+MAGIC = b"DKZ\x02"  # deploykit compressed file, format 2: a binary header (about 70 bytes)
+MAGIC_JSON = b"DKZ\x01"  # format 1: a JSON header (about 330 bytes), still read
+DIGEST = 16  # bytes of each sha256 a format-2 header keeps (128 bits: a wrong bundle or output is never missed)
+PAYLOADS = ("text", "array")
 Progress = Callable[[int, int], None]  # (symbols done, symbols in all)
 
 
@@ -65,7 +69,7 @@ class SymbolModel(Protocol):
 class Header:
     """What a compressed file records besides the code: enough to refuse a decode that would go wrong."""
 
-    bundle: str  # sha256 of the bundle's manifest.json (which holds every graph's sha256)
+    bundle: str  # sha256 (hex; its first DIGEST bytes in format 2) of the bundle's manifest.json (every graph's sha256)
     backend: str
     threads: int | None  # the runners' intra-op threads (None: the backend's default)
     onnxruntime: str
@@ -73,7 +77,7 @@ class Header:
     payload: str  # text | array
     symbols: int  # tokens, or values (labels included) of every example
     size: int  # bytes of the original (text) or of the array's data
-    sha256: str  # of those bytes
+    sha256: str  # of those bytes (hex, as `bundle`)
     window: int | None = None  # text: the model's context (full, it restarts from the last half)
     shape: list[int] | None = None  # array: [examples, ...]
     dtype: str | None = None  # array: its numpy dtype
@@ -246,10 +250,66 @@ def compress(bundle: Bundle, runners: dict[str, Runner], data: bytes | np.ndarra
                 count.tick()
         raw = np.ascontiguousarray(x).tobytes()
         fields = {"payload": "array", "symbols": count.total, "shape": list(x.shape), "dtype": x.dtype.str}
-    header = Header(**_identity(bundle, runners), **fields, size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-    meta = json.dumps(asdict(header), sort_keys=True).encode()
+    identity = _identity(bundle, runners)
+    identity["bundle"] = identity["bundle"][:2 * DIGEST]
+    header = Header(**identity, **fields, size=len(raw), sha256=hashlib.sha256(raw).hexdigest()[:2 * DIGEST])
     words = encoder.get_compressed().astype("<u4").tobytes()
-    return Compressed(MAGIC + struct.pack("<I", len(meta)) + meta + words, header, bits)
+    return Compressed(pack_header(header) + words, header, bits)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()[:255]
+    return bytes([len(data)]) + data
+
+
+def pack_header(header: Header) -> bytes:
+    """The format-2 header: MAGIC, the two digests, the payload, backend / onnxruntime / machine (length-prefixed),
+    threads (0: default), symbols, size, window (0: none) as varints, and an array's shape and dtype."""
+    out = bytearray(MAGIC + bytes.fromhex(header.bundle)[:DIGEST] + bytes.fromhex(header.sha256)[:DIGEST])
+    out.append(PAYLOADS.index(header.payload))
+    for value in (header.backend, header.onnxruntime, header.machine):
+        out += _text(value)
+    for number in (header.threads or 0, header.symbols, header.size, header.window or 0):
+        out += varint(number)
+    if header.payload == "array":
+        shape = header.shape or []
+        out += varint(len(shape)) + b"".join(varint(d) for d in shape) + _text(header.dtype or "")
+    return bytes(out)
+
+
+class _Reader:
+    """Fields of a format-2 header, in order; IndexError (ProtobufError for a varint) past its end."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob, self.at = blob, len(MAGIC)
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.blob):
+            raise IndexError("header ends early")
+        self.at += n
+        return self.blob[self.at - n:self.at]
+
+    def number(self) -> int:
+        value, self.at = read_varint(memoryview(self.blob), self.at)
+        return value
+
+    def text(self) -> str:
+        return self.take(self.take(1)[0]).decode()
+
+
+def _unpack_header(blob: bytes) -> tuple[Header, int]:
+    """A format-2 header and where the code starts."""
+    r = _Reader(blob)
+    bundle, sha = r.take(DIGEST).hex(), r.take(DIGEST).hex()
+    payload = PAYLOADS[r.take(1)[0]]
+    backend, onnxruntime, machine = r.text(), r.text(), r.text()
+    threads, symbols, size, window = (r.number() for _ in range(4))
+    shape, dtype = None, None
+    if payload == "array":
+        shape = [r.number() for _ in range(min(r.number(), 64))]
+        dtype = r.text()
+    return Header(bundle, backend, threads or None, onnxruntime, machine, payload, symbols, size, sha, window or None,
+                  shape, dtype), r.at
 
 
 def _fits(header: Header) -> bool:
@@ -263,16 +323,20 @@ def _fits(header: Header) -> bool:
 
 def read_header(blob: bytes) -> tuple[Header, np.ndarray]:
     """The header and code words of a compressed file; InputError for anything else (truncated, corrupt)."""
-    if blob[:4] != MAGIC or len(blob) < 8:
-        raise InputError("this is not a deploykit compressed file (no DKZ1 header); give a file `deploykit compress` "
+    if blob[:4] not in (MAGIC, MAGIC_JSON) or len(blob) < 8:
+        raise InputError("this is not a deploykit compressed file (no DKZ header); give a file `deploykit compress` "
                          "wrote.")
-    (length,) = struct.unpack("<I", blob[4:8])
     try:
-        header = Header(**json.loads(blob[8:8 + length]))
-    except (ValueError, TypeError) as exc:
+        if blob[:4] == MAGIC:
+            header, start = _unpack_header(blob)
+        else:
+            (length,) = struct.unpack("<I", blob[4:8])
+            header, start = Header(**json.loads(blob[8:8 + length])), 8 + length
+    except (ValueError, TypeError, IndexError) as exc:  # ProtobufError and UnicodeDecodeError are ValueErrors
         raise InputError(f"the compressed file's header is corrupt ({type(exc).__name__}); it cannot be decoded.") from exc
-    code = blob[8 + length:]
-    if len(code) % 4 or header.payload not in ("text", "array") or not 1 <= header.symbols <= 8 * max(header.size, 1) \
+    code = blob[start:]
+    if len(code) % 4 or header.payload not in PAYLOADS or not 1 <= header.symbols <= 8 * max(header.size, 1) \
+            or min(len(str(header.bundle)), len(str(header.sha256))) < 2 * DIGEST \
             or header.payload == "array" and not _fits(header):
         raise InputError(f"the compressed file is truncated or corrupt ({len(code)} code bytes, {header.symbols} "
                          f"symbols for {header.size} bytes of {header.payload!r}).")
@@ -287,7 +351,7 @@ def decompress(bundle: Bundle, runners: dict[str, Runner], blob: bytes, codec: C
     constriction = _coder()
     header, words = read_header(blob)
     here = _identity(bundle, runners)
-    if header.bundle != here["bundle"]:
+    if not here["bundle"].startswith(header.bundle):
         raise InputError("this file was compressed with another bundle (manifest sha256 "
                          f"{header.bundle[:12]}..., this bundle's is {here['bundle'][:12]}...); decompress it with "
                          "the bundle it was compressed with.")
@@ -330,7 +394,7 @@ def decompress(bundle: Bundle, runners: dict[str, Runner], blob: bytes, codec: C
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction on a code it cannot read
         raise InputError(f"the compressed code is corrupt or truncated ({str(exc)[:120] or type(exc).__name__}); "
                          "nothing was written.") from exc
-    if len(raw) != header.size or hashlib.sha256(raw).hexdigest() != header.sha256:
+    if len(raw) != header.size or not hashlib.sha256(raw).hexdigest().startswith(header.sha256):
         raise InputError(
             f"the decode does not reproduce the original (sha256 mismatch): the file is corrupt, or this machine "
             f"computes other probabilities (compressed on {header.machine} with onnxruntime {header.onnxruntime}, "

@@ -170,10 +170,8 @@ class Deployment:
         if self.kind.use != "generate" and self.kind.text is None:
             raise self._refuse("a bundle that reads text (a language model or a text encoder)")
         if self._codec is None:
-            path = self.bundle.tokenizer
-            recorded = self.bundle.manifest.get("tokenizer", {}).get("vocab_sha256")
-            if path is not None:
-                self._codec = TokenizerCodec(path, loop.vocab_size, recorded)
+            if self.bundle.tokenizer is not None:
+                self._codec = TokenizerCodec(self.bundle.text_tokenizer, loop.vocab_size)
             elif isinstance(loop, LanguageModelConfig):
                 self._codec = CharCodec(loop.vocab)
             else:
@@ -218,11 +216,15 @@ class Deployment:
         """Lossless coding under this bundle's model (`.data`: the file, with its rate; runtimes.compress): UTF-8 text
         (bytes) under a language model, or examples [N, ...] at their levels under a masked autoregressive model."""
         text = isinstance(data, (bytes, bytearray))
+        if text:
+            self.require("generate")  # text is coded under a language model (a text encoder gives no next token)
         return compress(self.bundle, self.runners, data, self.codec() if text else None, progress)
 
     def decompress(self, blob: bytes, progress: Progress | None = None) -> bytes | np.ndarray:
         """The original (bytes or array) of a file `compress` wrote with this bundle, backend and thread count."""
         text = read_header(blob)[0].payload == "text"
+        if text:
+            self.require("generate")
         return decompress(self.bundle, self.runners, blob, self.codec() if text else None, progress)
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:

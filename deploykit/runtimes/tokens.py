@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..checks import check_fits, check_int
-from ..errors import BundleError, InputError, choices, optional_import
+from ..errors import InputError, choices, optional_import
 from ..parity import Tolerance
 from .kinds import LoopConfig, Runners, kind_of
 
@@ -290,12 +290,8 @@ def vocabulary_sha256(tokenizer: Any) -> str:
 class TokenizerCodec:
     """A bundle's tokenizer.json run by the `tokenizers` package (Rust, no torch, no transformers)."""
 
-    def __init__(self, path: Path, vocab_size: int, vocab_sha256: str | None = None) -> None:
-        self.tokenizer = read_tokenizer(path, "this bundle's tokenizer")
-        if vocab_sha256 is not None and vocabulary_sha256(self.tokenizer) != vocab_sha256:
-            raise BundleError(f"{path} is not the tokenizer this bundle was exported with: its vocabulary (id -> token) "
-                              "differs from the one the manifest records, so text would encode to other ids; put "
-                              "the exported tokenizer.json back or re-export the bundle.")
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer  # Bundle.text_tokenizer: parsed and checked against the manifest once
         self.vocab_size = vocab_size
         self.textual = True
 
