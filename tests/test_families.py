@@ -15,7 +15,8 @@ ZOO_NAMES = list(ZOO)
 
 
 def test_every_family_has_a_zoo_model_under_test() -> None:
-    assert {e.family for e in ZOO.values()} == set(FAMILIES)
+    """hf-encoder is reached through hf:DIR folders only; tests/test_hf_encoders.py exports and verifies it."""
+    assert {e.family for e in ZOO.values()} | {"hf-encoder"} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
