@@ -7,7 +7,8 @@ onnxruntime-genai's model builder at fp32 and int4 (block 32, accuracy level 4, 
 Then greedy decode tokens/s (32-token prompt, 128 new tokens, batch 1 and 8, one thread each) for every engine in
 one process, rounds interleaved (the order reversed every other round), median and spread; Hugging Face
 `generate` in torch eager is the baseline. Peak RSS of each engine: a fresh process loading it and decoding once
-at batch 1. Last, deploykit's quantize accuracy rows (int8, int4) from the manifests.
+at batch 1. Last, the fp32 ceiling (tokens/s if a step only read the weights once) and deploykit's quantize
+accuracy rows (int8, int4) from the manifests.
 
 optimum-onnx pins transformers < 4.58, so the peers run in their own environment (`make peers-env`:
 .venv-peers, with deploykit on its path for the torch-free decode); the genai builder runs here (it needs
@@ -186,6 +187,24 @@ def _save_tokenizer(folder: Path) -> None:
                                          ).save_pretrained(folder)
 
 
+def _weight_read_ceiling(params: int, threads: int, repeats: int = 5) -> float:
+    """Tokens/s if a decode step did nothing but read the fp32 weights once: the fastest of `repeats` passes of
+    torch.mv (MKL sgemv, bandwidth-bound) over a matrix of the model's size, at `threads`. Every fp32 decoder reads
+    each weight once per token at batch 1, so none can beat it."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    matrix, vector = torch.randn(params // 768, 768), torch.randn(768)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mv(matrix, vector)
+        best = min(best, time.perf_counter() - start)
+    return 1 / best
+
+
 def _size(path: Path) -> float:
     return sum(f.stat().st_size for f in path.glob("**/*") if f.is_file() and "golden" not in f.parts) / 2**20
 
@@ -236,6 +255,7 @@ def main() -> None:
             built = f"{cpu:.0f} | {peak:.0f}" if name in builds else "- | -"
             size = f"{_size(Path(engines[name])):.0f}"
             print(f"| {name} | {built} | {size} | {rss[name]:.0f} | {' | '.join(cells)} | {same} |")
+        print(f"fp32 weight-read ceiling at batch 1: {_weight_read_ceiling(params, args.threads):.1f} tok/s")
         for mode in ("int8", "int4"):
             manifest = json.loads((work / f"deploykit {mode}" / "manifest.json").read_text())
             for row in manifest["precision"]["accuracy"]:
