@@ -51,16 +51,19 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
         logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
         if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
             role = logits[0]
+            spec = source.graphs[role].spec
+            axis = spec.class_axis("logits")  # [batch, classes], or a masked LM's [batch, seq, vocab]
             if labelled is not None:
-                name = source.graphs[role].spec.inputs[0].name
-                accuracy = [float((d.infer({name: labelled[0]}, role)["logits"].argmax(1) == labelled[1]).mean())
+                name = spec.inputs[0].name
+                accuracy = [float((d.infer({name: labelled[0]}, role)["logits"].argmax(axis) == labelled[1]).mean())
                             for d in (full, low)]
                 rows.append({"metric": f"test accuracy ({len(labelled[1])} labelled examples)", "fp32": accuracy[0],
                              "quantized": accuracy[1]})
             else:
-                feeds = source.graphs[role].spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
-                top = [d.infer(feeds, role)["logits"].argmax(1) for d in (full, low)]
-                rows.append({"metric": "top-1 agreement with fp32 (256 random inputs)", "fp32": 1.0,
+                feeds = spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
+                top = [d.infer(feeds, role)["logits"].argmax(axis) for d in (full, low)]
+                where = "positions of 256 random inputs" if top[0].ndim > 1 else "256 random inputs"
+                rows.append({"metric": f"top-1 agreement with fp32 ({where})", "fp32": 1.0,
                              "quantized": float((top[0] == top[1]).mean())})
         if kind.use == "generate":
             rows.extend(_language_model_rows(full, low))

@@ -124,6 +124,11 @@ def test_bert_fill_mask_exports_verifies_and_reads_text(tmp_path: Path) -> None:
     assert main(["run", str(tmp_path / "bundle")]) == 2  # neither --inputs nor --text
     with pytest.raises(InputError, match="holds a model of family 'hf-encoder', not 'gpt'"):
         resolve(f"hf:{folder}", "gpt")
+    from deploykit.precision import quantize
+
+    rows = quantize(tmp_path / "bundle", "int8-dynamic", tmp_path / "int8").manifest["precision"]["accuracy"]
+    assert rows[0]["metric"] == "top-1 agreement with fp32 (positions of 256 random inputs)"  # over the vocabulary
+    assert 0.5 <= rows[0]["quantized"] <= 1.0
 
 
 @pytest.mark.slow
