@@ -22,8 +22,9 @@ ACCURACY_LEVELS = {0: "unset (the kernel's default)", 1: "fp32", 2: "fp16", 3: "
 
 @dataclass(frozen=True)
 class Int4Options:
-    """Block size (weights per scale, a power of two >= 16), symmetric blocks (no zero point) or not, and the
-    accuracy level: the lowest precision the kernel may compute in (ACCURACY_LEVELS)."""
+    """Block size (weights per scale: a power of two from 16 to 256, the sizes onnxruntime's CPU kernels take),
+    symmetric blocks (no zero point) or not, and the accuracy level: the lowest precision the kernel may compute
+    in (ACCURACY_LEVELS)."""
 
     block_size: int = 32
     symmetric: bool = True
@@ -31,7 +32,7 @@ class Int4Options:
 
     def check(self) -> None:
         """InputError naming the option that is out of range."""
-        check_int("--block-size", self.block_size, 16, meaning="weights per quantization block")
+        check_int("--block-size", self.block_size, 16, 256, meaning="weights per quantization block")
         if self.block_size & (self.block_size - 1):
             raise InputError(f"--block-size is {self.block_size}, expected a power of two (16, 32, 64, 128, 256).")
         if self.accuracy_level not in ACCURACY_LEVELS:

@@ -97,6 +97,7 @@ def test_int4_refuses_what_it_cannot_do(zoo_bundle, tmp_path: Path) -> None:
 
     source = zoo_bundle("vit")
     for options, match in ((Int4Options(block_size=48), "power of two"), (Int4Options(block_size=8), "block-size"),
+                           (Int4Options(block_size=2**40), "block-size is 1099511627776, expected an integer in 16..256"),
                            (Int4Options(accuracy_level=7), "accuracy-level")):
         with pytest.raises(InputError, match=match):
             quantize(source, "int4", tmp_path / "x", int4_options=options)

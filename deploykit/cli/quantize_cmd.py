@@ -33,7 +33,7 @@ def quantize_cmd(
     out: Annotated[Path, typer.Option(help="directory of the new bundle")],
     calibration: Annotated[int, typer.Option(help="int8-static: calibration batches (seeded, at the check shapes)")] = 32,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
-    block_size: Annotated[int | None, typer.Option(help="int4: weights per scale (a power of two >= 16) [default: 32]")] = None,
+    block_size: Annotated[int | None, typer.Option(help="int4: weights per scale (16, 32, 64, 128 or 256) [default: 32]")] = None,
     asymmetric: Annotated[bool, typer.Option(help="int4: a zero point per block (default: symmetric blocks)")] = False,
     accuracy_level: Annotated[int | None, typer.Option(help="int4: lowest compute precision, 0 unset, 1 fp32, 2 fp16, "
                                                        "3 bf16, 4 int8 (fastest on CPU) [default: 4]")] = None,
