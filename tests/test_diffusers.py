@@ -245,6 +245,12 @@ def test_pipeline_folder_errors(pipeline, tmp_path: Path) -> None:
         resolve(f"diffusers:{thresholded}")  # before the UNet loads
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == "DDPMScheduler"
+    transformers = pytest.importorskip("transformers")
+    for model, route in ((unet, "diffusers:DIR"), (transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=8, n_layer=1, n_head=2, vocab_size=20)), "hf:DIR")):  # passed as the library holds them
+        with pytest.raises(InputError, match=f"is a .* model: deploykit exports those .*`deploykit export {route}"):
+            deploykit.export(model, "ddpm" if route.startswith("diffusers") else "gpt", tmp_path / "raw")
+        assert not (tmp_path / "raw").exists()
 
 
 def test_class_conditional_unet2d_condition_model_exports_with_class_labels(tmp_path: Path) -> None:

@@ -80,6 +80,22 @@ def _check_tokenizer(path: Path, family: str, loop: Any) -> dict[str, str]:
     return {"file": "tokenizer.json", "vocab_sha256": vocabulary_sha256(read)}
 
 
+LIBRARY_ROUTES = {"transformers": "hf", "diffusers": "diffusers"}  # library -> the folder route that exports its models
+
+
+def _refuse_library_model(model: nn.Module) -> None:
+    """InputError for a transformers or diffusers model passed as it is: no family protocol fits it, and its folder
+    route (hf:DIR, diffusers:DIR) wraps it for the right family and loop."""
+    library = type(model).__module__.split(".")[0]
+    if library in LIBRARY_ROUTES:
+        prefix = LIBRARY_ROUTES[library]
+        raise InputError(f"{type(model).__name__} is a {library} model: deploykit exports those from the folder "
+                         f"save_pretrained writes, routed to the family that fits. `model.save_pretrained(DIR)`, then "
+                         f"`deploykit export {prefix}:DIR --out BUNDLE` (Python: `r = deploykit.sources.resolve("
+                         f"'{prefix}:DIR')`, then `deploykit.export(r.model, r.family, out, source=r.source, "
+                         "tokenizer=r.tokenizer)`).")
+
+
 @contextmanager
 def _backend_failure(what: str) -> Iterator[None]:
     """ExportError naming `what` for an exception onnxruntime raises in the export's checks (ours pass through)."""
@@ -139,6 +155,7 @@ def export(
     """
     phase = on_phase or (lambda text: None)
     fam = get_family(family)
+    _refuse_library_model(model)
     with exportable(model) as ready:  # the user's module (restored after) unless weights must be folded
         roles = fam.roles(ready)  # first: it checks the family's protocol and names what is missing
         shapes = fam.check_shapes(model)
