@@ -50,14 +50,11 @@ def convert(model: Any, target: Path, options: Int4Options) -> None:
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     root.handlers[:], root.level = handlers, level  # its import configures the root logger at INFO: undone
-
-    config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=options.symmetric,
-                                          accuracy_level=options.accuracy_level)
     quantizer = MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=options.symmetric,
-                                     accuracy_level=options.accuracy_level, algo_config=config)
+                                     accuracy_level=options.accuracy_level)  # builds its default (RTN) weight config
     quantizer.process()
     out = quantizer.model.model
     if not any(node.op_type == "MatMulNBits" for node in out.graph.node):

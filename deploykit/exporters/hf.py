@@ -85,7 +85,7 @@ class HFCausalLM(nn.Module):
 @dataclass(frozen=True)
 class HFSource:
     """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, a fingerprint of the folder and
-    the family it exports as (gpt for causal LMs, hf-encoder for text encoders)."""
+    the family it exports as (gpt for causal LMs, hf-encoder for text encoders, cnn for image classifiers)."""
 
     model: nn.Module
     tokenizer: Path | None
@@ -106,10 +106,11 @@ IMAGE_CLASSIFIER = "ForImageClassification"
 AUTO = {IMAGE_CLASSIFIER: "AutoModelForImageClassification"}  # the text encoders' are in hf_encoder.HEADS
 
 
-def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str | None]:
-    """The folder's config and its route: None for a decoder-only causal LM, IMAGE_CLASSIFIER for an image
-    classifier, else the hf_encoder.HEADS suffix of a text encoder; InputError for an encoder-decoder (BART, T5,
-    Marian: it would load as another model) and for architectures no route takes."""
+def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str | None, Any]:
+    """The folder's config, its route (None for a decoder-only causal LM, IMAGE_CLASSIFIER for an image classifier,
+    else the hf_encoder.HEADS suffix of a text encoder) and the transformers Auto class that loads it; InputError
+    for an encoder-decoder (BART, T5, Marian: it would load as another model) and for architectures no route
+    takes."""
     try:
         config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
@@ -128,13 +129,13 @@ def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str 
         if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
             raise InputError(f"hf:{folder}: model type '{kind}' has no causal-LM class in transformers "
                              f"{transformers.__version__}; {takes}.")
-        return config, None
+        return config, None, transformers.AutoModelForCausalLM
     suffix = IMAGE_CLASSIFIER if any(a.endswith(IMAGE_CLASSIFIER) for a in architectures) else hf_encoder.head(architectures)
     auto = None if suffix is None else getattr(transformers, AUTO.get(suffix) or hf_encoder.HEADS[suffix][1])
     if auto is None or type(config) not in auto._model_mapping:  # e.g. audio classifiers, CLIP-style dual encoders
         raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
                          f"not supported yet; {takes}.")
-    return config, suffix
+    return config, suffix, auto
 
 
 def _from_pretrained(auto: Any, folder: str | Path, root: Path, transformers: Any) -> nn.Module:
@@ -192,21 +193,18 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
                          "carry code. Convert them to safetensors where you trust the file: "
                          "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`.")
     transformers = _transformers()
-    config, suffix = _route(folder, transformers, root)
+    config, suffix, auto = _route(folder, transformers, root)
     tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     tok = None if tokenizer is None else read_tokenizer(tokenizer, f"hf:{folder}: the folder's tokenizer")
     if suffix is not None and context is not None:
         raise InputError("--context sets a causal LM's positions; drop it for this folder (model type "
                          f"'{config.model_type}').")
+    model = _from_pretrained(auto, folder, root, transformers)
     if suffix == IMAGE_CLASSIFIER:
-        model = _from_pretrained(getattr(transformers, AUTO[suffix]), folder, root, transformers)
         return HFSource(hf_image.wrap(model, root), None, fingerprint(root), "cnn")
     if suffix is not None:  # a text encoder
-        task, auto = hf_encoder.HEADS[suffix]
-        model = _from_pretrained(getattr(transformers, auto), folder, root, transformers)
-        encoder = hf_encoder.wrap(model, task, tok, root, config.model_type)
+        encoder = hf_encoder.wrap(model, hf_encoder.HEADS[suffix][0], tok, root, config.model_type)
         return HFSource(encoder, tokenizer, fingerprint(root), "hf-encoder")
-    model = _from_pretrained(transformers.AutoModelForCausalLM, folder, root, transformers)
     size = int(model.config.vocab_size)
     names: list[str] = []
     if tok is not None:

@@ -47,8 +47,7 @@ class HFTextEncoder(nn.Module):
         embeddings = getattr(model.base_model, "embeddings", None)
         offset = int(getattr(embeddings, "padding_idx", -1) or 0) + 1 if hasattr(embeddings, "padding_idx") else 0
         self.context = int(config.max_position_embeddings) - offset  # RoBERTa numbers positions after padding_idx
-        self.type_vocab = int(getattr(config, "type_vocab_size", 0) or 0) \
-            if "token_type_ids" in inspect.signature(model.forward).parameters else 0
+        self.type_vocab = _type_vocab(model)
         self.pad_id = int(config.pad_token_id if getattr(config, "pad_token_id", None) is not None else 0)
         self.labels = [str(config.id2label[i]) for i in sorted(config.id2label)] if task == "text-classification" else []
         self.mask_token = _mask_token(folder, tokenizer) if task == "fill-mask" else None
@@ -66,6 +65,13 @@ class HFTextEncoderWithTypes(HFTextEncoder):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,  # type: ignore[override]
                 token_type_ids: torch.Tensor) -> torch.Tensor:
         return self._output(self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids))
+
+
+def _type_vocab(model: nn.Module) -> int:
+    """How many token types (segments) the model takes as token_type_ids; 0 when it takes none."""
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:
+        return 0
+    return int(getattr(model.config, "type_vocab_size", 0) or 0)
 
 
 def _mask_token(folder: Path, tokenizer: Any) -> str | None:
@@ -93,8 +99,7 @@ def wrap(model: nn.Module, task: str, tokenizer: Any, folder: Path, kind: str) -
     if not all(isinstance(getattr(config, k, None), int) for k in ("vocab_size", "max_position_embeddings")):
         raise InputError(f"{refuse} has no vocab_size / max_position_embeddings in its config: not a text encoder "
                          "deploykit reads (multi-modal and other models are not supported yet).")
-    cls = HFTextEncoderWithTypes if "token_type_ids" in inspect.signature(model.forward).parameters \
-        and getattr(config, "type_vocab_size", 0) else HFTextEncoder
+    cls = HFTextEncoderWithTypes if _type_vocab(model) else HFTextEncoder
     encoder = cls(model.eval(), task, tokenizer, folder)
     ids = torch.zeros(1, 2, dtype=torch.long)
     try:  # a model that needs more than token ids (pixels, a decoder input) fails here, not inside torch.export
