@@ -32,7 +32,6 @@ import deploykit
 from deploykit.backends import RunnerOptions
 from deploykit.models.autoregressive import mu_law_encode
 from deploykit.models.data import binarized_digits, held_out_text, level_digits, load_digits, tone_clips
-from deploykit.runtimes.compress import read_header
 from deploykit.sources import resolve
 
 
@@ -97,8 +96,8 @@ def main() -> None:
             others = [len(gzip.compress(raw, 9)), len(bz2.compress(raw, 9)), len(lzma.compress(raw, preset=9)),
                       _zstd(raw), _png(data, bundle.loop.levels) if name == "pixelcnn" else None]
             shown = " ".join(f"{8 * n / symbols:>{w}.3f}" if n else f"{'-':>{w}}" for n, w in zip(others, (7, 7, 6, 7, 6)))
-            code = 32 * len(read_header(packed.data)[1]) / symbols
-            print(f"{name:<9} {symbols:>7} {8 * len(packed.data) / symbols:>6.3f} {code:>6.3f} "
+            code = 8 * packed.code_bytes / symbols
+            print(f"{name:<9} {symbols:>7} {8 * packed.length / symbols:>6.3f} {code:>6.3f} "
                   f"{packed.cross_entropy_bits / symbols:>6.3f} {shown}  {symbols / statistics.median(enc):>12.0f} "
                   f"{symbols / statistics.median(dec):>12.0f}")
 

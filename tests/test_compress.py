@@ -3,6 +3,7 @@ refusals of what cannot be coded or decoded, nothing written on failure."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from deploykit.backends import RunnerOptions
 from deploykit.cli import main
 from deploykit.errors import InputError
 from deploykit.models.data import held_out_text
-from deploykit.runtimes.compress import read_header
+from deploykit.runtimes import compress
 
 pytest.importorskip("constriction")
 
@@ -44,8 +45,7 @@ def test_round_trips_are_bit_exact_and_rates_match_the_cross_entropy(name: str, 
         text = held_out_text(vocab)[:4000].encode()  # past the gpt's context: coded in windows
         packed = dep.compress(text)
         assert dep.decompress(packed.data) == text
-    _, words = read_header(packed.data)
-    header_bits, code_bits = 8 * (len(packed.data) - 4 * len(words)), 32 * len(words)
+    header_bits, code_bits = 8 * (packed.length - packed.code_bytes), 8 * packed.code_bytes
     # the range coder spends the cross-entropy of its quantized probabilities: within 1 % and its last word
     assert abs(code_bits - packed.cross_entropy_bits) <= 0.01 * packed.cross_entropy_bits + 32
     assert header_bits < 8 * 100  # the binary header: digests, backend, counts
@@ -59,8 +59,7 @@ def test_another_bundle_thread_count_or_a_corrupt_file_is_refused(zoo_bundle) ->
         with pytest.raises(InputError, match="truncated|corrupt|does not reproduce"):
             dep.decompress(blob[:-4])
         flipped = bytearray(blob)
-        flipped[len(blob) - 4 * len(read_header(blob)[1]) + 1] ^= 0xFF  # the first code word (the last one's low
-        # bits may be padding)
+        flipped[len(blob) - 8] ^= 0xFF  # a code word before the last (whose low bits may be padding)
         with pytest.raises(InputError, match="corrupt|does not reproduce"):
             dep.decompress(bytes(flipped))
         with pytest.raises(InputError, match="not a deploykit compressed file"):
@@ -127,10 +126,9 @@ def test_masked_models_code_arrays_bit_exactly_at_their_cross_entropy(name: str,
         back = dep.decompress(packed.data)
         assert back.dtype == x.dtype and np.array_equal(back, x)
         real = dep.compress(x[:3] if name == "wavenet" else x[:20])
-        _, words = read_header(real.data)
         # on data, the code spends the model's cross-entropy within 1 % and a word (on random values far below the
         # model's 2^-24 probability floor it spends less: constriction's leaky quantization caps a value at 24 bits)
-        assert abs(32 * len(words) - real.cross_entropy_bits) <= 0.01 * real.cross_entropy_bits + 32
+        assert abs(8 * real.code_bytes - real.cross_entropy_bits) <= 0.01 * real.cross_entropy_bits + 32
         if name != "wavenet":  # the real examples cost less than the random ones (the model learned the data)
             assert real.cross_entropy_bits < 0.8 * dep.compress(x[-20:]).cross_entropy_bits
         with pytest.raises(InputError, match="is not a level"):
@@ -159,22 +157,61 @@ def test_a_tampered_array_header_is_refused_before_any_allocation(zoo_bundle) ->
     import struct
     from dataclasses import asdict, replace
 
-    from deploykit.runtimes.compress import MAGIC_JSON, pack_header
+    from deploykit.runtimes.compress import MAGIC_JSON, MAGIC_ONE_CODE, pack_header
 
     bundle = zoo_bundle("fvsbn")
     x = _examples("fvsbn", bundle)[:2]
     with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
         packed = dep.compress(x)
-        header, words = read_header(packed.data)
-        code = words.astype("<u4").tobytes()
+        header, _ = compress.read_header(io.BytesIO(packed.data))
+        body = packed.data[len(pack_header(header)):]
         for change in ({"shape": [10**12, 64]}, {"dtype": "not-a-dtype"}, {"shape": []}, {"symbols": 0},
                        {"size": 10**15}):
             with pytest.raises(InputError, match="truncated or corrupt"):
-                dep.decompress(pack_header(replace(header, **change)) + code)
+                dep.decompress(pack_header(replace(header, **change)) + body)
         with pytest.raises(InputError, match="header is corrupt"):
             dep.decompress(packed.data[:20])  # cut inside the header
-        meta = json.dumps(asdict(header)).encode()  # format 1 (a JSON header) is still read
+        code = packed.data[-packed.code_bytes:]  # one segment: formats 1 and 2 held its code alone, and still decode
+        assert np.array_equal(dep.decompress(MAGIC_ONE_CODE + pack_header(header)[4:] + code), x)
+        meta = json.dumps(asdict(header)).encode()
         assert np.array_equal(dep.decompress(MAGIC_JSON + struct.pack("<I", len(meta)) + meta + code), x)
         with pytest.raises(InputError, match="truncated or corrupt"):
             meta = json.dumps(asdict(header) | {"sha256": ""}).encode()  # an empty digest would match any output
             dep.decompress(MAGIC_JSON + struct.pack("<I", len(meta)) + meta + code)
+
+
+def test_text_is_cut_into_chunks_at_newlines_or_character_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compress, "CHUNK", 16)
+    rng = np.random.default_rng(0)
+    alphabet = ["a", " ", "\n", "\u00e9", "\u2603", "\U0001f600"]  # 1- to 4-byte characters
+    for _ in range(50):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(1, 80))))
+        chunks = list(compress._chunks(io.BytesIO(text.encode())))
+        assert "".join(chunks) == text and all(0 < len(c.encode()) <= 16 for c in chunks)
+    with pytest.raises(InputError, match="input byte 37 "):
+        list(compress._chunks(io.BytesIO(b"x" * 37 + b"\xff")))  # named where it is, past the first chunk
+
+
+@pytest.mark.parametrize("name", ["char-lm", "fvsbn"])
+def test_long_inputs_stream_in_segments_and_every_cut_is_refused(name: str, zoo_bundle,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a small CHUNK an input spans many segments (the model's state runs on across them): the round trip is
+    bit-exact, through files, and a file cut anywhere or followed by extra bytes is refused."""
+    monkeypatch.setattr(compress, "CHUNK", 200)
+    bundle = zoo_bundle(name)
+    data = held_out_text(bundle.loop.vocab)[:1500].encode() if name == "char-lm" else _examples(name, bundle)[:12]
+    with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
+        whole = dep.compress(data)
+        monkeypatch.setattr(compress, "CHUNK", 1 << 16)
+        single = dep.compress(data)  # one segment: the same code, but for the flushes and the segments' lengths
+        assert whole.length - single.length < 8 * (whole.length - whole.code_bytes)
+        monkeypatch.setattr(compress, "CHUNK", 200)
+        out = io.BytesIO()
+        assert dep.decompress(io.BytesIO(whole.data), out=out) is None
+        back = out.getvalue() if name == "char-lm" else np.load(io.BytesIO(out.getvalue()))
+        assert back == data if name == "char-lm" else np.array_equal(back, data)
+        for cut in range(len(whole.data) - 40, len(whole.data), 7):
+            with pytest.raises(InputError, match="truncated or corrupt|does not reproduce"):
+                dep.decompress(whole.data[:cut])
+        with pytest.raises(InputError, match="after the last segment"):
+            dep.decompress(whole.data + b"\0")

@@ -4,11 +4,12 @@ of examples at their levels under PixelCNN, FVSBN/MADE/NADE and WaveNet bundles.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import numpy as np
 import typer
@@ -25,21 +26,23 @@ Threads = Annotated[int, typer.Option(min=1, max=1024, help="intra-op threads; d
 Force = Annotated[bool, typer.Option(help="replace --out if it exists")]
 
 
-def _read(path: Path, what: str) -> bytes:
+def _source(path: Path, what: str) -> Path:
     if not path.is_file():
         raise InputError(f"{what} '{path}' does not exist or is not a file.")
-    return path.read_bytes()
+    return path
 
 
-def _write(out: Path, data: bytes, force: bool) -> None:
-    """Write `out` whole or not at all (a temporary file renamed into place); never replace a file unless `force`."""
+@contextmanager
+def _atomic(out: Path, force: bool) -> Iterator[BinaryIO]:
+    """A temporary file beside `out`, renamed to `out` when the block succeeds and removed otherwise (so `out` is
+    written whole or not at all); never replaces a file unless `force`."""
     if out.exists() and not force:
         raise InputError(f"--out '{out}' exists; pass --force to replace it, or choose another path.")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,20 +60,20 @@ def compress_cmd(
     force: Force = False,
 ) -> None:
     """Compress a text file (language models) or a .npy of examples (masked autoregressive models) losslessly with
-    the model's next-symbol probabilities (range coding)."""
-    data: bytes | np.ndarray = _read(input, "INPUT")
-    if input.suffix == ".npy":
-        try:
-            data = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"INPUT '{input}' is not a readable .npy array ({str(exc)[:120]}).") from exc
-    if out.exists() and not force:  # before minutes of coding
-        raise InputError(f"--out '{out}' exists; pass --force to replace it, or choose another path.")
-    with load(bundle, backend, RunnerOptions(threads=threads)) as dep, progress_bar("compressing") as step:
-        result = dep.compress(data, step)
-    _write(out, result.data, force)
+    the model's next-symbol probabilities (range coding), streaming in bounded memory."""
+    with ExitStack() as stack:
+        if _source(input, "INPUT").suffix == ".npy":
+            try:
+                data: BinaryIO | np.ndarray = np.load(input, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputError(f"INPUT '{input}' is not a readable .npy array ({str(exc)[:120]}).") from exc
+        else:
+            data = stack.enter_context(input.open("rb"))
+        sink = stack.enter_context(_atomic(out, force))
+        dep = stack.enter_context(load(bundle, backend, RunnerOptions(threads=threads)))
+        result = dep.compress(data, stack.enter_context(progress_bar("compressing")), out=sink)
     size = result.header.size
-    console.print(f"{input}: {size} bytes -> {len(result.data)} bytes ({result.bits_per_byte:.3f} bits/byte; the "
+    console.print(f"{input}: {size} bytes -> {result.length} bytes ({result.bits_per_byte:.3f} bits/byte; the "
                   f"model's cross-entropy {result.cross_entropy_bits / size:.3f} bits/byte over "
                   f"{result.header.symbols} symbols) -> {out}")
 
@@ -84,15 +87,9 @@ def decompress_cmd(
     threads: Threads = 1,
     force: Force = False,
 ) -> None:
-    """Restore the original of a compressed file (checked against its sha256 before anything is written)."""
-    blob = _read(file, "FILE")
-    if out.exists() and not force:  # before minutes of decoding
-        raise InputError(f"--out '{out}' exists; pass --force to replace it, or choose another path.")
-    with load(bundle, backend, RunnerOptions(threads=threads)) as dep, progress_bar("decompressing") as step:
-        data = dep.decompress(blob, step)
-    if isinstance(data, np.ndarray):  # an array comes back as the .npy it was given as
-        buffer = io.BytesIO()
-        np.save(buffer, data, allow_pickle=False)
-        data = buffer.getvalue()
-    _write(out, data, force)
-    console.print(f"{file}: {len(blob)} bytes -> {len(data)} bytes (sha256 checked) -> {out}")
+    """Restore the original of a compressed file, streaming; its sha256 is checked before `--out` appears."""
+    with _source(file, "FILE").open("rb") as source, _atomic(out, force) as sink, \
+            load(bundle, backend, RunnerOptions(threads=threads)) as dep, progress_bar("decompressing") as step:
+        dep.decompress(source, step, out=sink)
+        written = sink.tell()
+    console.print(f"{file}: {file.stat().st_size} bytes -> {written} bytes (sha256 checked) -> {out}")

@@ -12,8 +12,14 @@ integer frequencies. Floating point may differ across backends, thread counts an
 decoding needs (bundle, backend, threads, onnxruntime, machine) and decoding refuses another bundle or backend;
 a sha256 of the original catches any other divergence, and then nothing is returned.
 
-Text goes through the bundle's codec (its tokenizer.json, else its character vocabulary), only where decoding the
-ids gives back the input exactly.
+Inputs of any size stream in bounded memory: the code is a sequence of segments (format 3), each a range code of one
+piece of the input (a text chunk of at most CHUNK bytes cut after a newline or at a character boundary, or the
+examples of about CHUNK bytes of an array), while the model's state runs on across segments. A first pass reads the
+input once for its size, sha256, symbol count and every refusal (nothing is coded before the input is known good);
+the second codes it.
+
+Text goes through the bundle's codec (its tokenizer.json, else its character vocabulary), chunk by chunk, only where
+decoding a chunk's ids gives back the chunk exactly.
 """
 
 from __future__ import annotations
@@ -22,24 +28,28 @@ import hashlib
 import json
 import platform
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
 from ..backends.base import Runner
 from ..bundle import MANIFEST, Bundle, sha256_file
 from ..errors import InputError, optional_import
-from ..onnx_refs import read_varint, varint
+from ..onnx_refs import varint
 from .kinds import kind_of
 from .tokens import Codec, LanguageModelConfig
 
-MAGIC = b"DKZ\x02"  # deploykit compressed file, format 2: a binary header (about 70 bytes)
-MAGIC_JSON = b"DKZ\x01"  # format 1: a JSON header (about 330 bytes), still read
-DIGEST = 16  # bytes of each sha256 a format-2 header keeps (128 bits: a wrong bundle or output is never missed)
+MAGIC = b"DKZ\x03"  # deploykit compressed file, format 3: a binary header (about 70 bytes), then segments
+MAGIC_ONE_CODE = b"DKZ\x02"  # format 2: the same header, then one code to the end of the file (still read)
+MAGIC_JSON = b"DKZ\x01"  # format 1: a JSON header (about 330 bytes), then one code (still read)
+DIGEST = 16  # bytes of each sha256 a binary header keeps (128 bits: a wrong bundle or output is never missed)
 PAYLOADS = ("text", "array")
+CHUNK = 1 << 16  # bytes of input per segment: memory stays bounded, the range coder's flush costs < 0.02 %
 Progress = Callable[[int, int], None]  # (symbols done, symbols in all)
+TextCodec = Callable[[], Codec]  # the bundle's codec, asked for only when the payload is text
 
 
 class SymbolModel(Protocol):
@@ -85,16 +95,18 @@ class Header:
 
 @dataclass(frozen=True)
 class Compressed:
-    """A compressed file and its rate beside the model's own cross-entropy on the same symbols."""
+    """What `compress` wrote, and its rate beside the model's own cross-entropy on the same symbols."""
 
-    data: bytes
     header: Header
+    length: int  # bytes of the whole file
+    code_bytes: int  # bytes of range code in it (the rest: the header and each segment's two lengths)
     cross_entropy_bits: float  # sum of -log2 p(symbol) under the float64 distributions coded with
+    data: bytes = b""  # the file itself, when it was written to memory (Deployment.compress without `out`)
 
     @property
     def bits_per_byte(self) -> float:
         """The whole file's bits (header included) per byte of the original."""
-        return 8 * len(self.data) / max(self.header.size, 1)
+        return 8 * self.length / max(self.header.size, 1)
 
 
 def _coder() -> Any:
@@ -109,7 +121,7 @@ class _TextModel:
         loop = bundle.loop
         assert isinstance(loop, LanguageModelConfig)  # the codec (Deployment.codec) refused every other bundle
         self.model, self.vocab, self.window = kind_of(loop).token_model(runners, loop), len(loop.vocab), window
-        self.seen: list[int] = []
+        self.seen: deque[int] = deque(maxlen=window or 1)  # what a restart needs, no more
         self.logits: np.ndarray | None = None
         self.fed = 0  # tokens the model's state holds
 
@@ -125,7 +137,7 @@ class _TextModel:
         """Append a token and run the model on it (restarting from the last half of the window when full)."""
         self.seen.append(token)
         if self.fed == 0 or (self.window is not None and self.fed >= self.window):
-            keep = self.seen[-(self.window // 2):] if self.window is not None and self.fed else self.seen
+            keep = list(self.seen)[-(self.window // 2):] if self.window is not None and self.fed else [token]
             self.logits = self.model.start([np.asarray(keep, np.int64)])[0]
             self.fed = len(keep)
         else:
@@ -133,14 +145,68 @@ class _TextModel:
             self.fed += 1
 
 
-def _tokens_of(codec: Codec, data: bytes) -> np.ndarray:
-    if not data:
-        raise InputError("the input is empty; there is nothing to compress.")
+Walk = Generator[np.ndarray, int, Any]  # yields each next symbol's distribution, is sent the symbol, returns the piece
+
+
+def _text_walk(model: _TextModel, tokens: int) -> Walk:
+    """`tokens` tokens through the language model; returns their ids."""
+    ids: list[int] = []
+    for _ in range(tokens):
+        ids.append((yield model.probabilities()))
+        model.push(ids[-1])
+    return np.asarray(ids, np.int64)
+
+
+def _array_walk(model: SymbolModel, shape: tuple[int, ...], examples: int) -> Walk:
+    """`examples` examples of `shape` (each after its label, for a class-conditional model); returns them flat."""
+    order = model.order(shape)
+    out = np.zeros((examples, order.size), np.int64)
+    for row in out:
+        label = (yield np.full(model.classes, 1.0 / model.classes)) if model.classes else None
+        model.begin(shape, label)
+        for position in order.tolist():
+            row[position] = yield model.probabilities()
+            model.push(int(row[position]))
+    return out
+
+
+def _drive(walk: Walk, choose: Callable[[np.ndarray], int]) -> Any:
+    """Run a walk, `choose` giving each symbol from its distribution (the encoder: the input's, coding it; the decoder:
+    the code's); the walk's result."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"input byte {exc.start} (0x{data[exc.start]:02x}) is not UTF-8 text; language-model "
-                         "bundles compress text.") from exc
+        p = next(walk)
+        while True:
+            p = walk.send(choose(p))
+    except StopIteration as done:
+        return done.value
+
+
+def _last_character(block: bytes) -> int:
+    """Where the last (possibly partial) UTF-8 character of `block` starts (its length when none is found)."""
+    at = len(block) - 1
+    while at > 0 and block[at] & 0xC0 == 0x80:
+        at -= 1
+    return at or len(block)
+
+
+def _chunks(source: BinaryIO) -> Iterator[str]:
+    """The text of `source` in pieces of at most CHUNK bytes, each cut after its last newline in its second half, else
+    before its last character; InputError naming the first byte that is not UTF-8."""
+    offset, rest = 0, b""
+    while block := rest + source.read(CHUNK - len(rest)):
+        cut = len(block)
+        if cut == CHUNK:
+            newline = block.rfind(b"\n", CHUNK // 2)
+            cut = newline + 1 if newline >= 0 else _last_character(block)
+        try:
+            yield block[:cut].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"input byte {offset + exc.start} (0x{block[exc.start]:02x}) is not UTF-8 text; "
+                             "language-model bundles compress text.") from exc
+        offset, rest = offset + cut, block[cut:]
+
+
+def _ids_of(codec: Codec, text: str) -> np.ndarray:
     ids = codec.encode(text, "input")
     if codec.decode(ids) != text:
         raise InputError("the bundle's tokenizer does not give this input back exactly (decode(encode(text)) differs: "
@@ -157,8 +223,7 @@ def _symbol_model(bundle: Bundle, runners: dict[str, Runner]) -> SymbolModel:
     return kind.symbols(runners, bundle.loop)
 
 
-def _levels_of(model: SymbolModel, x: np.ndarray) -> np.ndarray:
-    """The examples [N, ...] as int64 levels; InputError naming the first value or shape that does not fit."""
+def _check_array(model: SymbolModel, x: np.ndarray) -> None:
     if x.ndim < 2 or not x.size:
         raise InputError(f"the input array has shape {list(x.shape)}; give examples stacked as [N, ...] (N >= 1).")
     if x.dtype.kind not in "biuf":
@@ -166,13 +231,25 @@ def _levels_of(model: SymbolModel, x: np.ndarray) -> np.ndarray:
     problem = model.check(tuple(x.shape[1:]))
     if problem:
         raise InputError(f"the input array holds examples of shape {list(x.shape[1:])}; this bundle codes {problem}.")
-    levels = x.astype(np.int64)
-    bad = np.argwhere((levels != x) | (levels < 0) | (levels >= model.levels))
+
+
+def _levels_of(model: SymbolModel, block: np.ndarray, first: int) -> np.ndarray:
+    """Examples `first`, ... of the input as int64 levels; InputError naming the first value that is not a level."""
+    levels = block.astype(np.int64)
+    bad = np.argwhere((levels != block) | (levels < 0) | (levels >= model.levels))
     if bad.size:
         at = tuple(int(i) for i in bad[0])
-        raise InputError(f"value {x[at]!r} at index {list(at)} is not a level 0..{model.levels - 1} of this model "
-                         "(values must be integers in the model's range: quantize them first).")
+        raise InputError(f"value {block[at]!r} at index {[first + at[0], *at[1:]]} is not a level "
+                         f"0..{model.levels - 1} of this model (values must be integers in the model's range: quantize "
+                         "them first).")
     return levels
+
+
+def _blocks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first example, examples) of about CHUNK bytes at a time (at least one example)."""
+    step = max(1, CHUNK // max(1, x[0].nbytes))
+    for first in range(0, len(x), step):
+        yield first, x[first:first + step]
 
 
 def _labels(bundle: Bundle, runners: dict[str, Runner], model: SymbolModel, x: np.ndarray) -> list[int | None]:
@@ -206,64 +283,91 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-def compress(bundle: Bundle, runners: dict[str, Runner], data: bytes | np.ndarray, codec: Codec | None = None,
-             progress: Progress | None = None) -> Compressed:
-    """Text (bytes, through `codec`, under a language model) or an array of examples (under a masked autoregressive
-    model), coded with the bundle's active runners."""
+def _scan(bundle: Bundle, runners: dict[str, Runner], source: BinaryIO | np.ndarray,
+          codec: TextCodec) -> dict[str, Any]:
+    """The first pass: every refusal, then the header's fields of the input (size, sha256, symbols, ...)."""
+    digest, size, symbols = hashlib.sha256(), 0, 0
+    if isinstance(source, np.ndarray):
+        model = _symbol_model(bundle, runners)
+        _check_array(model, source)
+        for first, block in _blocks(source):
+            _levels_of(model, block, first)
+            data = np.ascontiguousarray(block).tobytes()
+            digest.update(data)
+            size += len(data)
+        symbols = len(source) * (int(np.prod(source.shape[1:])) + bool(model.classes))
+        fields: dict[str, Any] = {"payload": "array", "shape": list(source.shape), "dtype": source.dtype.str}
+    else:
+        text = codec()
+        for chunk in _chunks(source):
+            symbols += len(_ids_of(text, chunk))
+            data = chunk.encode("utf-8")
+            digest.update(data)
+            size += len(data)
+        if not size:
+            raise InputError("the input is empty; there is nothing to compress.")
+        loop = bundle.loop
+        fields = {"payload": "text", "window": loop.context if isinstance(loop, LanguageModelConfig) else None}
+    identity = _identity(bundle, runners)
+    return identity | fields | {"bundle": identity["bundle"][:2 * DIGEST], "symbols": symbols, "size": size,
+                                "sha256": digest.hexdigest()[:2 * DIGEST]}
+
+
+def compress(bundle: Bundle, runners: dict[str, Runner], source: BinaryIO | np.ndarray, sink: BinaryIO,
+             codec: TextCodec, progress: Progress | None = None) -> Compressed:
+    """Code text (a seekable binary stream of UTF-8, read twice) under a language model, or examples [N, ...] (an
+    array; a memory map streams) under a masked autoregressive model, with the bundle's active runners, into `sink`."""
     constriction = _coder()
     family = constriction.stream.model.Categorical(perfect=False)
-    encoder = constriction.stream.queue.RangeEncoder()
-    bits = 0.0
+    start = None if isinstance(source, np.ndarray) else source.tell()
+    header = Header(**_scan(bundle, runners, source, codec))
+    count, bits = _Counter(header.symbols, progress), 0.0
+    length = sink.write(pack_header(header))
+    code_bytes = 0
 
-    def code(p: np.ndarray, symbol: int) -> None:
-        nonlocal bits
-        bits -= float(np.log2(p[symbol]))
-        encoder.encode(np.asarray([symbol], np.int32), family, p[None])
+    def segment(walk: Walk, symbols: Iterator[int]) -> None:
+        nonlocal bits, length, code_bytes
+        encoder, n = constriction.stream.queue.RangeEncoder(), 0
 
-    if isinstance(data, (bytes, bytearray)):
-        assert codec is not None
-        ids = _tokens_of(codec, bytes(data))
-        window = bundle.loop.context if isinstance(bundle.loop, LanguageModelConfig) else None
-        text, count = _TextModel(bundle, runners, window), _Counter(len(ids), progress)
-        for token in ids.tolist():
-            code(text.probabilities(), token)
-            text.push(token)
+        def choose(p: np.ndarray) -> int:
+            nonlocal bits, n
+            symbol = next(symbols)
+            bits -= float(np.log2(p[symbol]))
+            encoder.encode(np.asarray([symbol], np.int32), family, p[None])
             count.tick()
-        raw = bytes(data)
-        fields: dict[str, Any] = {"payload": "text", "symbols": int(len(ids)), "window": window}
-    else:
-        x = np.asarray(data)
+            n += 1
+            return symbol
+
+        _drive(walk, choose)
+        words = encoder.get_compressed().astype("<u4").tobytes()
+        length += sink.write(varint(n) + varint(len(words) // 4) + words)
+        code_bytes += len(words)
+
+    if isinstance(source, np.ndarray):
         model = _symbol_model(bundle, runners)
-        levels = _levels_of(model, x)
-        labels = _labels(bundle, runners, model, levels)
-        shape = tuple(x.shape[1:])
+        shape = tuple(source.shape[1:])
         order = model.order(shape)
-        count = _Counter(len(x) * (len(order) + bool(model.classes)), progress)
-        for example, label in zip(levels, labels):
-            if label is not None:
-                code(np.full(model.classes, 1.0 / model.classes), label)
-                count.tick()
-            model.begin(shape, label)
-            for symbol in example.reshape(-1)[order].tolist():
-                code(model.probabilities(), symbol)
-                model.push(symbol)
-                count.tick()
-        raw = np.ascontiguousarray(x).tobytes()
-        fields = {"payload": "array", "symbols": count.total, "shape": list(x.shape), "dtype": x.dtype.str}
-    identity = _identity(bundle, runners)
-    identity["bundle"] = identity["bundle"][:2 * DIGEST]
-    header = Header(**identity, **fields, size=len(raw), sha256=hashlib.sha256(raw).hexdigest()[:2 * DIGEST])
-    words = encoder.get_compressed().astype("<u4").tobytes()
-    return Compressed(pack_header(header) + words, header, bits)
-
-
+        for first, block in _blocks(source):
+            levels = _levels_of(model, block, first)
+            rows = levels.reshape(len(block), -1)[:, order].tolist()
+            labels = _labels(bundle, runners, model, levels)
+            segment(_array_walk(model, shape, len(block)),
+                    (s for label, row in zip(labels, rows) for s in ([] if label is None else [label]) + row))
+    else:
+        assert start is not None
+        source.seek(start)
+        text, model_text = codec(), _TextModel(bundle, runners, header.window)
+        for chunk in _chunks(source):
+            ids = _ids_of(text, chunk)
+            segment(_text_walk(model_text, len(ids)), iter(ids.tolist()))
+    return Compressed(header, length, code_bytes, bits)
 def _text(value: str) -> bytes:
     data = value.encode()[:255]
     return bytes([len(data)]) + data
 
 
 def pack_header(header: Header) -> bytes:
-    """The format-2 header: MAGIC, the two digests, the payload, backend / onnxruntime / machine (length-prefixed),
+    """The binary header (format 3): MAGIC, the two digests, the payload, backend / onnxruntime / machine (length-prefixed),
     threads (0: default), symbols, size, window (0: none) as varints, and an array's shape and dtype."""
     out = bytearray(MAGIC + bytes.fromhex(header.bundle)[:DIGEST] + bytes.fromhex(header.sha256)[:DIGEST])
     out.append(PAYLOADS.index(header.payload))
@@ -277,29 +381,42 @@ def pack_header(header: Header) -> bytes:
     return bytes(out)
 
 
-class _Reader:
-    """Fields of a format-2 header, in order; IndexError (ProtobufError for a varint) past its end."""
+def _read(stream: BinaryIO, n: int) -> bytes:
+    """Up to `n` bytes of `stream`, read a MiB at a time (a corrupt length never allocates more than the file holds)."""
+    parts, left = [], n
+    while left and (part := stream.read(min(left, 1 << 20))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
-    def __init__(self, blob: bytes) -> None:
-        self.blob, self.at = blob, len(MAGIC)
+
+class _Reader:
+    """Fields of a binary header and of the segments, in order; IndexError past the end, ValueError for a bad varint."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
 
     def take(self, n: int) -> bytes:
-        if self.at + n > len(self.blob):
-            raise IndexError("header ends early")
-        self.at += n
-        return self.blob[self.at - n:self.at]
+        data = _read(self.stream, n)
+        if len(data) < n:
+            raise IndexError("the file ends early")
+        return data
 
     def number(self) -> int:
-        value, self.at = read_varint(memoryview(self.blob), self.at)
-        return value
+        value = 0
+        for shift in range(0, 64, 7):
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+        raise ValueError("a varint longer than 64 bits")
 
     def text(self) -> str:
         return self.take(self.take(1)[0]).decode()
 
 
-def _unpack_header(blob: bytes) -> tuple[Header, int]:
-    """A format-2 header and where the code starts."""
-    r = _Reader(blob)
+def _unpack_header(r: _Reader) -> Header:
+    """A binary header (formats 2 and 3), after its MAGIC."""
     bundle, sha = r.take(DIGEST).hex(), r.take(DIGEST).hex()
     payload = PAYLOADS[r.take(1)[0]]
     backend, onnxruntime, machine = r.text(), r.text(), r.text()
@@ -309,7 +426,7 @@ def _unpack_header(blob: bytes) -> tuple[Header, int]:
         shape = [r.number() for _ in range(min(r.number(), 64))]
         dtype = r.text()
     return Header(bundle, backend, threads or None, onnxruntime, machine, payload, symbols, size, sha, window or None,
-                  shape, dtype), r.at
+                  shape, dtype)
 
 
 def _fits(header: Header) -> bool:
@@ -321,35 +438,65 @@ def _fits(header: Header) -> bool:
     return len(shape) >= 2 and min(shape) >= 1 and int(np.prod(shape, dtype=object)) * itemsize == header.size
 
 
-def read_header(blob: bytes) -> tuple[Header, np.ndarray]:
-    """The header and code words of a compressed file; InputError for anything else (truncated, corrupt)."""
-    if blob[:4] not in (MAGIC, MAGIC_JSON) or len(blob) < 8:
+def _corrupt(what: str) -> InputError:
+    return InputError(f"the compressed file is truncated or corrupt ({what}); nothing was written.")
+
+
+def read_header(stream: BinaryIO) -> tuple[Header, bytes]:
+    """The header of a compressed file and its format's MAGIC, the stream left at the code; InputError for anything
+    else (not a compressed file, truncated, corrupt)."""
+    magic = stream.read(4)
+    if magic not in (MAGIC, MAGIC_ONE_CODE, MAGIC_JSON):
         raise InputError("this is not a deploykit compressed file (no DKZ header); give a file `deploykit compress` "
                          "wrote.")
+    r = _Reader(stream)
     try:
-        if blob[:4] == MAGIC:
-            header, start = _unpack_header(blob)
+        if magic == MAGIC_JSON:
+            (length,) = struct.unpack("<I", r.take(4))
+            header = Header(**json.loads(r.take(length)))
         else:
-            (length,) = struct.unpack("<I", blob[4:8])
-            header, start = Header(**json.loads(blob[8:8 + length])), 8 + length
-    except (ValueError, TypeError, IndexError) as exc:  # ProtobufError and UnicodeDecodeError are ValueErrors
+            header = _unpack_header(r)
+    except (ValueError, TypeError, IndexError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"the compressed file's header is corrupt ({type(exc).__name__}); it cannot be decoded.") from exc
-    code = blob[start:]
-    if len(code) % 4 or header.payload not in PAYLOADS or not 1 <= header.symbols <= 8 * max(header.size, 1) \
+    if header.payload not in PAYLOADS or not 1 <= header.symbols <= 8 * max(header.size, 1) \
             or min(len(str(header.bundle)), len(str(header.sha256))) < 2 * DIGEST \
             or header.payload == "array" and not _fits(header):
-        raise InputError(f"the compressed file is truncated or corrupt ({len(code)} code bytes, {header.symbols} "
-                         f"symbols for {header.size} bytes of {header.payload!r}).")
-    return header, np.frombuffer(code, "<u4").astype(np.uint32)
+        raise _corrupt(f"{header.symbols} symbols for {header.size} bytes of {header.payload!r}")
+    return header, magic
 
 
-def decompress(bundle: Bundle, runners: dict[str, Runner], blob: bytes, codec: Codec | None = None,
-               progress: Progress | None = None) -> bytes | np.ndarray:
-    """The original of a file `compress` wrote with this bundle: bytes for text, the array for arrays. InputError when
-    it was compressed with another bundle, backend or thread count, or when the decode does not reproduce the
-    original's sha256 (nothing is returned then)."""
+def _segments(stream: BinaryIO, header: Header, magic: bytes) -> Iterator[tuple[int, np.ndarray]]:
+    """(symbols, code words) of each segment; InputError when the code is cut short, framed wrongly or followed by
+    anything."""
+    r = _Reader(stream)
+    if magic != MAGIC:  # formats 1 and 2: one code to the end of the file
+        words = stream.read()
+        if len(words) % 4:
+            raise _corrupt(f"{len(words)} code bytes")
+        yield header.symbols, np.frombuffer(words, "<u4").astype(np.uint32)
+        return
+    left = header.symbols
+    while left:
+        try:
+            n, length = r.number(), r.number()
+            if not 1 <= n <= left or length > n + 2:  # a symbol costs at most 24 bits, the coder's flush two words
+                raise ValueError(f"a segment of {n} symbols in {length} words, {left} symbols left")
+            words = r.take(4 * length)
+        except (ValueError, IndexError) as exc:
+            raise _corrupt(str(exc)) from exc
+        yield n, np.frombuffer(words, "<u4").astype(np.uint32)
+        left -= n
+    if stream.read(1):
+        raise _corrupt("bytes after the last segment")
+
+
+def decompress(bundle: Bundle, runners: dict[str, Runner], source: BinaryIO, sink: BinaryIO, codec: TextCodec,
+               progress: Progress | None = None) -> Header:
+    """Write the original of a file `compress` wrote with this bundle into `sink` (text: its bytes; arrays: a .npy),
+    segment by segment; InputError when it was compressed with another bundle, backend or thread count, or when the
+    decode does not reproduce the original's sha256 (the caller then discards what `sink` holds)."""
     constriction = _coder()
-    header, words = read_header(blob)
+    header, magic = read_header(source)
     here = _identity(bundle, runners)
     if not here["bundle"].startswith(header.bundle):
         raise InputError("this file was compressed with another bundle (manifest sha256 "
@@ -361,43 +508,38 @@ def decompress(bundle: Bundle, runners: dict[str, Runner], blob: bytes, codec: C
                              f"{here[key]!r}; floating point differs between them, so decode with {key} "
                              f"{getattr(header, key)!r}.")
     family = constriction.stream.model.Categorical(perfect=False)
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    count = _Counter(header.symbols, progress)
+    count, digest, size = _Counter(header.symbols, progress), hashlib.sha256(), 0
+    if header.payload == "text":
+        text, model_text = codec(), _TextModel(bundle, runners, header.window)
+    else:
+        model = _symbol_model(bundle, runners)
+        shape, dtype = tuple(header.shape or ()), np.dtype(header.dtype or "int64")
+        per_example = int(np.prod(shape[1:])) + bool(model.classes)
+        np.lib.format.write_array_header_1_0(sink, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                    "fortran_order": False, "shape": shape})
+    for n, words in _segments(source, header, magic):
+        decoder = constriction.stream.queue.RangeDecoder(words)
 
-    def read(p: np.ndarray) -> int:
-        count.tick()
-        return int(decoder.decode(family, p[None])[0])
+        def choose(p: np.ndarray) -> int:
+            count.tick()
+            return int(decoder.decode(family, p[None])[0])
 
-    try:
-        if header.payload == "text":
-            assert codec is not None
-            text = _TextModel(bundle, runners, header.window)
-            ids = np.empty(header.symbols, np.int64)
-            for i in range(header.symbols):
-                ids[i] = read(text.probabilities())
-                text.push(int(ids[i]))
-            data: bytes | np.ndarray = codec.decode(ids).encode("utf-8")
-            raw = data
-        else:
-            model = _symbol_model(bundle, runners)
-            shape = tuple(header.shape or ())
-            order = model.order(shape[1:])
-            x = np.zeros((shape[0], int(np.prod(shape[1:]))), np.int64)
-            for row in x:
-                label = read(np.full(model.classes, 1.0 / model.classes)) if model.classes else None
-                model.begin(shape[1:], label)
-                for position in order:
-                    row[position] = read(model.probabilities())
-                    model.push(int(row[position]))
-            data = x.reshape(shape).astype(np.dtype(header.dtype or "int64"))
-            raw = data.tobytes()
-    except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction on a code it cannot read
-        raise InputError(f"the compressed code is corrupt or truncated ({str(exc)[:120] or type(exc).__name__}); "
-                         "nothing was written.") from exc
-    if len(raw) != header.size or not hashlib.sha256(raw).hexdigest().startswith(header.sha256):
+        try:
+            if header.payload == "text":
+                data = text.decode(_drive(_text_walk(model_text, n), choose)).encode("utf-8")
+            else:
+                if n % per_example:
+                    raise ValueError(f"a segment of {n} symbols is not whole examples of {per_example}")
+                flat = _drive(_array_walk(model, shape[1:], n // per_example), choose)
+                data = flat.reshape(-1, *shape[1:]).astype(dtype).tobytes()
+        except (ValueError, RuntimeError, IndexError) as exc:  # constriction on a code it cannot read
+            raise _corrupt(str(exc)[:120] or type(exc).__name__) from exc
+        digest.update(data)
+        size += sink.write(data)
+    if size != header.size or not digest.hexdigest().startswith(header.sha256):
         raise InputError(
             f"the decode does not reproduce the original (sha256 mismatch): the file is corrupt, or this machine "
             f"computes other probabilities (compressed on {header.machine} with onnxruntime {header.onnxruntime}, "
             f"{header.backend}, threads {header.threads}; here {here['machine']}, onnxruntime {here['onnxruntime']}). "
             "Nothing was written.")
-    return data
+    return header

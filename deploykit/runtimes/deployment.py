@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from ..backends.base import Runner
 from ..bundle import Bundle
 from ..checks import check_count, check_fits, check_seed
 from ..errors import InputError, choices
-from .compress import Compressed, Progress, compress, decompress, read_header
+from .compress import Compressed, Progress, compress, decompress
 from .encoder import TextResult
 from .energy import HopfieldConfig, Retrieval, retrieve
 from .flows import FlowConfig, bits_per_dim
@@ -212,20 +213,31 @@ class Deployment:
             raise InputError(f"max_new_tokens {config.max_new_tokens} for {len(ids)} prompt(s) does not fit in this "
                              f"machine's memory ({exc}); ask for fewer tokens.") from exc
 
-    def compress(self, data: bytes | np.ndarray, progress: Progress | None = None) -> Compressed:
-        """Lossless coding under this bundle's model (`.data`: the file, with its rate; runtimes.compress): UTF-8 text
-        (bytes) under a language model, or examples [N, ...] at their levels under a masked autoregressive model."""
-        text = isinstance(data, (bytes, bytearray))
-        if text:
-            self.require("generate")  # text is coded under a language model (a text encoder gives no next token)
-        return compress(self.bundle, self.runners, data, self.codec() if text else None, progress)
+    def compress(self, data: bytes | BinaryIO | np.ndarray, progress: Progress | None = None,
+                 out: BinaryIO | None = None) -> Compressed:
+        """Lossless coding under this bundle's model (runtimes.compress): UTF-8 text (bytes, or a seekable binary
+        file, read twice) under a language model, or examples [N, ...] at their levels (a memory map streams) under a
+        masked autoregressive model. The file goes to `out` when given, else to `.data`."""
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        sink = out if out is not None else io.BytesIO()
+        result = compress(self.bundle, self.runners, source, sink, self._text_codec, progress)
+        return result if out is not None else replace(result, data=sink.getvalue())
 
-    def decompress(self, blob: bytes, progress: Progress | None = None) -> bytes | np.ndarray:
-        """The original (bytes or array) of a file `compress` wrote with this bundle, backend and thread count."""
-        text = read_header(blob)[0].payload == "text"
-        if text:
-            self.require("generate")
-        return decompress(self.bundle, self.runners, blob, self.codec() if text else None, progress)
+    def decompress(self, blob: bytes | BinaryIO, progress: Progress | None = None,
+                   out: BinaryIO | None = None) -> bytes | np.ndarray | None:
+        """The original (bytes or array) of a file `compress` wrote with this bundle, backend and thread count; with
+        `out`, written there instead (text: its bytes; arrays: a .npy), and None returned."""
+        source = io.BytesIO(blob) if isinstance(blob, (bytes, bytearray)) else blob
+        sink = out if out is not None else io.BytesIO()
+        header = decompress(self.bundle, self.runners, source, sink, self._text_codec, progress)
+        if out is not None:
+            return None
+        data = sink.getvalue()
+        return data if header.payload == "text" else np.load(io.BytesIO(data), allow_pickle=False)
+
+    def _text_codec(self) -> Codec:
+        self.require("generate")  # text is coded under a language model (a text encoder gives no next token)
+        return self.codec()
 
     def translate(self, sources: list[str], beams: int = 1) -> list[str]:
         """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""
