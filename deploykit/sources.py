@@ -29,7 +29,7 @@ class FolderSource:
     module: str
 
 
-FOLDERS = {"hf": FolderSource(("gpt", "hf-encoder", "cnn"), "causal LMs, text encoders and image classifiers", "hf"),
+FOLDERS = {"hf": FolderSource(("gpt", "hf-seq2seq", "hf-encoder", "cnn"), "causal LMs, encoder-decoders, text encoders and image classifiers", "hf"),
            "diffusers": FolderSource(("ddpm",), "diffusion pipelines", "diffusers")}
 
 

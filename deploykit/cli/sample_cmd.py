@@ -94,7 +94,7 @@ def sample_cmd(
     ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples", rich_help_panel=OTHER)] = None,
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample", rich_help_panel=OTHER)] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch", rich_help_panel=TEXT)] = None,
-    prompt_ids: Annotated[list[str] | None, typer.Option(help="LM: a prompt as token ids, e.g. 15496,11; repeat for a batch", rich_help_panel=TEXT)] = None,
+    prompt_ids: Annotated[list[str] | None, typer.Option(help="LM, seq2seq: a prompt (source) as token ids, e.g. 15496,11; repeat for a batch", rich_help_panel=TEXT)] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}", rich_help_panel=TEXT)] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)", rich_help_panel=TEXT)] = None,
     size: Annotated[str | None, typer.Option(help="image flows: sample at HEIGHTxWIDTH (multiples of the squeeze factor)", rich_help_panel=OTHER)] = None,
@@ -109,7 +109,7 @@ def sample_cmd(
     top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass", rich_help_panel=TEXT)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate per prompt", rich_help_panel=TEXT)] = 200,
     stop: Annotated[str | None, typer.Option(help="LM: characters that end a row (e.g. $'\\n')", rich_help_panel=TEXT)] = None,
-    beam: Annotated[int, typer.Option(help="seq2seq: beam size (1 = greedy)", rich_help_panel=TEXT)] = 1,
+    beam: Annotated[int | None, typer.Option(help="seq2seq: beam size (1 = greedy; default: the bundle's, an hf:DIR folder's num_beams)", rich_help_panel=TEXT)] = None,
     backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda, ort-trt or torch", rich_help_panel=ALL)] = "ort-cpu",
     check_finite: Annotated[bool, typer.Option(help="fail on NaN/Inf in any graph input or output", rich_help_panel=ALL)] = False,
     source: SourceOption = None,
@@ -118,12 +118,12 @@ def sample_cmd(
     with load(bundle, backend, RunnerOptions(check_finite=check_finite), torch_original(source, bundle)) as dep:
         use = dep.kind.use
         text_flags = {"--prompt": prompt, "--prompt-ids": prompt_ids, "--mode": mode != "top-p", "--top-k": top_k,
-                      "--top-p": top_p, "--max-new-tokens": max_new_tokens != 200, "--stop": stop, "--beam": beam != 1}
+                      "--top-p": top_p, "--max-new-tokens": max_new_tokens != 200, "--stop": stop, "--beam": beam}
         sample_flags = {"--n": n != 64, "--label": label, "--steps": steps, "--ordering": ordering, "--naive": naive,
                         "--size": size, "--host-loop": host_loop, "--scheduler": scheduler, "--eta": eta,
                         "--karras": karras, "--clipped-model-output": clipped_model_output, "--guidance": guidance,
                         "--interpolate": interpolate}
-        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--beam"}}
+        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--prompt-ids", "--beam"}}
         _refuse_unused(text_flags | sample_flags, takes.get(use, set()), dep.kind.title)
         if use == "sample":
             given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
@@ -136,10 +136,14 @@ def sample_cmd(
             dep.require("sample")  # refuses, naming what this bundle can do
         if out is not None:
             dep.kind.writer.check(out)
-        if bool(prompt) == bool(prompt_ids) or (prompt_ids and use == "translate"):
-            raise InputError("give --prompt (text to continue or to decode) or, for language models, --prompt-ids "
-                             "(token ids), one of the two.")
-        if use == "translate":
+        if bool(prompt) == bool(prompt_ids):
+            raise InputError("give --prompt (text to continue or to decode) or --prompt-ids (token ids), one of the "
+                             "two.")
+        if use == "translate" and prompt_ids:  # ids in, ids out
+            sources = [_ids(p) for p in prompt_ids]
+            prompt = [",".join(str(int(i)) for i in p) for p in sources]
+            texts = [",".join(str(int(i)) for i in t) for t in dep.translate_ids(sources, beam)]
+        elif use == "translate":
             texts = dep.translate(prompt, beam)
         else:
             codec = dep.codec()

@@ -26,7 +26,19 @@ from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
 from ..runtimes.tokens import read_tokenizer, vocabulary_sha256
 from ..specs import GraphSpec, dims_label
-from . import autoregressive, diffusion, energy, feedforward, flows, gan, hf_encoder, latent, recurrent, transformer  # noqa: F401  (register the families)
+from . import (  # noqa: F401  (register the families)
+    autoregressive,
+    diffusion,
+    energy,
+    feedforward,
+    flows,
+    gan,
+    hf_encoder,
+    hf_seq2seq,
+    latent,
+    recurrent,
+    transformer,
+)
 from .onnx_export import (
     ANSI,
     EXTERNAL_DATA_THRESHOLD,

@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
 from . import hf_encoder, hf_image
+from .hf_seq2seq import HFSeq2Seq
 from .onnx_export import first_line
 
 WEIGHTS = ("*.safetensors", "*.bin")
@@ -103,14 +104,14 @@ def fingerprint(folder: Path) -> str:
 
 
 IMAGE_CLASSIFIER = "ForImageClassification"
+SEQ2SEQ = "Seq2SeqLM"  # the route of encoder-decoders (AutoModelForSeq2SeqLM)
 AUTO = {IMAGE_CLASSIFIER: "AutoModelForImageClassification"}  # the text encoders' are in hf_encoder.HEADS
 
 
 def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str | None, Any]:
-    """The folder's config, its route (None for a decoder-only causal LM, IMAGE_CLASSIFIER for an image classifier,
-    else the hf_encoder.HEADS suffix of a text encoder) and the transformers Auto class that loads it; InputError
-    for an encoder-decoder (BART, T5, Marian: it would load as another model) and for architectures no route
-    takes."""
+    """The folder's config, its route (None for a decoder-only causal LM, SEQ2SEQ for an encoder-decoder,
+    IMAGE_CLASSIFIER for an image classifier, else the hf_encoder.HEADS suffix of a text encoder) and the transformers
+    Auto class that loads it; InputError for architectures no route takes."""
     try:
         config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises ValueError, OSError, KeyError, its own types)
@@ -118,12 +119,15 @@ def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str 
     kind = getattr(config, "model_type", "?")
     architectures = list(getattr(config, "architectures", None) or [])
     takes = ("hf:DIR exports decoder-only causal LMs (GPT-2, Llama, Qwen, Phi-3, GPT-NeoX, OPT, Gemma, GPT-J, "
-             "StableLM and other *ForCausalLM models), text encoders (BERT, RoBERTa, DistilBERT and other "
+             "StableLM and other *ForCausalLM models), text-to-text encoder-decoders (BART, T5, Marian and other "
+             "*ForConditionalGeneration / *MTModel models), text encoders (BERT, RoBERTa, DistilBERT and other "
              "*ForMaskedLM, *ForSequenceClassification or bare *Model encoders) and image classifiers (ViT, "
              "ConvNeXt, ResNet and other *ForImageClassification models)")
     if getattr(config, "is_encoder_decoder", False):
-        raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is an "
-                         f"encoder-decoder, which is not supported yet; {takes}.")
+        if type(config) not in transformers.AutoModelForSeq2SeqLM._model_mapping:  # e.g. Whisper: audio in
+            raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
+                             f"an encoder-decoder without a text-to-text class in transformers; {takes}.")
+        return config, SEQ2SEQ, transformers.AutoModelForSeq2SeqLM
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or (
             not architectures and type(config) in transformers.AutoModelForCausalLM._model_mapping):
         if type(config) not in transformers.AutoModelForCausalLM._model_mapping:
@@ -202,7 +206,7 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
     model = _from_pretrained(auto, folder, root, transformers)
     if suffix == IMAGE_CLASSIFIER:
         return HFSource(hf_image.wrap(model, root), None, fingerprint(root), "cnn")
-    if suffix is not None:  # a text encoder
+    if suffix not in (None, SEQ2SEQ):  # a text encoder
         encoder = hf_encoder.wrap(model, hf_encoder.HEADS[suffix][0], tok, root, config.model_type)
         return HFSource(encoder, tokenizer, fingerprint(root), "hf-encoder")
     size = int(model.config.vocab_size)
@@ -210,4 +214,6 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
     if tok is not None:
         names = [tok.id_to_token(i) or "" for i in range(min(size, tok.get_vocab_size(with_added_tokens=True)))]
     vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
+    if suffix == SEQ2SEQ:
+        return HFSource(HFSeq2Seq(model.eval(), vocab, str(folder)), tokenizer, fingerprint(root), "hf-seq2seq")
     return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root), "gpt")

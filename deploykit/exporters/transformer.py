@@ -160,7 +160,7 @@ class CrossDecoderWithPast(nn.Module):
         return (logits, *_flat(presents))
 
 
-def _encdec_config(model: nn.Module) -> dict[str, Any]:
+def encdec_config(model: nn.Module) -> dict[str, Any]:
     for part in ("encode", "cross_kv", "decode_cached", "bos", "eos"):
         attribute(model, part, "transformer-seq2seq", ENCDEC_PROTOCOL)
     cfg: dict[str, Any] = {
@@ -172,10 +172,10 @@ def _encdec_config(model: nn.Module) -> dict[str, Any]:
     return cfg
 
 
-def _encdec_roles(model: nn.Module) -> dict[str, Role]:
-    cfg = _encdec_config(model)
+def encdec_roles(model: nn.Module) -> dict[str, Role]:
+    cfg = encdec_config(model)
     heads, head_dim, layers = cfg["heads"], cfg["head_dim"], cfg["layers"]
-    src_mask = TensorSpec("src_mask", "int64", ("batch", "src_time"), high=2)
+    src_mask = TensorSpec("src_mask", "int64", ("batch", "src_time"), high=2, padding="src_time", pad_right=True)  # as batches are
     cross = [TensorSpec(n, "float32", ("batch", heads, "src_time", head_dim)) for n in past_names(layers, "cross")]
     decoder_inputs = (
         TensorSpec("input_ids", "int64", ("batch", "seq"), high=len(cfg["tgt_vocab"])),
@@ -193,7 +193,13 @@ def _encdec_roles(model: nn.Module) -> dict[str, Role]:
 
 
 def _encdec_loop(model: nn.Module) -> EncoderDecoderConfig:
-    return EncoderDecoderConfig(**_encdec_config(model))
+    return EncoderDecoderConfig(**encdec_config(model))
+
+
+def encdec_shapes(model: nn.Module) -> list[dict[str, int]]:
+    """A one-token source and first step, a step after a past of 6, a chunk of 5 after 3 against a source of 30."""
+    return [{"batch": 1, "src_time": 1, "seq": 1, "past": 0}, {"batch": 4, "src_time": 9, "seq": 1, "past": 6},
+            {"batch": 2, "src_time": 30, "seq": 5, "past": 3}]
 
 
 # Tolerances, fp32: LayerNorm, softmax and GELU (erf) are recomputed by ORT's kernels with other
@@ -206,9 +212,6 @@ register(Family("gpt-nocache", "causal decoder without cache: generation recompu
                 _nocache_roles, lambda m: [{"batch": 1, "time": 1}, {"batch": 3, "time": 40}], Tolerance(1e-4, 1e-4),
                 ("full_recompute",), _nocache_loop))  # seen 3.3e-6
 register(Family("transformer-seq2seq", "encoder-decoder transformer: encoder (cross keys/values once) + decoder with past",
-                ENCDEC_PROTOCOL, _encdec_roles,
-                lambda m: [{"batch": 1, "src_time": 1, "seq": 1, "past": 0}, {"batch": 4, "src_time": 9, "seq": 1, "past": 6},
-                           {"batch": 2, "src_time": 30, "seq": 5, "past": 3}],
-                Tolerance(1e-4, 1e-4), ("encoder_decoder",), _encdec_loop))  # seen 3.1e-6
+                ENCDEC_PROTOCOL, encdec_roles, encdec_shapes, Tolerance(1e-4, 1e-4), ("encoder_decoder",), _encdec_loop))  # seen 3.1e-6
 register(Family("vit", "vision transformer classifier", VIT_PROTOCOL, classifier_roles("image", VIT_PROTOCOL, "vit"),
                 lambda m: BATCHES, Tolerance(1e-4, 1e-3), ("classifier",), lambda m: ClassifierConfig()))  # seen 6.2e-6

@@ -29,9 +29,6 @@ from .tokens import (
     SamplingConfig,
     TokenizerCodec,
     TranslationConfig,
-    beam_search,
-    decode_tokens,
-    encode_text,
     generate,
     token_ids,
 )
@@ -239,18 +236,24 @@ class Deployment:
         self.require("generate")  # text is coded under a language model (a text encoder gives no next token)
         return self.codec()
 
-    def translate(self, sources: list[str], beams: int = 1) -> list[str]:
-        """Decode each source string with an encoder-decoder bundle: greedy (beams=1, batched) or beam search."""
+    def translate(self, sources: list[str], beams: int | None = None) -> list[str]:
+        """Decode each source string with an encoder-decoder bundle (its tokenizer.json, else its character
+        vocabularies): greedy (beams 1) or beam search; None takes the bundle's default (an hf:DIR folder's
+        num_beams, else greedy)."""
         loop = self.require("translate")
         assert isinstance(loop, TranslationConfig)
-        model = self.kind.token_model(self.runners, loop)
-        ids = [encode_text(s, loop.src_vocab, "source") for s in sources]
-        limit, eos = loop.max_target_length, loop.eos
-        if beams == 1:
-            out = generate(model, ids, SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=(eos,)))
+        if self.bundle.tokenizer is not None:
+            source = target = TokenizerCodec(self.bundle.text_tokenizer, len(loop.tgt_vocab))
         else:
-            out = [beam_search(model, i, beams, limit, eos)[0] for i in ids]
-        return [decode_tokens(t, loop.tgt_vocab) for t in out]
+            source, target = CharCodec(loop.src_vocab), CharCodec(loop.tgt_vocab)
+        ids = [source.encode(s, "source", special=True) for s in sources]
+        return [target.decode(t) for t in self.translate_ids(ids, beams)]
+
+    def translate_ids(self, sources: Sequence[Sequence[int] | np.ndarray], beams: int | None = None) -> list[np.ndarray]:
+        """The target token ids of each source (token ids), as `translate` decodes them."""
+        loop = self.require("translate")
+        assert self.kind.translate is not None  # every translate kind has one (kinds.register)
+        return self.kind.translate(self.runners, loop, [token_ids(s, i) for i, s in enumerate(sources)], beams)
 
     def stream(self, streams: int = 1) -> Stream:
         """A Stream over the `chunk` graph keeping state for `streams` independent streams."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
@@ -166,7 +166,8 @@ class LoopKind:
 
     sample(runners, config, n, seed, options) -> samples; check(runners, config, seed) -> arrays of a
     short seeded loop run (stored at export, replayed by verify); structure(runners, config) -> problems
-    beyond parity; token_model(runners, config) for generate/translate kinds; flips(runners, config, seed,
+    beyond parity; token_model(runners, config) for generate/translate kinds; translate(runners, config, sources,
+    beams) -> token ids per source for translate kinds (beams None: the bundle's default); flips(runners, config, seed,
     expected, actual, tolerance, bound) explains token outputs of `check` that diverge (output -> note) where
     the logits, off by `bound`, could swap a pick (judged on the runners' own logits); symbols(runners, config) ->
     a SymbolModel coding one example's values in the sampling order (runtimes/compress.py); log_prob(runners, config,
@@ -184,6 +185,7 @@ class LoopKind:
     structure: Callable[[Runners, Any], list[str]] | None = None
     writer: Writer | None = None
     token_model: Callable[[Runners, Any], Any] | None = None
+    translate: Callable[[Runners, Any, Sequence[np.ndarray], int | None], list[np.ndarray]] | None = None
     flips: Flips | None = None
     symbols: Callable[[Runners, Any], Any] | None = None
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
@@ -236,6 +238,8 @@ def register(kind: LoopKind) -> LoopKind:
         raise ValueError(f"loop kind {kind.name!r}: a sampling kind needs sample, options and a writer, others none")
     if kind.use in ("generate", "translate") and kind.token_model is None:
         raise ValueError(f"loop kind {kind.name!r}: a {kind.use} kind needs a token_model")
+    if (kind.use == "translate") != (kind.translate is not None):
+        raise ValueError(f"loop kind {kind.name!r}: a translate kind needs translate, others none")
     KINDS[kind.name] = kind
     return kind
 

@@ -18,6 +18,7 @@ from .tokens import (
     check_translation,
     explain_flips,
     pad_prompts,
+    translate_ids,
 )
 
 CHUNKS = (1, 7, 3, 12, 0, 9, 5)  # uneven chunk sizes, one of them empty; 37 steps in all
@@ -234,7 +235,7 @@ def check_vrnn(runners: Runners, loop: VrnnConfig, seed: int) -> dict[str, np.nd
 register(LoopKind(StreamConfig, "streaming RNN", "stream", check=check_stream))
 register(LoopKind(TokenLMConfig, "recurrent LM", "generate", check=check_language_model, flips=explain_flips, writer=TEXT,
                   token_model=lambda runners, loop: RecurrentLM(runners[loop.role], loop)))
-register(LoopKind(Seq2SeqConfig, "seq2seq", "translate", check=check_translation, writer=TEXT, token_model=Seq2SeqModel))
+register(LoopKind(Seq2SeqConfig, "seq2seq", "translate", check=check_translation, writer=TEXT, token_model=Seq2SeqModel, translate=translate_ids))
 register(LoopKind(
     VrnnConfig, "VRNN", "sample", VrnnOptions,
     sample=lambda runners, loop, n, seed, o: sample_vrnn(runners[loop.role], loop, n, o.steps, seed),

@@ -436,6 +436,16 @@ def check_language_model(runners: Runners, loop: LanguageModelConfig, seed: int)
     return out
 
 
+def translate_ids(runners: Runners, loop: TranslationConfig, sources: Sequence[np.ndarray], beams: int | None
+                  ) -> list[np.ndarray]:
+    """Greedy decoding (beams None or 1, batched) or beam search per source, up to eos (excluded)."""
+    model = kind_of(loop).token_model(runners, loop)
+    limit, eos = loop.max_target_length, loop.eos
+    if beams in (None, 1):
+        return generate(model, sources, SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=(eos,)))
+    return [beam_search(model, s, beams, limit, eos)[0] for s in sources]
+
+
 def check_translation(runners: Runners, loop: TranslationConfig, seed: int) -> dict[str, np.ndarray]:
     """Greedy (batched) and beam-4 decoding of four random sources."""
     rng = np.random.default_rng(seed)

@@ -19,6 +19,7 @@ from .tokens import (
     check_translation,
     explain_flips,
     pad_prompts,
+    translate_ids,
 )
 
 GENERATE_ROLE = "generate"  # the whole sampling loop over decoder_with_past as one graph (loop_graphs.py)
@@ -213,4 +214,4 @@ register(LoopKind(KVCacheConfig, "KV-cache LM", "generate", check=check_language
 register(LoopKind(FullRecomputeConfig, "full-recompute LM", "generate", check=check_language_model, flips=explain_flips, writer=TEXT,
                   token_model=lambda runners, loop: FullRecomputeLM(runners[loop.role], loop)))
 register(LoopKind(EncoderDecoderConfig, "encoder-decoder", "translate", check=check_translation, writer=TEXT,
-                  token_model=EncoderDecoderLM))
+                  token_model=EncoderDecoderLM, translate=translate_ids))
