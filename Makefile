@@ -65,6 +65,7 @@ bench: install
 
 bench-hf: install peers-env
 	$(PY) benchmarks/hf_language_models.py
+	cd benchmarks && ../$(PY) hf_seq2seq.py
 
 bench-diffusers: install
 	$(PY) benchmarks/diffusers_pipelines.py

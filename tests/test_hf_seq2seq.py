@@ -6,6 +6,7 @@ folder's tokenizer.json."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,30 +117,41 @@ def _check(kind: str, folder: Path, bundle_path: Path) -> None:
         assert len({len(t) for t in ours}) == 2  # the two beams finished at different lengths (the eos bias)
 
 
+@pytest.fixture(scope="module")
+def exported(seq2seq_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """(folder, bundle) of each kind, exported once by the CLI as a user would."""
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def get(kind: str) -> tuple[Path, Path]:
+        if kind not in done:
+            work = tmp_path_factory.mktemp(kind)
+            folder = save_seq2seq(kind, work / "m", seq2seq_tokenizer)
+            assert main(["export", f"hf:{folder}", "--out", str(work / "b")]) == 0
+            done[kind] = folder, work / "b"
+        return done[kind]
+
+    return get
+
+
 @pytest.mark.parametrize("kind", ["bart", pytest.param("t5", marks=pytest.mark.slow),
                                   pytest.param("marian", marks=pytest.mark.slow)])
-def test_encoder_decoders_decode_like_transformers_generate(kind: str, seq2seq_tokenizer: Path, tmp_path: Path) -> None:
-    """Exported by the CLI as a user would, verified on fresh inputs against the folder, then greedy, beam 4 and the
-    folder's default search token for token against transformers (forced BOS / EOS, no-repeat n-grams, min length,
-    length penalty, early stopping, bad words and repetition penalty along the way); never a `gpt` bundle."""
-    folder = save_seq2seq(kind, tmp_path / "m", seq2seq_tokenizer)
-    assert main(["export", f"hf:{folder}", "--out", str(tmp_path / "b")]) == 0
-    bundle = deploykit.load_bundle(tmp_path / "b")
+def test_encoder_decoders_decode_like_transformers_generate(kind: str, exported) -> None:
+    """Verified on fresh inputs against the folder, then greedy, beam 4 and the folder's default search token for
+    token against transformers (forced BOS / EOS, no-repeat n-grams, min length, length penalty, early stopping, bad
+    words and repetition penalty along the way); never a `gpt` bundle."""
+    folder, path = exported(kind)
+    bundle = deploykit.load_bundle(path)
     assert bundle.manifest["family"] == "hf-seq2seq" and set(bundle.graphs) == {"encoder", "decoder_with_past"}
     assert deploykit.verify(bundle.path, model=reference(f"hf:{folder}", bundle)).passed
     _check(kind, folder, bundle.path)
 
 
-def test_sample_prints_each_source_and_its_decoding(seq2seq_tokenizer: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    folder = save_seq2seq("t5", tmp_path / "m", seq2seq_tokenizer)
-    resolved = resolve(f"hf:{folder}")
-    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source,
-                              tokenizer=resolved.tokenizer)
-    assert main(["sample", str(bundle.path), "--prompt", SOURCES[0], "--beam", "2"]) == 0
-    with deploykit.load(bundle.path) as dep:
+def test_sample_prints_each_source_and_its_decoding(exported, capsys: pytest.CaptureFixture[str]) -> None:
+    _, bundle = exported("bart")
+    assert main(["sample", str(bundle), "--prompt", SOURCES[0], "--beam", "2"]) == 0
+    with deploykit.load(bundle) as dep:
         assert capsys.readouterr().out == f"{SOURCES[0]} -> {dep.translate(SOURCES[:1], 2)[0]}\n"
-        assert main(["sample", str(bundle.path), "--prompt-ids", "0,5,9,2"]) == 0  # ids in, ids out
+        assert main(["sample", str(bundle), "--prompt-ids", "0,5,9,2"]) == 0  # ids in, ids out (the folder's beams)
         printed = capsys.readouterr().out.strip()
         assert printed == "0,5,9,2 -> " + ",".join(map(str, dep.translate_ids([[0, 5, 9, 2]])[0]))
 

@@ -17,7 +17,7 @@ from . import app, console
 
 TEXT_OPTIONS = {"generate": "--prompt / --prompt-ids, --mode (top-p), --temperature, --top-k, --top-p, "
                              "--max-new-tokens (200), --stop, --host-loop",
-                "translate": "--prompt, --beam (1)"}
+                "translate": "--prompt or --prompt-ids, --beam (the bundle's default)"}
 
 
 def sampling_options(b: Bundle) -> str:

@@ -1,7 +1,7 @@
 """`hf:DIR`: a model saved with transformers' `save_pretrained`, routed by its architecture: a causal language model
-goes through the `gpt` family's KV-cache loop as it is published (its default attention, sdpa included); a text
-encoder (masked LM, sequence classifier, bare encoder) through `hf-encoder` (hf_encoder.py); an image classifier
-through `cnn` (hf_image.py).
+goes through the `gpt` family's KV-cache loop as it is published (its default attention, sdpa included); an
+encoder-decoder through `hf-seq2seq` (hf_seq2seq.py); a text encoder (masked LM, sequence classifier, bare encoder)
+through `hf-encoder` (hf_encoder.py); an image classifier through `cnn` (hf_image.py).
 
 The folder is read as it is (config.json, weights, tokenizer.json when present); nothing is fetched.
 GPT-2 and Llama-style models (RoPE, RMSNorm, grouped-query attention, SwiGLU) are covered by the
@@ -86,7 +86,8 @@ class HFCausalLM(nn.Module):
 @dataclass(frozen=True)
 class HFSource:
     """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, a fingerprint of the folder and
-    the family it exports as (gpt for causal LMs, hf-encoder for text encoders, cnn for image classifiers)."""
+    the family it exports as (gpt for causal LMs, hf-seq2seq for encoder-decoders, hf-encoder for text encoders, cnn
+    for image classifiers)."""
 
     model: nn.Module
     tokenizer: Path | None
@@ -184,8 +185,8 @@ def _shape_mismatches(root: Path, config: Any, auto: Any) -> list[str]:
 
 def load(folder: str | Path, context: int | None = None) -> HFSource:
     """The model saved in `folder` (float32, eval) on its route: a causal LM wrapped for the gpt family with `context`
-    positions (default: the config's max_position_embeddings), a text encoder for hf-encoder or an image classifier
-    for cnn; InputError naming what is missing, malformed or not supported."""
+    positions (default: the config's max_position_embeddings), an encoder-decoder for hf-seq2seq, a text encoder for
+    hf-encoder or an image classifier for cnn; InputError naming what is missing, malformed or not supported."""
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; give a folder written by save_pretrained "
