@@ -15,8 +15,9 @@ ZOO_NAMES = list(ZOO)
 
 
 def test_every_family_has_a_zoo_model_under_test() -> None:
-    """hf-encoder is reached through hf:DIR folders only; tests/test_hf_encoders.py exports and verifies it."""
-    assert {e.family for e in ZOO.values()} | {"hf-encoder"} == set(FAMILIES)
+    """hf-encoder and hf-seq2seq are reached through hf:DIR folders only; tests/test_hf_encoders.py and
+    tests/test_hf_seq2seq.py export and verify them."""
+    assert {e.family for e in ZOO.values()} | {"hf-encoder", "hf-seq2seq"} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

@@ -122,7 +122,7 @@ def test_hf_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match=r"no weights \(\*.safetensors or \*.bin\)"):
         resolve(f"hf:{tmp_path}")
-    with pytest.raises(InputError, match=r"as family \('gpt', 'hf-encoder', 'cnn'\), not 'mlp'"):
+    with pytest.raises(InputError, match=r"as family \('gpt', 'hf-seq2seq', 'hf-encoder', 'cnn'\), not 'mlp'"):
         resolve(f"hf:{tmp_path}", "mlp")
 
 
