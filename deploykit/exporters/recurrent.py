@@ -15,6 +15,7 @@ from ..runtimes.graphs import SequenceConfig
 from ..runtimes.recurrent import Seq2SeqConfig, StreamConfig, TokenLMConfig, VrnnConfig
 from ..runtimes.tokens import lm_fields
 from ..specs import TensorSpec
+from .onnx_export import weight_bytes
 from .recurrence import check_recurrent, recurrence, state_names, state_shape
 from .registry import Family, Role, Tolerance, attribute, register
 
@@ -125,7 +126,7 @@ def _lm_roles(model: nn.Module) -> dict[str, Role]:
 
 def _lm_loop(model: nn.Module) -> TokenLMConfig:
     return TokenLMConfig(role="chunk", input="tokens", output="logits", states=_state_map(model.rnn),
-                         vocab=vocabulary(model, "vocab", "rnn-lm", LM_PROTOCOL), **lm_fields(model))
+                         vocab=vocabulary(model, "vocab", "rnn-lm", LM_PROTOCOL), **lm_fields(model, weight_bytes(model)))
 
 
 class Seq2SeqEncoder(nn.Module):

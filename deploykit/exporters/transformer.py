@@ -96,7 +96,7 @@ def _gpt_roles(model: nn.Module) -> dict[str, Role]:
 
 def _gpt_loop(model: nn.Module) -> KVCacheConfig:
     return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model),
-                         **lm_fields(model), in_graph=weight_bytes(model) <= IN_GRAPH_MAX_BYTES)
+                         **lm_fields(model, weight_bytes(model)), in_graph=weight_bytes(model) <= IN_GRAPH_MAX_BYTES)
 
 
 # prefill (empty past), single-token decode after a long past, a chunk after a short past
@@ -128,7 +128,7 @@ def _nocache_roles(model: nn.Module) -> dict[str, Role]:
 
 def _nocache_loop(model: nn.Module) -> FullRecomputeConfig:
     return FullRecomputeConfig(role="model", context=int(model.context),
-                               vocab=vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL), **lm_fields(model))
+                               vocab=vocabulary(model, "vocab", "gpt-nocache", NOCACHE_PROTOCOL), **lm_fields(model, weight_bytes(model)))
 
 
 class EncoderWithCross(nn.Module):

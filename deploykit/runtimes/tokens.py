@@ -395,14 +395,19 @@ class TranslationConfig(LoopConfig):
 # of the token loop; 32 tokens after two left-padded prompts exercise prefill and decode.
 CHECK_MODES = ["greedy", "top-p"]
 CHECK_TOKENS = 32
+# A large model's loop check costs each of its tokens twice (torch eager and onnxruntime): 8 tokens a mode still run
+# the prefill and seven cached decodes per prompt, and the per-graph checks compare the numbers at every shape.
+CHECK_TOKENS_LARGE, LARGE_MODEL_BYTES = 8, 64 << 20
 PROMPT_LENGTHS = (3, 11)  # two prompts of different lengths for the language-model check
 
 
-def lm_fields(model: object) -> dict[str, object]:
+def lm_fields(model: object, weights: int) -> dict[str, object]:
     """Fields every language-model config an export records now: the model's optional `eos_token_id`, and the
-    loop check (CHECK_TOKENS per mode in CHECK_MODES)."""
+    loop check (per mode in CHECK_MODES, CHECK_TOKENS tokens, or CHECK_TOKENS_LARGE from LARGE_MODEL_BYTES of
+    `weights`)."""
     eos = getattr(model, "eos_token_id", None)
-    return {"eos": None if eos is None else int(eos), "check_tokens": CHECK_TOKENS, "check_modes": list(CHECK_MODES)}
+    tokens = CHECK_TOKENS if weights < LARGE_MODEL_BYTES else CHECK_TOKENS_LARGE
+    return {"eos": None if eos is None else int(eos), "check_tokens": tokens, "check_modes": list(CHECK_MODES)}
 
 
 def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
