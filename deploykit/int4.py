@@ -9,7 +9,6 @@ A mode of `deploykit quantize` (the registry is `precision.CONVERTERS`); needs o
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,8 @@ def convert(model: Any, target: Path, options: Int4Options) -> None:
     """Write `model` (an onnx ModelProto whose linear layers are MatMul over constant weights) at `target` with
     those MatMuls as MatMulNBits; InputError when it has none."""
     import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # precision: a quiet root logger
 
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    root.handlers[:], root.level = handlers, level  # its import configures the root logger at INFO: undone
     quantizer = MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=options.symmetric,
                                      accuracy_level=options.accuracy_level)  # builds its default (RTN) weight config
     quantizer.process()
