@@ -1,7 +1,10 @@
-"""Argument checks shared by the library, the CLI and Triton: integers in range, counts, seeds, memory."""
+"""Argument checks shared by the library, the CLI and Triton: integers in range, counts, seeds, memory (and handing
+freed memory back)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 
 import numpy as np
@@ -45,3 +48,14 @@ def check_fits(need: int, request: str, fix: str) -> None:
     if available is not None and need > available // 2:
         raise InputError(f"{request} needs {need / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
                          f"available; {fix}.")
+
+
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), after collecting garbage cycles (the
+    exported program) unless `collect` is False: arrays are freed as soon as they are dropped, cycles need gc."""
+    if collect:
+        gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -23,9 +23,10 @@ import numpy as np
 
 from . import int4
 from .api import load
+from .backends.base import RunnerOptions
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
-from .checks import check_fits, check_int
+from .checks import check_fits, check_int, release_memory
 from .errors import BundleError, InputError, choices, optional_import
 from .int4 import Int4Options
 from .parity import ParityReport, Tolerance
@@ -49,7 +50,8 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
     rows: list[dict[str, Any]] = []
     loop = source.loop
     kind = kind_of(loop)
-    with load(source.path) as full, load(quantized.path) as low:
+    lean = RunnerOptions(prepack=False, arena=False)  # both bundles at once: no packed copy of the fp32 weights
+    with load(source.path, options=lean) as full, load(quantized.path, options=lean) as low:
         logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
         if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
             role = logits[0]
@@ -213,6 +215,11 @@ def _constant_matmuls(model: Any) -> None:
     nodes = [n for n in nodes if n.op_type != "Transpose" or any(o in read for o in n.output)]  # orphaned by the above
     del graph.node[:]
     graph.node.extend(nodes)
+    weights.clear()  # no Python reference may keep a dropped initializer's data alive
+    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    for index in reversed(range(len(graph.initializer))):  # a weight read only transposed: its copy replaces it
+        if graph.initializer[index].name not in read:
+            del graph.initializer[index]
 
 
 @dataclass(frozen=True)
@@ -226,55 +233,64 @@ class Conversion:
     int4: Int4Options
 
 
-def _fp16(model: Any, target: Path, job: Conversion) -> None:
+def _fp16(staged: Path, target: Path, job: Conversion) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    _onnx().save(convert_float_to_float16(model, keep_io_types=True), str(target))
+    _onnx().save(convert_float_to_float16(_onnx().load(str(staged)), keep_io_types=True), str(target))
 
 
-def _int8(model: Any, target: Path, job: Conversion, static: bool) -> None:
-    clean = target.with_suffix(".fp32.onnx")  # onnxruntime's int8 quantizers read a file
-    _onnx().save(model, str(clean))
-    from onnxruntime import quantization as q
+def _int8(staged: Path, target: Path, job: Conversion, static: bool) -> None:
+    from onnxruntime import quantization as q  # its quantizers read the file
 
-    try:
-        if not static:
-            q.quantize_dynamic(str(clean), str(target), weight_type=q.QuantType.QInt8)
-            return
-        feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
+    if not static:
+        q.quantize_dynamic(str(staged), str(target), weight_type=q.QuantType.QInt8)
+        return
+    feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
 
-        class Reader(q.CalibrationDataReader):
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(feeds, None)
+    class Reader(q.CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(feeds, None)
 
-        q.quantize_static(str(clean), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
-    finally:
-        clean.unlink()
+    q.quantize_static(str(staged), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
+                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
 
 
-# mode -> converter(model, target, job): writes the converted graph (inputs and outputs stay float32). The
-# quantizers (all but fp16) get linear layers as MatMul over constant weights (_constant_matmuls) first.
-CONVERTERS: dict[str, Callable[[Any, Path, Conversion], None]] = {
+# mode -> converter(staged, target, job): reads the staged graph file and writes the converted graph (inputs and
+# outputs stay float32). The quantizers (all but fp16) get linear layers as MatMul over constant weights
+# (_constant_matmuls) first.
+CONVERTERS: dict[str, Callable[[Path, Path, Conversion], None]] = {
     "fp16": _fp16,
-    "int8-dynamic": lambda model, target, job: _int8(model, target, job, static=False),
-    "int8-static": lambda model, target, job: _int8(model, target, job, static=True),
-    "int4": lambda model, target, job: int4.convert(model, target, job.int4),
+    "int8-dynamic": lambda staged, target, job: _int8(staged, target, job, static=False),
+    "int8-static": lambda staged, target, job: _int8(staged, target, job, static=True),
+    "int4": lambda staged, target, job: int4.convert(_onnx().load(str(staged)), target, job.int4),
 }
 QUANT_MODES = tuple(CONVERTERS)
 
 
 def _convert(source: Path, target: Path, mode: str, job: Conversion) -> None:
-    """Write `source` converted to `mode` at `target`."""
-    model = _onnx().load(str(source))
+    """Write `source` converted to `mode` at `target`. The graph the converter reads is staged beside `target` with
+    its weights as external data, and the rewritten model is dropped first: protobuf keeps a message's memory until
+    the whole model goes (the weights _constant_matmuls replaced included), and onnxruntime's int8 quantizer holds
+    three copies of what it reads."""
+    onnx = _onnx()
+    staged = target.with_suffix(".staged.onnx")
+    data = staged.with_name(staged.name + ".data")
+    model = onnx.load(str(source))
     del model.graph.value_info[:]  # stale intermediate shapes trip the quantizer's own shape inference
     from .loop_graphs import densified  # imports onnx: only where a graph is converted
 
     densified(model.graph)  # a pruned graph's sparse weights: the converters read dense ones
     if mode != "fp16":
         _constant_matmuls(model)
-    with _quiet_root_logger():
-        CONVERTERS[mode](model, target, job)
+    onnx.save_model(model, str(staged), save_as_external_data=True, location=data.name)
+    del model
+    release_memory()
+    try:
+        with _quiet_root_logger():
+            CONVERTERS[mode](staged, target, job)
+    finally:
+        staged.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from ..backends.base import Runner, RunnerOptions
 from ..backends.ort import OrtRunner
 from ..backends.torch import Float64References, TorchRunner
 from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
+from ..checks import release_memory
 from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
 from ..parity import ParityReport
@@ -47,7 +48,6 @@ from .onnx_export import (
     exportable,
     inline_external_data,
     prepare,
-    release_memory,
     weight_bytes,
 )
 from .registry import FAMILIES, Family, Role, Tolerance, get_family

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import inspect
 import logging
 import math
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..checks import release_memory
 from ..errors import ExportError
 from ..onnx_refs import varint
 from ..specs import DimRule, GraphSpec, TensorSpec
@@ -279,17 +278,6 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     if unused.name not in data_files:
         unused.unlink(missing_ok=True)
     return Exported(spec, int(opset_found), data_files)
-
-
-def release_memory(collect: bool = True) -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise), after collecting garbage cycles (the
-    exported program) unless `collect` is False: arrays are freed as soon as they are dropped, cycles need gc."""
-    if collect:
-        gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _field(number: int, size: int) -> bytes:
