@@ -186,3 +186,53 @@ def test_quantize_reports_what_int8_costs_the_decodings(exported, tmp_path: Path
     assert [r["metric"].split(" (")[0] for r in rows] == ["greedy outputs identical to fp32",
                                                           "greedy tokens equal to fp32 before the first difference"]
     assert rows[0]["fp32"] == 1.0 and 0 <= rows[0]["quantized"] <= 1 and rows[1]["quantized"] <= rows[1]["fp32"]
+
+
+BART_LAYERS = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+               "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}
+T5_LAYERS = {"d_model": 32, "d_ff": 32, "num_layers": 2, "num_heads": 2, "d_kv": 16}
+IDS = {"vocab_size": 300, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2}
+ARCHITECTURES = {  # model type -> its tiny model, each with its class's default generation settings
+    "blenderbot": lambda: transformers.BlenderbotForConditionalGeneration(transformers.BlenderbotConfig(
+        **IDS, **BART_LAYERS, max_position_embeddings=64)),  # encoder_no_repeat_ngram_size 3 by default
+    "mbart": lambda: transformers.MBartForConditionalGeneration(transformers.MBartConfig(
+        **IDS, **BART_LAYERS, max_position_embeddings=64)),
+    "pegasus": lambda: transformers.PegasusForConditionalGeneration(transformers.PegasusConfig(
+        **IDS, **BART_LAYERS, max_position_embeddings=64)),  # sinusoidal positions
+    "m2m_100": lambda: transformers.M2M100ForConditionalGeneration(transformers.M2M100Config(
+        **IDS, **BART_LAYERS, max_position_embeddings=64)),
+    "mt5": lambda: transformers.MT5ForConditionalGeneration(transformers.MT5Config(**IDS, **T5_LAYERS)),
+    "longt5": lambda: transformers.LongT5ForConditionalGeneration(transformers.LongT5Config(**IDS, **T5_LAYERS)),
+    "fsmt": lambda: transformers.FSMTForConditionalGeneration(transformers.FSMTConfig(
+        langs=["en", "de"], src_vocab_size=300, tgt_vocab_size=300, **BART_LAYERS, max_position_embeddings=256,
+        pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)),  # its decoder takes its own masks
+}
+
+
+@pytest.mark.parametrize("kind", [k if k == "blenderbot" else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in ARCHITECTURES])
+def test_other_text_to_text_architectures_decode_like_transformers(kind: str, tmp_path: Path) -> None:
+    """Each with the generation settings its config class defaults to (Blenderbot: no-repeat trigrams of the
+    source), greedy and beam 4 token for token on a right-padded batch of two sources."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES[kind]().eval()
+    model.save_pretrained(tmp_path / "m")
+    resolved = resolve(f"hf:{tmp_path / 'm'}")
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source)
+    sources = [np.asarray([0, 5, 9, 33, 7, 2]), np.asarray([0, 44, 12, 2])]
+    with deploykit.load(bundle.path, options=RunnerOptions(threads=1)) as dep:
+        for beams in (1, 4):
+            ours = [t.tolist() for t in dep.translate_ids(sources, beams)]
+            assert ours == _generated(model, sources, bundle.loop.stops, beams), beams
+
+
+@pytest.mark.parametrize("kind", ["led", "prophetnet", "switch_transformers"])
+def test_encoder_decoders_these_graphs_do_not_carry_are_refused_by_type(kind: str, tmp_path: Path) -> None:
+    config = {"led": lambda: transformers.LEDConfig(**IDS, **BART_LAYERS),
+              "prophetnet": lambda: transformers.ProphetNetConfig(vocab_size=300, hidden_size=32, ngram=2),
+              "switch_transformers": lambda: transformers.SwitchTransformersConfig(**IDS, **T5_LAYERS)}[kind]()
+    config.architectures = [transformers.AutoModelForSeq2SeqLM._model_mapping[type(config)].__name__]
+    config.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # never opened: the config refuses first
+    with pytest.raises(InputError, match=f"model type '{kind}' is an encoder-decoder deploykit does not export: "):
+        resolve(f"hf:{tmp_path}")

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import InputError, optional_import
 from ..runtimes.tokens import read_tokenizer
 from . import hf_encoder, hf_image
-from .hf_seq2seq import HFSeq2Seq
+from .hf_seq2seq import REFUSED_TYPES, HFSeq2Seq
 from .onnx_export import first_line
 
 WEIGHTS = ("*.safetensors", "*.bin")
@@ -128,6 +128,9 @@ def _route(folder: str | Path, transformers: Any, root: Path) -> tuple[Any, str 
         if type(config) not in transformers.AutoModelForSeq2SeqLM._model_mapping:  # e.g. Whisper: audio in
             raise InputError(f"hf:{folder}: model type '{kind}' ({', '.join(architectures) or 'no architectures'}) is "
                              f"an encoder-decoder without a text-to-text class in transformers; {takes}.")
+        if kind in REFUSED_TYPES:
+            raise InputError(f"hf:{folder}: model type '{kind}' is an encoder-decoder deploykit does not export: "
+                             f"{REFUSED_TYPES[kind]}; {takes}.")
         return config, SEQ2SEQ, transformers.AutoModelForSeq2SeqLM
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or (
             not architectures and type(config) in transformers.AutoModelForCausalLM._model_mapping):

@@ -22,9 +22,15 @@ from .transformer import ENCDEC_PROTOCOL, encdec_config, encdec_roles, encdec_sh
 
 PROTOCOL = ENCDEC_PROTOCOL + " And `generation`: the GenerateConfig fields of the folder's generation settings."
 DEFAULT_MAX_LENGTH = 20  # transformers' default new tokens when the folder sets neither max_length nor max_new_tokens
+# encoder-decoders transformers loads as Seq2SeqLM that these graphs do not carry (tried on tiny configs)
+REFUSED_TYPES = {
+    "led": "its encoder's Longformer windows are data-dependent shapes torch.export cannot trace",
+    "prophetnet": "its decoder predicts n-gram streams, not one next token",
+    "xlm-prophetnet": "its decoder predicts n-gram streams, not one next token",
+    "switch_transformers": "its mixture-of-experts forward needs the encoder's router logits at every step",
+}
 # generation settings the search does not run, with the value that means "off"
-UNSUPPORTED = {"sequence_bias": None, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
-               "exponential_decay_length_penalty": None, "guidance_scale": None, "force_words_ids": None,
+UNSUPPORTED = {"sequence_bias": None, "encoder_repetition_penalty": 1.0, "exponential_decay_length_penalty": None, "guidance_scale": None, "force_words_ids": None,
                "constraints": None, "renormalize_logits": False, "num_beam_groups": 1, "diversity_penalty": 0.0,
                "penalty_alpha": None, "watermarking_config": None, "remove_invalid_values": False}
 
@@ -33,6 +39,13 @@ def _caches() -> tuple[Any, Any]:
     from transformers import DynamicCache, EncoderDecoderCache
 
     return DynamicCache, EncoderDecoderCache
+
+
+def _encoded(memory: torch.Tensor) -> Any:
+    """The encoder's output as the model's forward takes it."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return BaseModelOutput(last_hidden_state=memory)
 
 
 def _pairs(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -52,7 +65,9 @@ class HFSeq2Seq(nn.Module):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
         with torch.no_grad():  # the cache layout, as the model fills it
             src = torch.zeros(1, 2, dtype=torch.long)
-            cross = self.cross_kv(self.encode(src, torch.ones_like(src)))
+            memory = self.encode(src, torch.ones_like(src))
+            self.width = int(memory.shape[-1])  # the encoder's output size (d_model, hidden_size: names differ)
+            cross = self.cross_kv(memory)
             empty = [(k[:, :, :0], v[:, :, :0]) for k, v in cross]
             _, presents = self.decode_cached(src[:, :1], src[:, :1], torch.ones_like(src), empty, cross)
         layouts = {(k.shape[1], k.shape[3]) for k, _ in cross + presents}
@@ -64,16 +79,17 @@ class HFSeq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """The encoder's last hidden state [B, S, D]."""
-        return self.model.get_encoder()(input_ids=src, attention_mask=src_mask).last_hidden_state
+        return self.model.get_encoder()(input_ids=src, attention_mask=src_mask, return_dict=True)[0]  # some: a tuple
 
     def cross_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every decoder layer's cross-attention (key, value), as the model's own attention projects them (one
-        decoder step fills its cross cache; the rest of that step is dead code in the graph)."""
+        decoder step fills its cross cache; the rest of that step, the logits included, is dead code in the
+        graph)."""
         dynamic, encoder_decoder = _caches()
         cache = encoder_decoder(dynamic(), dynamic())
         start = torch.zeros(memory.shape[0], 1, dtype=torch.long, device=memory.device)
-        self.model.get_decoder()(input_ids=start, encoder_hidden_states=memory, use_cache=True,
-                                 **{self._cache_arg: cache})
+        self.model(encoder_outputs=_encoded(memory), decoder_input_ids=start, use_cache=True, return_dict=True,
+                   **{self._cache_arg: cache})
         return _pairs(cache.cross_attention_cache)
 
     def decode_cached(self, tokens: torch.Tensor, position_ids: torch.Tensor, src_mask: torch.Tensor,
@@ -90,9 +106,9 @@ class HFSeq2Seq(nn.Module):
         cache = encoder_decoder(own, other)
         cache.is_updated = dict.fromkeys(range(len(cross)), True)  # the cross keys/values are there: reuse them
         batch, length = src_mask.shape
-        memory = cross[0][0].new_zeros(()).expand(batch, length, int(self.model.config.d_model))  # shape only
-        out = self.model(encoder_outputs=(memory,), attention_mask=src_mask, decoder_input_ids=tokens, use_cache=True,
-                         **{self._cache_arg: cache})
+        memory = cross[0][0].new_zeros(()).expand(batch, length, self.width)  # its shape only: the cross cache is full
+        out = self.model(encoder_outputs=_encoded(memory), attention_mask=src_mask, decoder_input_ids=tokens, use_cache=True,
+                         return_dict=True, **{self._cache_arg: cache})
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         return out.logits, _pairs(cache.self_attention_cache)
 
@@ -143,6 +159,7 @@ def generation_fields(model: nn.Module, folder: str) -> dict[str, Any]:
         "num_beams": int(gen.num_beams or 1), "early_stopping": early,
         "length_penalty": float(gen.length_penalty if gen.length_penalty is not None else 1.0),
         "no_repeat_ngram_size": int(gen.no_repeat_ngram_size or 0),
+        "encoder_no_repeat_ngram_size": int(gen.encoder_no_repeat_ngram_size or 0),
         "repetition_penalty": float(gen.repetition_penalty if gen.repetition_penalty is not None else 1.0),
         "bad_words": [int(ids[0]) for ids in bad] or None,
         "forced_bos": None if forced_bos is None else int(forced_bos),

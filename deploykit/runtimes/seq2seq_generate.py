@@ -5,7 +5,7 @@ folder decodes token for token as the folder's `generation_config.json` asks.
 
 Carried over from the folder: the decoder start token, the stop (eos) tokens, max_length (counting the start
 token), min_length, num_beams, length_penalty, early_stopping (True, False or "never"), no_repeat_ngram_size,
-repetition_penalty, single-token bad_words_ids, forced BOS / EOS tokens, suppressed tokens and the tokens suppressed
+encoder_no_repeat_ngram_size (n-grams of the source, right-padded with `pad` as a batch is), repetition_penalty, single-token bad_words_ids, forced BOS / EOS tokens, suppressed tokens and the tokens suppressed
 at the first step. Processors run in transformers' order: on the logits for greedy, on the
 log-softmax for beam search, in float32 as transformers does. Sampling settings (do_sample, temperature, top-k/p)
 are not applied: the bundle decodes deterministically.
@@ -41,6 +41,7 @@ class GenerateConfig(EncoderDecoderConfig):
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     no_repeat_ngram_size: int = 0
+    encoder_no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     bad_words: list[int] | None = None  # single-token bad_words_ids (eos excluded, as transformers does)
     forced_bos: int | None = None
@@ -63,8 +64,29 @@ class GenerateConfig(EncoderDecoderConfig):
             raise BundleError(f"{where}: early_stopping is {self.early_stopping!r}, expected true, false or 'never'.")
 
 
-def _process(loop: GenerateConfig, sequences: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """transformers' logits processors, in its order, over scores [rows, vocab] given the sequences so far [rows, t]."""
+Grams = list[dict[tuple[int, ...], list[int]]]  # per row: the source's n-grams, (first n - 1 tokens) -> last tokens
+
+
+def _source_grams(loop: GenerateConfig, sources: Sequence[np.ndarray], repeat: int) -> Grams | None:
+    """Each source's n-grams of encoder_no_repeat_ngram_size (rows right-padded with `pad` to the longest, as the
+    batch transformers sees), each row `repeat` times (beams); None when the setting is off."""
+    n = loop.encoder_no_repeat_ngram_size
+    if not n:
+        return None
+    width = max(len(s) for s in sources)
+    out: Grams = []
+    for source in sources:
+        row = [int(t) for t in source] + [loop.pad] * (width - len(source))
+        grams: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(row) - n + 1):
+            grams.setdefault(tuple(row[i:i + n - 1]), []).append(row[i + n - 1])
+        out += [grams] * repeat
+    return out
+
+
+def _process(loop: GenerateConfig, sequences: np.ndarray, scores: np.ndarray, grams: Grams | None) -> np.ndarray:
+    """transformers' logits processors, in its order, over scores [rows, vocab] given the sequences so far [rows, t]
+    (and the sources' n-grams, `_source_grams`)."""
     scores = scores.copy()
     length = sequences.shape[1]
     if loop.repetition_penalty != 1.0:
@@ -78,6 +100,10 @@ def _process(loop: GenerateConfig, sequences: np.ndarray, scores: np.ndarray) ->
             prefix = tokens[length + 1 - n:]
             banned = {tokens[i + n - 1] for i in range(length - n + 1) if tokens[i:i + n - 1] == prefix}
             scores[row, sorted(banned)] = -np.inf
+    if grams is not None:  # transformers slices the same way, a negative start included
+        n = loop.encoder_no_repeat_ngram_size
+        for row, tokens in enumerate(sequences.tolist()):
+            scores[row, grams[row].get(tuple(tokens[length + 1 - n:length]), [])] = -np.inf
     if loop.bad_words:
         scores[:, loop.bad_words] = -np.inf
     if length < loop.min_length:
@@ -112,9 +138,10 @@ def greedy(model: EncoderDecoderLM, loop: GenerateConfig, sources: Sequence[np.n
     rows = len(sources)
     sequences = np.full((rows, 1), loop.bos, np.int64)
     unfinished = np.ones(rows, bool)
+    grams = _source_grams(loop, sources, 1)
     logits = model.start(sources)
     while True:
-        scores = _process(loop, sequences, logits.astype(np.float32))
+        scores = _process(loop, sequences, logits.astype(np.float32), grams)
         tokens = np.where(unfinished, scores.argmax(-1), loop.pad)
         sequences = np.concatenate([sequences, tokens[:, None]], 1)
         unfinished &= ~np.isin(tokens, loop.stops)
@@ -158,12 +185,13 @@ def beam_search(model: EncoderDecoderLM, loop: GenerateConfig, sources: Sequence
     generated = np.zeros((batch, beams), np.int64)  # each kept hypothesis's generated length
     done_generated = generated.copy()
     length = 1
+    grams = _source_grams(loop, sources, beams)
     model_logits = model.start(sources)
     model.select(np.repeat(np.arange(batch), beams))
     model_logits = np.repeat(model_logits, beams, 0)
     while True:
         log_probs = _process(loop, running[:, :, :length].reshape(batch * beams, length),
-                             _log_softmax(model_logits.astype(np.float32)))
+                             _log_softmax(model_logits.astype(np.float32)), grams)
         total = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
         order = _top(total, keep)
         top_scores = _gather(total, order)
