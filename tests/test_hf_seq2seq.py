@@ -148,12 +148,16 @@ def test_encoder_decoders_decode_like_transformers_generate(kind: str, exported)
 
 def test_sample_prints_each_source_and_its_decoding(exported, capsys: pytest.CaptureFixture[str]) -> None:
     _, bundle = exported("bart")
+    capsys.readouterr()  # the export's own lines, when this test runs first
     assert main(["sample", str(bundle), "--prompt", SOURCES[0], "--beam", "2"]) == 0
     with deploykit.load(bundle) as dep:
         assert capsys.readouterr().out == f"{SOURCES[0]} -> {dep.translate(SOURCES[:1], 2)[0]}\n"
         assert main(["sample", str(bundle), "--prompt-ids", "0,5,9,2"]) == 0  # ids in, ids out (the folder's beams)
         printed = capsys.readouterr().out.strip()
         assert printed == "0,5,9,2 -> " + ",".join(map(str, dep.translate_ids([[0, 5, 9, 2]])[0]))
+    assert main(["inspect", str(bundle)]) == 0  # the loop's settings, its vocabularies by length only
+    shown = capsys.readouterr().out
+    assert "'num_beams': 4" in shown and "'src_vocab': '[300 items]'" in shown and "Ġbetter" not in shown
 
 
 @pytest.mark.parametrize("setting", [{"encoder_no_repeat_ngram_size": 2}, {"bad_words_ids": [[5, 6]]},

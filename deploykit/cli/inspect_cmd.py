@@ -77,8 +77,13 @@ def inspect_cmd(
     console.print(
         f"tolerance atol={b.tolerance.atol:g} rtol={b.tolerance.rtol:g}, else fp64 budget x{b.tolerance.multiple:g} "
         f"or magnitude {b.tolerance.magnitude:g}; export parity {b.manifest.get('parity', 'not recorded')}; "
-        f"loop {b.loop.to_json()}; "
+        f"loop { {k: _brief(v) for k, v in b.loop.to_json().items()} }; "
         f"golden cases: {', '.join(f'{c.role} {c.name}' for c in b.golden)}",
         highlight=False,
         markup=False,
     )
+
+
+def _brief(value: object) -> object:
+    """A loop setting as printed: a long list (a vocabulary of 50k tokens) by its length only."""
+    return f"[{len(value)} items]" if isinstance(value, list) and len(value) > 16 else value
