@@ -160,7 +160,7 @@ def test_sample_prints_each_source_and_its_decoding(exported, capsys: pytest.Cap
     assert "'num_beams': 4" in shown and "'src_vocab': '[300 items]'" in shown and "Ġbetter" not in shown
 
 
-@pytest.mark.parametrize("setting", [{"encoder_no_repeat_ngram_size": 2}, {"bad_words_ids": [[5, 6]]},
+@pytest.mark.parametrize("setting", [{"encoder_repetition_penalty": 1.5}, {"bad_words_ids": [[5, 6]]},
                                      {"max_length": 100}])
 def test_generation_settings_the_search_does_not_run_are_refused(setting: dict, seq2seq_tokenizer: Path,
                                                                  tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_generation_settings_the_search_does_not_run_are_refused(setting: dict, 
         setattr(model.generation_config, key, value)
     model.save_pretrained(tmp_path / "m")
     name = next(iter(setting))
-    with pytest.raises(InputError, match={"encoder_no_repeat_ngram_size": "encoder_no_repeat_ngram_size=2",
+    with pytest.raises(InputError, match={"encoder_repetition_penalty": "encoder_repetition_penalty=1.5",
                                           "bad_words_ids": "several tokens", "max_length": "64 positions"}[name]):
         resolve(f"hf:{tmp_path / 'm'}")
 
@@ -240,3 +240,16 @@ def test_encoder_decoders_these_graphs_do_not_carry_are_refused_by_type(kind: st
     (tmp_path / "model.safetensors").write_bytes(b"")  # never opened: the config refuses first
     with pytest.raises(InputError, match=f"model type '{kind}' is an encoder-decoder deploykit does not export: "):
         resolve(f"hf:{tmp_path}")
+
+
+def test_beam_candidates_are_the_stable_top_k_ties_included() -> None:
+    """The beam step's top-k (a partition, then a sort of k) picks what a full stable sort picks, with many ties and
+    -inf entries (forced tokens) on the boundary."""
+    from deploykit.runtimes.seq2seq_generate import _top
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = rng.integers(-3, 3, (2, int(rng.integers(600, 3000)))).astype(np.float32)
+        x[:, rng.integers(0, x.shape[1], 50)] = -np.inf
+        k = int(rng.integers(1, 9))
+        np.testing.assert_array_equal(_top(x, k), np.argsort(-x, axis=-1, kind="stable")[..., :k])
