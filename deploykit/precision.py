@@ -23,7 +23,6 @@ import numpy as np
 
 from . import int4
 from .api import load
-from .backends.base import RunnerOptions
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int, release_memory
@@ -50,8 +49,7 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
     rows: list[dict[str, Any]] = []
     loop = source.loop
     kind = kind_of(loop)
-    lean = RunnerOptions(prepack=False, arena=False)  # both bundles at once: no packed copy of the fp32 weights
-    with load(source.path, options=lean) as full, load(quantized.path, options=lean) as low:
+    with load(source.path) as full, load(quantized.path) as low:
         logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
         if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
             role = logits[0]
