@@ -293,10 +293,14 @@ def _convert(source: Path, target: Path, mode: str, job: Conversion) -> None:
 
 @contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime's quantizers set up the root logger (INFO, at import) and warn through it ('consider
-    pre-processing', every skipped node): it is kept as it was, and below ERROR meanwhile."""
+    """onnxruntime's quantizers set up the root logger at import (a handler at INFO: every skipped node printed) and
+    warn through it ('consider pre-processing'): they are imported here, the root logger is kept as it was, and below
+    ERROR meanwhile."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (its import calls logging.basicConfig)
+
+    root.handlers[:] = handlers
     root.setLevel(logging.ERROR)
     try:
         yield

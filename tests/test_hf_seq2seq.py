@@ -5,6 +5,7 @@ folder's tokenizer.json."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -175,18 +176,20 @@ def test_generation_settings_the_search_does_not_run_are_refused(setting: dict, 
 
 
 def test_quantize_reports_what_int8_costs_the_decodings(exported, tmp_path: Path) -> None:
-    """int8 of an encoder-decoder: its greedy decodings beside fp32's in the report (the same rows in the manifest),
-    and none of onnxruntime's quantizer chatter ('consider pre-processing', through the root logger) in the
-    terminal (a separate process: pytest's own log capture would hide it)."""
+    """int8 and int4 of an encoder-decoder: greedy decodings beside fp32's in the report (the same rows in the
+    manifest), and none of onnxruntime's quantizer chatter (through the root logger) in the terminal (a separate
+    process: pytest's own log capture would hide it)."""
     import subprocess
     import sys
 
     _, bundle = exported("bart")
-    run = subprocess.run([sys.executable, "-m", "deploykit", "quantize", str(bundle), "--mode", "int8-dynamic", "--out",
-                          str(tmp_path / "q")], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    assert "greedy outputs identical to fp32" in run.stdout and "WARNING" not in run.stdout + run.stderr
-    rows = deploykit.load_bundle(tmp_path / "q").manifest["precision"]["accuracy"]
+    for mode in ("int4", "int8-dynamic"):  # int4's quantizer printed every node it skipped, int8's a warning
+        run = subprocess.run([sys.executable, "-m", "deploykit", "quantize", str(bundle), "--mode", mode, "--out",
+                              str(tmp_path / mode)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert "greedy outputs identical to fp32" in run.stdout
+        assert not re.search(r"\b(INFO|WARNING)\b", run.stdout + run.stderr), run.stderr[:300]
+    rows = deploykit.load_bundle(tmp_path / "int8-dynamic").manifest["precision"]["accuracy"]
     assert [r["metric"].split(" (")[0] for r in rows] == ["greedy outputs identical to fp32",
                                                           "greedy tokens equal to fp32 before the first difference"]
     assert rows[0]["fp32"] == 1.0 and 0 <= rows[0]["quantized"] <= 1 and rows[1]["quantized"] <= rows[1]["fp32"]
