@@ -156,6 +156,9 @@ def test_sample_prints_each_source_and_its_decoding(exported, capsys: pytest.Cap
         assert main(["sample", str(bundle), "--prompt-ids", "0,5,9,2"]) == 0  # ids in, ids out (the folder's beams)
         printed = capsys.readouterr().out.strip()
         assert printed == "0,5,9,2 -> " + ",".join(map(str, dep.translate_ids([[0, 5, 9, 2]])[0]))
+    for beams in ("0", "-1", "99999999999"):  # refused before any allocation of beams x max_length
+        assert main(["sample", str(bundle), "--prompt-ids", "0,5,2", "--beam", beams]) == 2
+    assert "expected an integer in 1..300" in capsys.readouterr().err
     assert main(["inspect", str(bundle)]) == 0  # the loop's settings, its vocabularies by length only
     shown = capsys.readouterr().out
     assert "'num_beams': 4" in shown and "'src_vocab': '[300 items]'" in shown and "Ġbetter" not in shown

@@ -131,16 +131,14 @@ def generation_fields(model: nn.Module, folder: str) -> dict[str, Any]:
     if len(starts) != 1 or not stops:
         raise InputError(f"hf:{folder}: generation_config has decoder_start_token_id / bos_token_id {starts or None} "
                          f"and eos_token_id {stops or None}; an encoder-decoder needs one start token and an eos.")
+    positions = int(getattr(config, "max_position_embeddings", None) or 0)  # 0: relative positions (T5), no limit
     if gen.max_new_tokens is not None:
         max_length = int(gen.max_new_tokens) + 1
     elif gen.max_length is None:
-        max_length = DEFAULT_MAX_LENGTH + 1
-        positions = getattr(config, "max_position_embeddings", None)
-        max_length = min(max_length, int(positions)) if positions else max_length
+        max_length = min(DEFAULT_MAX_LENGTH + 1, positions or DEFAULT_MAX_LENGTH + 1)
     else:
         max_length = int(gen.max_length)
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and max_length > int(positions):
+    if positions and max_length > positions:
         raise InputError(f"hf:{folder}: generation max_length {max_length} is longer than the {positions} positions "
                          f"{type(model).__name__} learned; lower max_length in generation_config.json.")
     bad = [ids for ids in (gen.bad_words_ids or []) if list(ids) not in [[s] for s in stops]]

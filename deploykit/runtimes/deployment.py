@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..bundle import Bundle
-from ..checks import check_count, check_fits, check_seed
+from ..checks import check_count, check_fits, check_int, check_seed
 from ..errors import InputError, choices
 from .compress import Compressed, Progress, compress, decompress
 from .encoder import TextResult
@@ -252,7 +252,9 @@ class Deployment:
     def translate_ids(self, sources: Sequence[Sequence[int] | np.ndarray], beams: int | None = None) -> list[np.ndarray]:
         """The target token ids of each source (token ids), as `translate` decodes them."""
         loop = self.require("translate")
-        assert self.kind.translate is not None  # every translate kind has one (kinds.register)
+        assert self.kind.translate is not None and isinstance(loop, TranslationConfig)  # kinds.register
+        if beams is not None:  # more beams than target tokens cannot all differ (and would allocate beams x length)
+            check_int("beams", beams, 1, len(loop.tgt_vocab), "the target vocabulary's size at most")
         return self.kind.translate(self.runners, loop, [token_ids(s, i) for i, s in enumerate(sources)], beams)
 
     def stream(self, streams: int = 1) -> Stream:

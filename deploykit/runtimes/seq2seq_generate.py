@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import BundleError, InputError
+from ..errors import BundleError
 from .kinds import TEXT, LoopKind, Runners, register
 from .tokens import check_prompts
 from .transformer import EncoderDecoderConfig, EncoderDecoderLM
@@ -242,10 +242,9 @@ def beam_search(model: EncoderDecoderLM, loop: GenerateConfig, sources: Sequence
 
 def translate(runners: Runners, loop: GenerateConfig, sources: Sequence[np.ndarray], beams: int | None
               ) -> list[np.ndarray]:
-    """Greedy (beams 1) or beam search, `beams` defaulting to the folder's num_beams."""
+    """Greedy (beams 1) or beam search, `beams` (checked by Deployment.translate_ids) defaulting to the folder's
+    num_beams."""
     beams = loop.num_beams if beams is None else beams
-    if beams < 1:
-        raise InputError(f"beam size is {beams}, expected at least 1.")
     check_prompts(sources, len(loop.src_vocab), "source")
     model = EncoderDecoderLM(runners, loop)
     return greedy(model, loop, sources) if beams == 1 else beam_search(model, loop, sources, beams)
