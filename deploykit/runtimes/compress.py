@@ -38,7 +38,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..bundle import MANIFEST, Bundle, sha256_file
 from ..errors import InputError, optional_import
-from ..onnx_refs import varint
+from ..onnx_refs import read_varint, varint
 from .kinds import kind_of
 from .tokens import Codec, LanguageModelConfig
 
@@ -391,7 +391,8 @@ def _read(stream: BinaryIO, n: int) -> bytes:
 
 
 class _Reader:
-    """Fields of a binary header and of the segments, in order; IndexError past the end, ValueError for a bad varint."""
+    """Fields of a binary header and of the segments, in order; IndexError past the end, ValueError for a bad varint
+    (onnx_refs.read_varint decodes it)."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
@@ -403,13 +404,10 @@ class _Reader:
         return data
 
     def number(self) -> int:
-        value = 0
-        for shift in range(0, 64, 7):
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-        raise ValueError("a varint longer than 64 bits")
+        raw = self.take(1)
+        while raw[-1] >= 0x80 and len(raw) < 10:  # a varint's bytes, as far as its last (or 64 bits' worth)
+            raw += self.take(1)
+        return read_varint(memoryview(raw), 0)[0]  # ProtobufError (a ValueError) for one that runs on
 
     def text(self) -> str:
         return self.take(self.take(1)[0]).decode()

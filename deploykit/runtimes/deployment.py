@@ -162,10 +162,11 @@ class Deployment:
         return bits_per_dim(self.runners, self._config(FlowConfig), pixels, seed)
 
     def codec(self) -> Codec:
-        """Text <-> ids of a bundle that reads text: its tokenizer.json when it carries one, else a language model's
-        character vocabulary (read once per deployment)."""
+        """Text <-> ids of a bundle that reads text (a language model, an encoder-decoder, a text encoder): its
+        tokenizer.json when it carries one, else a language model's character vocabulary (read once per
+        deployment)."""
         loop = self.loop
-        if self.kind.use != "generate" and self.kind.text is None:
+        if self.kind.use not in ("generate", "translate") and self.kind.text is None:
             raise self._refuse("a bundle that reads text (a language model or a text encoder)")
         if self._codec is None:
             if self.bundle.tokenizer is not None:
@@ -242,8 +243,8 @@ class Deployment:
         num_beams, else greedy)."""
         loop = self.require("translate")
         assert isinstance(loop, TranslationConfig)
-        if self.bundle.tokenizer is not None:
-            source = target = TokenizerCodec(self.bundle.text_tokenizer, len(loop.tgt_vocab))
+        if self.bundle.tokenizer is not None:  # one vocabulary both ways (hf:DIR encoder-decoders)
+            source = target = self.codec()
         else:
             source, target = CharCodec(loop.src_vocab), CharCodec(loop.tgt_vocab)
         ids = [source.encode(s, "source", special=True) for s in sources]
