@@ -65,7 +65,7 @@ def main() -> None:
             for name, steps, extra in RUNS:
                 options = dict(labels=labels, steps=steps, scheduler=name, guidance=GUIDANCE, **extra)
                 sched = scheduler_for(dep.bundle.loop, DiffusionOptions(**options))
-                x_t, noise = draw_noise(dep.bundle.loop, sched, N, 0)
+                x_t, noise = draw_noise(dep.bundle.loop.event_shape, sched, N, 0)
                 x_t = x_t / np.float32(sched.init_noise_sigma)
                 variants = {
                     "host": lambda: dep.sample(N, 0, dep.options(host=True, **options)),

@@ -30,7 +30,7 @@ class FolderSource:
 
 
 FOLDERS = {"hf": FolderSource(("gpt", "hf-seq2seq", "hf-encoder", "cnn"), "causal LMs, encoder-decoders, text encoders and image classifiers", "hf"),
-           "diffusers": FolderSource(("ddpm",), "diffusion pipelines", "diffusers")}
+           "diffusers": FolderSource(("ddpm", "text-to-image"), "diffusion and text-to-image pipelines", "diffusers")}
 
 
 def _folder_module(prefix: str) -> Any:

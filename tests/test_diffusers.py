@@ -193,7 +193,7 @@ def test_pipeline_loops_match_diffusers_host_and_in_graph(pipeline) -> None:
         for name, steps, extra in LOOPS:
             options = DiffusionOptions(labels=labels, steps=steps, scheduler=name, guidance=7.5, **extra)
             sched = scheduler_for(loop, options)
-            start, noise = draw_noise(loop, sched, 4, 3)
+            start, noise = draw_noise(loop.event_shape, sched, 4, 3)
             expected = reference_loop(model, name, steps, start / np.float32(sched.init_noise_sigma), noise, labels,
                                       7.5, **extra)
             for host in (True, False):
@@ -230,7 +230,7 @@ def test_pipeline_folder_errors(pipeline, tmp_path: Path) -> None:
     folder, _ = pipeline
     with pytest.raises(InputError, match="no unet/config.json there; give a pipeline folder"):
         resolve(f"diffusers:{folder / 'unet'}")
-    with pytest.raises(InputError, match=r"exports diffusion pipelines as family \('ddpm'\), not 'gpt'"):
+    with pytest.raises(InputError, match=r"exports diffusion and text-to-image pipelines as family \('ddpm', 'text-to-image'\), not 'gpt'"):
         resolve(f"diffusers:{folder}", "gpt")
     cross = tmp_path / "cross"
     unet = diffusers.UNet2DConditionModel(
@@ -267,7 +267,7 @@ def test_class_conditional_unet2d_condition_model_exports_with_class_labels(tmp_
     with deploykit.load(bundle.path) as dep:
         assert dep.bundle.loop.schedulers[0] == "euler"
         sched = scheduler_for(dep.bundle.loop, DiffusionOptions(labels=labels, steps=12, guidance=5.0))
-        start, noise = draw_noise(dep.bundle.loop, sched, 2, 0)
+        start, noise = draw_noise(dep.bundle.loop.event_shape, sched, 2, 0)
         got = dep.sample(2, 0, dep.options(labels=labels, steps=12, guidance=5.0))
     expected = reference_loop(resolved.model, "euler", 12, start / np.float32(sched.init_noise_sigma), noise, labels, 5.0)
     # untrained UNet, guidance 5, sigma_max 157: samples reach |x| ~ 400; measured 3.4e-4 there (8e-7 relative)
@@ -288,7 +288,7 @@ def test_dpm_solver_default_config_exports_and_matches_diffusers(tmp_path: Path)
     with deploykit.load(bundle.path) as dep:
         assert dep.bundle.loop.schedulers[0] == "dpm++2m"
         sched = scheduler_for(dep.bundle.loop, DiffusionOptions(steps=12))
-        start, noise = draw_noise(dep.bundle.loop, sched, 2, 0)
+        start, noise = draw_noise(dep.bundle.loop.event_shape, sched, 2, 0)
         got = dep.sample(2, 0, dep.options(steps=12))
     expected = reference_loop(resolved.model, "dpm++2m", 12, start / np.float32(sched.init_noise_sigma), noise)
     np.testing.assert_allclose(got, expected, atol=2e-6 * max(50.0, np.abs(expected).max()))

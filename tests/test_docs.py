@@ -27,7 +27,7 @@ def test_docs_build_strict_with_a_page_per_command_and_family(tmp_path: Path) ->
         page = (tmp_path / "site" / "reference" / "cli" / name / "index.html").read_text()
         assert f"deploykit {name}" in page
     sample = (tmp_path / "site" / "reference" / "cli" / "sample" / "index.html").read_text()
-    assert "--scheduler" in sample and "Diffusion (ddpm, latent-diffusion, ncsn bundles)" in sample
+    assert "--scheduler" in sample and "Diffusion (ddpm, latent-diffusion, ncsn, text-to-image bundles)" in sample
     for name in FAMILIES:
         assert (tmp_path / "site" / "reference" / "families" / name / "index.html").is_file()
 

@@ -15,9 +15,9 @@ ZOO_NAMES = list(ZOO)
 
 
 def test_every_family_has_a_zoo_model_under_test() -> None:
-    """hf-encoder and hf-seq2seq are reached through hf:DIR folders only; tests/test_hf_encoders.py and
-    tests/test_hf_seq2seq.py export and verify them."""
-    assert {e.family for e in ZOO.values()} | {"hf-encoder", "hf-seq2seq"} == set(FAMILIES)
+    """hf-encoder, hf-seq2seq and text-to-image are reached through hf:DIR and diffusers:DIR folders only;
+    tests/test_hf_encoders.py, tests/test_hf_seq2seq.py and tests/test_text_to_image.py export and verify them."""
+    assert {e.family for e in ZOO.values()} | {"hf-encoder", "hf-seq2seq", "text-to-image"} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

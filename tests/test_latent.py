@@ -112,7 +112,8 @@ def test_guidance_batched_equals_two_calls_and_steers_the_class(zoo_bundle) -> N
     with deploykit.load(zoo_bundle("ddpm-digits").path) as dep:
         loop, x = dep.bundle.loop, _draw((6, 1, 8, 8), 0)
         labels = np.arange(6)
-        batched, split = (Denoiser(dep.runner("denoiser"), loop, 6, labels, 2.5, b)(x, 300) for b in (True, False))
+        cond, null = {"label": labels}, {"label": np.full_like(labels, loop.num_classes)}
+        batched, split = (Denoiser(dep.runner("denoiser"), 6, cond, null, 2.5, b)(x, 300) for b in (True, False))
         np.testing.assert_allclose(batched, split, atol=1e-5)
         labels = np.repeat(np.arange(10), 5)
         guided = dep.sample(50, 2, dep.options(labels=labels, host=True, scheduler="ddim", guidance=3.0))

@@ -78,7 +78,7 @@ def _samples(dep: Deployment, out: Path | None, n: int, seed: int, given: dict[s
 # sample --help groups its options by the bundles they apply to (`deploykit inspect BUNDLE` lists a bundle's own)
 ALL = "Every bundle"
 SAMPLE = "Sampling: generators, VAEs, autoregressive images and audio, flows, diffusion, RBMs, VRNN"
-DIFFUSION = "Diffusion (ddpm, latent-diffusion, ncsn bundles)"
+DIFFUSION = "Diffusion (ddpm, latent-diffusion, ncsn, text-to-image bundles)"
 OTHER = "Flows, MADE, WaveNet and VAE bundles"
 TEXT = "Language models (--prompt / --prompt-ids) and seq2seq (--prompt, --beam)"
 
@@ -87,13 +87,14 @@ TEXT = "Language models (--prompt / --prompt-ids) and seq2seq (--prompt, --beam)
 def sample_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
     out: Annotated[Path | None, typer.Option(help="output: .png grid or .npy (images, trajectories); .wav (audio); .txt (text)", rich_help_panel=ALL)] = None,
-    n: Annotated[int, typer.Option(help="number of samples (generators, VRNN)", rich_help_panel=SAMPLE)] = 64,
+    n: Annotated[int | None, typer.Option(help="number of samples (default 64; text-to-image: one per --prompt)", rich_help_panel=SAMPLE)] = None,
     seed: Annotated[int, typer.Option(help="seed of the injected noise / uniforms (numpy PCG64)", rich_help_panel=ALL)] = 0,
     label: Annotated[int | None, typer.Option(help="class label for conditional generators (default: cycle)", rich_help_panel=SAMPLE)] = None,
     steps: Annotated[int | None, typer.Option(help="VRNN length / WaveNet audio samples / diffusion steps (langevin: per level) / RBM Gibbs steps", rich_help_panel=SAMPLE)] = None,
     ordering: Annotated[int | None, typer.Option(help="MADE: which ordering (mask set) of the ensemble samples", rich_help_panel=OTHER)] = None,
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample", rich_help_panel=OTHER)] = False,
-    prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM) or source (seq2seq); repeat for a batch", rich_help_panel=TEXT)] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM, text-to-image) or source (seq2seq); repeat for a batch (text-to-image: cycled over --n)", rich_help_panel=TEXT)] = None,
+    negative_prompt: Annotated[list[str] | None, typer.Option(help="text-to-image: what guidance steers away from (default: the empty prompt); repeat to cycle", rich_help_panel=DIFFUSION)] = None,
     prompt_ids: Annotated[list[str] | None, typer.Option(help="LM, seq2seq: a prompt (source) as token ids, e.g. 15496,11; repeat for a batch", rich_help_panel=TEXT)] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}", rich_help_panel=TEXT)] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)", rich_help_panel=TEXT)] = None,
@@ -103,7 +104,7 @@ def sample_cmd(
     eta: Annotated[float | None, typer.Option(help="DDIM: 0 deterministic ... 1 DDPM-like (default 0)", rich_help_panel=DIFFUSION)] = None,
     karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="euler, euler-a, heun, dpm++2m: Karras sigmas (default: the scheduler config's)", rich_help_panel=DIFFUSION)] = None,
     clipped_model_output: Annotated[bool | None, typer.Option("--clipped-model-output/--no-clipped-model-output", help="DDIM: re-derive eps from the clipped x0 (default: the bundle's; diffusers: off)", rich_help_panel=DIFFUSION)] = None,
-    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale >= 0 (1 = conditional, 0 = unconditional, typical 5-9)", rich_help_panel=DIFFUSION)] = None,
+    guidance: Annotated[float | None, typer.Option(help="conditional diffusion: classifier-free guidance scale >= 0 (1 = conditional, 0 = unconditional, typical 5-9; text-to-image: default 7.5, <= 1 the prompt alone)", rich_help_panel=DIFFUSION)] = None,
     interpolate: Annotated[bool, typer.Option(help="VAE: decode --n points along the path between two seeded latents", rich_help_panel=OTHER)] = False,
     top_k: Annotated[int | None, typer.Option(help="override: keep the k most likely tokens", rich_help_panel=TEXT)] = None,
     top_p: Annotated[float | None, typer.Option(help="override: keep the smallest set with this much mass", rich_help_panel=TEXT)] = None,
@@ -119,18 +120,20 @@ def sample_cmd(
         use = dep.kind.use
         text_flags = {"--prompt": prompt, "--prompt-ids": prompt_ids, "--mode": mode != "top-p", "--top-k": top_k,
                       "--top-p": top_p, "--max-new-tokens": max_new_tokens != 200, "--stop": stop, "--beam": beam}
-        sample_flags = {"--n": n != 64, "--label": label, "--steps": steps, "--ordering": ordering, "--naive": naive,
+        sample_flags = {"--n": n is not None, "--label": label, "--steps": steps, "--ordering": ordering, "--naive": naive,
                         "--size": size, "--host-loop": host_loop, "--scheduler": scheduler, "--eta": eta,
                         "--karras": karras, "--clipped-model-output": clipped_model_output, "--guidance": guidance,
-                        "--interpolate": interpolate}
-        takes = {"sample": set(sample_flags), "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--prompt-ids", "--beam"}}
+                        "--interpolate": interpolate, "--negative-prompt": negative_prompt}
+        takes = {"sample": set(sample_flags) | {"--prompt"}, "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--prompt-ids", "--beam"}}
         _refuse_unused(text_flags | sample_flags, takes.get(use, set()), dep.kind.title)
         if use == "sample":
             given = {"labels": None if label is None else np.asarray(label), "steps": steps, "ordering": ordering,
                      "fast": False if naive else None, "temperature": temperature, "size": _size(size),
                      "host": True if host_loop else None, "scheduler": scheduler, "eta": eta, "karras": karras,
-                     "clipped_model_output": clipped_model_output, "guidance": guidance}
-            _samples(dep, out, n, seed, {k: v for k, v in given.items() if v is not None}, interpolate)
+                     "clipped_model_output": clipped_model_output, "guidance": guidance, "prompts": prompt,
+                     "negative_prompts": negative_prompt}
+            count = n if n is not None else len(prompt) if prompt else 64
+            _samples(dep, out, count, seed, {k: v for k, v in given.items() if v is not None}, interpolate)
             return
         if use not in ("generate", "translate"):
             dep.require("sample")  # refuses, naming what this bundle can do

@@ -29,6 +29,7 @@ from ..runtimes.tokens import read_tokenizer, vocabulary_sha256
 from ..specs import GraphSpec, dims_label
 from . import (  # noqa: F401  (register the families)
     autoregressive,
+    diffusers_text,
     diffusion,
     energy,
     feedforward,

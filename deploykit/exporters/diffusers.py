@@ -28,10 +28,10 @@ from ..runtimes.schedulers.noise_schedule import scheduler_config
 from .onnx_export import first_line
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
-UNSUPPORTED_PARTS = {"vae": "latent pipelines (a vae/ folder)", "text_encoder": "text-conditioned pipelines"}
+UNSUPPORTED_PARTS = {"vae": "latent pipelines without a text encoder (a vae/ folder)"}
 
 
-def _diffusers() -> Any:
+def diffusers_module() -> Any:
     diffusers = optional_import("diffusers", "diffusers:DIR needs diffusers: `pip install deploykit[diffusers]`.")
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
@@ -97,7 +97,7 @@ def _checked_folder(folder: str | Path) -> Path:
     return root
 
 
-def _json_object(path: Path, folder: str | Path) -> dict[str, Any]:
+def json_object(path: Path, folder: str | Path) -> dict[str, Any]:
     """The JSON object in `path`; InputError naming the file when it is not one."""
     try:
         value = json.loads(path.read_bytes())
@@ -110,20 +110,32 @@ def _json_object(path: Path, folder: str | Path) -> dict[str, Any]:
     return value
 
 
-def load(folder: str | Path) -> DiffusersSource:
-    """The pipeline saved in `folder`: its UNet (float32, eval) wrapped for the ddpm family with its scheduler config;
-    InputError naming what is missing or unsupported."""
-    root = _checked_folder(folder)
-    unet_class = _json_object(root / "unet" / "config.json", folder).get("_class_name")
-    schedule = _json_object(root / "scheduler" / "scheduler_config.json", folder)
+def pipeline_schedule(root: Path, folder: str | Path) -> dict[str, Any]:
+    """The pipeline's scheduler config, checked (a class deploykit reproduces, settings it runs) before any network
+    loads, with its `_class_name`; InputError naming the folder otherwise."""
+    schedule = json_object(root / "scheduler" / "scheduler_config.json", folder)
     try:
         for_diffusers_class(schedule.get("_class_name"))
-        scheduler_config(schedule)  # types and ranges, before the UNet loads or any export runs
+        checked = scheduler_config(schedule)  # types and ranges, before the UNet loads or any export runs
     except InputError as exc:
         raise InputError(f"diffusers:{folder}: {exc}") from exc
+    return checked | ({"_class_name": schedule["_class_name"]} if "_class_name" in schedule else {})
+
+
+def load(folder: str | Path) -> Any:
+    """The pipeline saved in `folder`: a text-to-image pipeline (text_encoder/) through its route
+    (diffusers_text.py), else its UNet (float32, eval) wrapped for the ddpm family with its scheduler config;
+    InputError naming what is missing or unsupported."""
+    if (Path(folder) / "text_encoder").is_dir():
+        from . import diffusers_text
+
+        return diffusers_text.load(Path(folder), folder)
+    root = _checked_folder(folder)
+    unet_class = json_object(root / "unet" / "config.json", folder).get("_class_name")
+    schedule = pipeline_schedule(root, folder)
     if unet_class not in UNETS:
         raise InputError(f"diffusers:{folder}: unet/ holds a {unet_class}; deploykit exports {' and '.join(UNETS)}.")
-    diffusers = _diffusers()
+    diffusers = diffusers_module()
     try:
         unet = getattr(diffusers, unet_class).from_pretrained(root / "unet", local_files_only=True,
                                                                torch_dtype=torch.float32)
@@ -134,7 +146,8 @@ def load(folder: str | Path) -> DiffusersSource:
     blocks = [*config.down_block_types, *config.up_block_types, str(getattr(config, "mid_block_type", ""))]
     if any("CrossAttn" in b for b in blocks):
         raise InputError(f"diffusers:{folder}: the UNet has cross-attention blocks, which need a text encoder's "
-                         "prompt embeddings; deploykit exports unconditional and class-conditional UNets.")
+                         "prompt embeddings, and the folder has no text_encoder/; save the whole text-to-image pipeline "
+                         "(pipe.save_pretrained: text_encoder/, tokenizer/, unet/, vae/, scheduler/) and export that.")
     return DiffusersSource(DiffusersDenoiser(unet.eval(), schedule), fingerprint(root))
 
 
@@ -152,7 +165,7 @@ def reference_loop(model: Callable[..., torch.Tensor], scheduler: str, steps: in
     from unittest import mock
 
 
-    diffusers = _diffusers()
+    diffusers = diffusers_module()
     cls = getattr(diffusers, SCHEDULERS[scheduler].diffusers_class)
     config = dict(model.scheduler_config if scheduler_config is None else scheduler_config)
     if options.get("karras") is not None:

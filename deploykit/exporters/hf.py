@@ -29,8 +29,10 @@ from .onnx_export import first_line
 WEIGHTS = ("*.safetensors", "*.bin")
 
 
-def _transformers() -> Any:
-    transformers = optional_import("transformers", "hf:DIR needs transformers: `pip install deploykit[hf]`.")
+def transformers_module() -> Any:
+    """transformers, quiet (no load reports, no progress bars); BackendUnavailableError naming the extra without it."""
+    transformers = optional_import("transformers", "hf:DIR and the text encoders of diffusers:DIR pipelines need "
+                                                   "transformers: `pip install deploykit[hf]`.")
     transformers.logging.set_verbosity_error()  # load reports and deprecation notes stay out of the terminal
     transformers.utils.logging.disable_progress_bar()
     return transformers
@@ -200,7 +202,7 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
         raise InputError(f"hf:{folder}: the weights are pickled (*.bin), which deploykit does not load: a pickle can "
                          "carry code. Convert them to safetensors where you trust the file: "
                          "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`.")
-    transformers = _transformers()
+    transformers = transformers_module()
     config, suffix, auto = _route(folder, transformers, root)
     tokenizer = root / "tokenizer.json" if (root / "tokenizer.json").is_file() else None
     tok = None if tokenizer is None else read_tokenizer(tokenizer, f"hf:{folder}: the folder's tokenizer")

@@ -124,6 +124,8 @@ class Deployment:
                              "build them with Deployment.options(...).")
         check_count(n)
         check_fits(n * self._row_bytes, f"--n {n}", "sample fewer at a time (several runs with different --seed)")
+        if kind.tokenize is not None:
+            options = kind.tokenize(self.codec(), options)
         try:
             return kind.sample(self.runners, self.loop, n, seed, options)
         except MemoryError as exc:  # numpy refuses an allocation it cannot make; name the request, not numpy
@@ -166,7 +168,7 @@ class Deployment:
         tokenizer.json when it carries one, else a language model's character vocabulary (read once per
         deployment)."""
         loop = self.loop
-        if self.kind.use not in ("generate", "translate") and self.kind.text is None:
+        if self.kind.use not in ("generate", "translate") and self.kind.text is None and self.kind.tokenize is None:
             raise self._refuse("a bundle that reads text (a language model or a text encoder)")
         if self._codec is None:
             if self.bundle.tokenizer is not None:

@@ -10,7 +10,7 @@ loop run over the torch model, which is how whole trajectories are compared.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -28,23 +28,12 @@ from .vae import sigmoid
 
 
 @dataclass(frozen=True, kw_only=True)
-class DiffusionConfig(ImageLayout):
-    """`denoiser` (x, t[, label]) -> eps or score and `sampler` (the whole loop in one ONNX Scan) over event_shape.
+class ScheduledLoop(ImageLayout):
+    """A denoising loop over the scheduler registry: `schedulers` lists the samplers the bundle offers (the first is
+    the default), `schedule` is their shared config (a diffusers scheduler config; Langevin: sigmas and step size)."""
 
-    `schedulers` lists the samplers the bundle offers (the first is the default), `schedule` is their shared
-    config (a diffusers scheduler config; Langevin: sigmas and step size). Conditional models have
-    num_classes > 0 and a null label num_classes for classifier-free guidance. Latent diffusion adds
-    `decoder`: {"role", "latent_scale"}, the graph that maps the denoised latent to pixels. `columns` names the
-    coefficient columns the sampler graph takes (bundles before Euler/Heun/DPM-Solver: LEGACY_COLUMNS).
-    """
-
-    kind = "diffusion"
-    event_shape: list[int]
     schedulers: list[str]
     schedule: dict[str, Any]
-    num_classes: int = 0
-    decoder: dict[str, Any] | None = None
-    columns: list[str] = field(default_factory=lambda: list(LEGACY_COLUMNS))
 
     def validate(self, where: str) -> None:
         """BundleError unless the bundle names known schedulers and a schedule they can run."""
@@ -64,6 +53,22 @@ class DiffusionConfig(ImageLayout):
         return {}
 
 
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig(ScheduledLoop):
+    """`denoiser` (x, t[, label]) -> eps or score and `sampler` (the whole loop in one ONNX Scan) over event_shape.
+
+    Conditional models have num_classes > 0 and a null label num_classes for classifier-free guidance. Latent
+    diffusion adds `decoder`: {"role", "latent_scale"}, the graph that maps the denoised latent to pixels. `columns`
+    names the coefficient columns the sampler graph takes (bundles before Euler/Heun/DPM-Solver: LEGACY_COLUMNS).
+    """
+
+    kind = "diffusion"
+    event_shape: list[int]
+    num_classes: int = 0
+    decoder: dict[str, Any] | None = None
+    columns: list[str] = field(default_factory=lambda: list(LEGACY_COLUMNS))
+
+
 OnStep = Callable[[int, int], None] | None
 MAX_GUIDANCE = 1e6  # w (cond - uncond) stays far inside float32 (3.4e38) for any network output
 PLANNED_MAX = 64  # schedulers a loop keeps set up (distinct scheduler, steps and options)
@@ -71,24 +76,13 @@ PROGRESS_CHUNKS = 20  # the in-graph loop runs in this many calls when a progres
 
 
 @dataclass(frozen=True)
-class DiffusionOptions(SampleOptions):
-    """How to denoise: labels (default: cycle), steps (default: the scheduler's), host loop or the sampler
-    graph, scheduler (default: the bundle's first), DDIM eta and use_clipped_model_output, Karras sigmas
-    (Euler, Euler ancestral, Heun, DPM-Solver++), guidance scale w, CFG batching, progress. None: the
-    scheduler config's choice.
+class DenoisingOptions(SampleOptions):
+    """How any denoising loop runs: steps (default: the scheduler's), scheduler (default: the bundle's first), DDIM
+    eta and use_clipped_model_output, Karras sigmas (Euler, Euler ancestral, Heun, DPM-Solver++), the guidance scale,
+    CFG batching (batched=False runs cond and uncond as two calls, for comparison) and progress: on_step(done, total).
+    None: the scheduler config's choice."""
 
-    guidance w: out = out(uncond) + w (out(cond) - out(uncond)); 1 is plain conditional sampling,
-    0 unconditional, any finite w >= 0 is accepted. batched=False runs cond and uncond as two calls (for
-    comparison). on_step(done, total) reports progress (the in-graph loop then runs in PROGRESS_CHUNKS calls).
-
-    host None picks the faster loop: the sampler graph. Its label input is [labels] at w = 1 (n rows per call) and
-    [labels; null labels] when guided (2n). A bundle whose sampler takes labels [n] alone (exported by an earlier
-    deploykit) evaluates 2n rows even at w = 1, so it samples conditional-only on the host, one call of n per step.
-    """
-
-    labels: np.ndarray | None = None
     steps: int | None = None
-    host: bool | None = None
     scheduler: str | None = None
     eta: float | None = None
     karras: bool | None = None
@@ -98,7 +92,23 @@ class DiffusionOptions(SampleOptions):
     on_step: OnStep = None
 
 
-def scheduler_for(loop: DiffusionConfig, options: DiffusionOptions) -> Scheduler:
+@dataclass(frozen=True)
+class DiffusionOptions(DenoisingOptions):
+    """How to denoise: labels (default: cycle), host loop or the sampler graph, and the DenoisingOptions.
+
+    guidance w: out = out(uncond) + w (out(cond) - out(uncond)); 1 is plain conditional sampling,
+    0 unconditional, any finite w >= 0 is accepted. With on_step the in-graph loop runs in PROGRESS_CHUNKS calls.
+
+    host None picks the faster loop: the sampler graph. Its label input is [labels] at w = 1 (n rows per call) and
+    [labels; null labels] when guided (2n). A bundle whose sampler takes labels [n] alone (exported by an earlier
+    deploykit) evaluates 2n rows even at w = 1, so it samples conditional-only on the host, one call of n per step.
+    """
+
+    labels: np.ndarray | None = None
+    host: bool | None = None
+
+
+def scheduler_for(loop: ScheduledLoop, options: DenoisingOptions) -> Scheduler:
     """The configured scheduler with its timesteps set (options.steps: the scheduler's default when None); a copy
     of the one `loop.planned` keeps, whose step() history is its own."""
     name = options.scheduler or loop.schedulers[0]
@@ -143,39 +153,50 @@ def _dtype_of(net: Runner, name: str) -> str:
 
 class Denoiser:
     """The denoiser as a host loop calls it, n rows at a time: what stays fixed over the loop (output name, t dtype,
-    the label feeds of classifier-free guidance) is built once, so a step costs the graph call and the guidance mix."""
+    the conditioning feeds: labels, prompt embeddings) is built once, so a step costs the graph call and the guidance
+    mix. `uncond` (the null condition's feeds) makes it classifier-free guidance at scale `guidance`: one call of 2n
+    rows when `batched`, else two calls of n."""
 
-    def __init__(self, net: Runner, loop: DiffusionConfig, n: int, labels: np.ndarray | None, guidance: float,
-                 batched: bool = True) -> None:
+    def __init__(self, net: Runner, n: int, cond: dict[str, np.ndarray], uncond: dict[str, np.ndarray] | None = None,
+                 guidance: float = 1.0, batched: bool = True) -> None:
         self.net, self.n, self.output = net, n, net.spec.output_names()[0]
         self.dtype = _dtype_of(net, "t")
         self.guidance = np.float32(guidance)
-        guided = labels is not None and guidance != 1.0
-        self.mode = ("batched" if batched else "split") if guided else "single"
-        null = None if labels is None else np.full_like(labels, loop.num_classes)
-        self.labels = {"label": np.concatenate([labels, null])} if self.mode == "batched" else \
-            {} if labels is None else {"label": labels}
-        self.null = {"label": null}
+        self.mode = "single" if uncond is None else "batched" if batched else "split"
+        self.cond = {k: np.concatenate([v, uncond[k]]) for k, v in cond.items()} if self.mode == "batched" else cond
+        self.uncond = uncond or {}
 
     def __call__(self, x: np.ndarray, t: float | np.number, checked: bool = False) -> np.ndarray:
         """One evaluation at timestep t, as the graph takes it (`timestep_feed`). `checked`: the loop validated these
         feeds' shapes and ranges on its first call (Runner.infer)."""
         steps = np.full(2 * self.n if self.mode == "batched" else self.n, t, self.dtype)
         if self.mode == "single":
-            return self.net.infer({"x": x, "t": steps, **self.labels}, checked)[self.output]
+            return self.net.infer({"x": x, "t": steps, **self.cond}, checked)[self.output]
         if self.mode == "batched":
-            both = self.net.infer({"x": np.concatenate([x, x]), "t": steps, **self.labels}, checked)[self.output]
+            both = self.net.infer({"x": np.concatenate([x, x]), "t": steps, **self.cond}, checked)[self.output]
             cond, uncond = both[: self.n], both[self.n:]
         else:
-            cond = self.net.infer({"x": x, "t": steps, **self.labels}, checked)[self.output]
-            uncond = self.net.infer({"x": x, "t": steps, **self.null}, checked)[self.output]
+            cond = self.net.infer({"x": x, "t": steps, **self.cond}, checked)[self.output]
+            uncond = self.net.infer({"x": x, "t": steps, **self.uncond}, checked)[self.output]
         return uncond + self.guidance * (cond - uncond)
 
 
-def draw_noise(loop: DiffusionConfig, scheduler: Scheduler, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def host_loop(denoiser: Denoiser, scheduler: Scheduler, x: np.ndarray, noise: np.ndarray, on_step: OnStep = None
+              ) -> np.ndarray:
+    """The denoised x after one denoiser call and one scheduler step per network call, on the host."""
+    total = len(scheduler.timesteps)
+    for i, t in enumerate(timestep_feed(denoiser.dtype, scheduler.timesteps)):
+        out = denoiser(scheduler.scale_model_input(x, i), t, checked=i > 0)
+        x = scheduler.step(out, i, x, noise[i])
+        if on_step:
+            on_step(i + 1, total)
+    return x
+
+
+def draw_noise(event_shape: Sequence[int], scheduler: Scheduler, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(x_T [n, *event] scaled by the scheduler's initial sigma, per-call noise [calls, n, *event]) from `seed`;
     InputError, before drawing, when that noise would not fit in the memory available."""
-    event = tuple(loop.event_shape)
+    event = tuple(event_shape)
     need = (len(scheduler.timesteps) + 1) * n * int(np.prod(event)) * 4
     check_fits(need, f"--n {n} with {len(scheduler.timesteps)} network calls of injected noise",
                "sample fewer at a time (several runs with different --seed) or use fewer --steps")
@@ -192,19 +213,17 @@ def denoise(runners: Runners, loop: DiffusionConfig, n: int, seed: int, options:
     scheduler = scheduler_for(loop, options)
     labels, guidance = check_labels(loop, n, options.labels, options.guidance)
     on_step = options.on_step
-    x, noise = draw_noise(loop, scheduler, n, seed)
+    x, noise = draw_noise(loop.event_shape, scheduler, n, seed)
     total = len(scheduler.timesteps)
     sampler = runners["sampler"]
     # the sampler takes labels as [rows, n] (before: [n], the null row made inside, so always 2n rows)
     label_rows = labels is not None and len(next(s.shape for s in sampler.spec.inputs if s.name == "label")) == 2
     if options.host or (options.host is None and labels is not None and guidance == 1.0 and not label_rows):
-        denoiser = Denoiser(runners["denoiser"], loop, n, labels, guidance, options.batched)
-        for i, t in enumerate(timestep_feed(denoiser.dtype, scheduler.timesteps)):
-            out = denoiser(scheduler.scale_model_input(x, i), t, checked=i > 0)
-            x = scheduler.step(out, i, x, noise[i])
-            if on_step:
-                on_step(i + 1, total)
-        return x
+        guided = labels is not None and guidance != 1.0
+        denoiser = Denoiser(runners["denoiser"], n, {} if labels is None else {"label": labels},
+                            {"label": np.full_like(labels, loop.num_classes)} if guided else None, guidance,
+                            options.batched)
+        return host_loop(denoiser, scheduler, x, noise, on_step)
     legacy = tuple(loop.columns) == LEGACY_COLUMNS
     if not legacy and tuple(loop.columns) != COLUMNS:
         raise BundleError(f"loop: sampler columns {loop.columns} are unknown to this deploykit; upgrade it or re-export.")

@@ -32,7 +32,8 @@ Flips = Callable[[Runners, Any, int, Arrays, Arrays, Tolerance, "float | None"],
 OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering", "fast": "--naive",
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
                 "eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output",
-                "guidance": "--guidance"}
+                "guidance": "--guidance", "prompts": "--prompt", "negative_prompts": "--negative-prompt",
+                "prompt_ids": "prompt_ids", "negative_ids": "negative_ids", "latents": "latents"}
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -172,7 +173,8 @@ class LoopKind:
     the logits, off by `bound`, could swap a pick (judged on the runners' own logits); symbols(runners, config) ->
     a SymbolModel coding one example's values in the sampling order (runtimes/compress.py); log_prob(runners, config,
     x, labels, host) for density models; text(runners, config, codec, texts) -> one result per text for models
-    that read text in one graph call (text encoders). `quick` are options of a short sampling run (quantize's
+    that read text in one graph call (text encoders); tokenize(codec, options) -> the options with their text as
+    token ids, for sampling kinds that read prompts (the bundle's codec, before `sample`). `quick` are options of a short sampling run (quantize's
     comparison, Triton's probe); `serving` the options a Triton loop model fixes.
     """
 
@@ -190,6 +192,7 @@ class LoopKind:
     symbols: Callable[[Runners, Any], Any] | None = None
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
     text: Callable[[Runners, Any, Any, list[str]], list[Any]] | None = None
+    tokenize: Callable[[Any, Any], Any] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
     serving: Mapping[str, Any] = field(default_factory=dict)
     hint: str = ""  # added to "this bundle cannot ..." errors

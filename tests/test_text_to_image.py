@@ -1,0 +1,216 @@
+"""diffusers:DIR text-to-image pipelines: a tiny StableDiffusionPipeline built from configs (CLIP tokenizer as SD 1.x
+folders carry it: vocab.json + merges.txt, no tokenizer.json; SD 1.5's scheduler settings), exported once through
+the CLI, sampled torch-free from prompts, and matched against diffusers' own StableDiffusionPipeline with the same
+latents (and the same injected noise where a sampler draws)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+import deploykit
+from deploykit.errors import InputError
+from deploykit.runtimes.diffusion import draw_noise, scheduler_for
+from deploykit.sources import reference, resolve
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+WORDS = ("a", "photo", "of", "cat", "dog", "red", "blue", "the", "an", "astronaut", "riding", "horse", "on", "mars")
+PROMPTS = ["a photo of a cat", "an astronaut riding a horse on mars"]
+NEGATIVE = ["blue", "the red dog"]
+SD15_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
+                 "set_alpha_to_one": False, "clip_sample": False}  # SD 1.x's scheduler config
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's byte -> printable character table."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    return [chr(c) for c in keep] + [chr(256 + i) for i in range(len(extra))]
+
+
+def _clip_tokenizer_files(folder: Path) -> int:
+    """A small CLIP BPE vocabulary (bytes, bytes + </w>, merges spelling WORDS, the two special tokens) written as SD
+    1.x folders carry it; returns the vocabulary size."""
+    chars = _bytes_to_unicode()
+    vocab, merges = chars + [c + "</w>" for c in chars], []
+    for word in WORDS:
+        done = word[0]
+        for i, ch in enumerate(word[1:], 1):
+            piece = ch + ("</w>" if i == len(word) - 1 else "")
+            merges.append(f"{done} {piece}")
+            done += piece
+            vocab += [] if done in vocab else [done]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(special | {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, "errors": "replace"}))
+    return len(vocab)
+
+
+def save_pipeline(folder: Path, scheduler: object = None, **unet: object) -> Path:
+    """A tiny StableDiffusionPipeline (random init, 16x16 images from 4x8x8 latents) saved as SD 1.x folders are."""
+    torch.manual_seed(0)
+    size = _clip_tokenizer_files(folder / "tokenizer")
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=size - 2, eos_token_id=size - 1, pad_token_id=size - 1))
+    net = diffusers.UNet2DConditionModel(**{
+        "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (16, 32),
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32, "attention_head_dim": 4, "norm_num_groups": 8} | unet)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
+                                  latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=0.18215)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=net,
+        scheduler=scheduler or diffusers.DDIMScheduler(**SD15_SCHEDULE), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    for name in ("tokenizer.json", "added_tokens.json"):  # as SD 1.x: vocab.json + merges.txt alone
+        (folder / "tokenizer" / name).unlink(missing_ok=True)
+    _clip_tokenizer_files(folder / "tokenizer")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(pipeline folder, bundle) exported by `deploykit export diffusers:DIR` as a user would."""
+    root = tmp_path_factory.mktemp("sd")
+    folder = save_pipeline(root / "pipe")
+    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"diffusers:{folder}", "--out", root / "bundle"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and f"exported diffusers:{folder} as 'text-to-image'" in run.stdout, run.stderr
+    return folder, root / "bundle"
+
+
+def test_tokenizer_json_built_from_vocab_and_merges_encodes_as_clip_tokenizer(sd) -> None:
+    folder, bundle = sd
+    assert not (folder / "tokenizer" / "tokenizer.json").exists()
+    clip = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    texts = [*PROMPTS, "", "A   RED dog, on MARS!!", "astronaut " * 60, "héllo wörld ☃ 42", "the\ncat\tdog"]
+    with deploykit.load(bundle) as dep:
+        codec = dep.codec()
+        for text in texts:
+            expected = clip(text, padding="max_length", max_length=clip.model_max_length, truncation=True).input_ids
+            assert codec.encode(text, special=True).tolist() == expected, text
+    assert len(expected) == 77
+
+
+def _pipeline_run(pipe: object, name: str, latents: np.ndarray, noise: np.ndarray, guidance: float, steps: int
+                  ) -> np.ndarray:
+    """diffusers' StableDiffusionPipeline with `latents` and, where its scheduler draws, noise[k] at its k-th draw."""
+    classes = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
+               "dpm++2m": "DPMSolverMultistepScheduler"}
+    pipe.scheduler = getattr(diffusers, classes[name]).from_config(pipe.scheduler.config)
+    draws = iter(noise)
+    module = sys.modules[type(pipe.scheduler).__module__]
+    with mock.patch.object(module, "randn_tensor", lambda *a, **k: torch.from_numpy(next(draws))):
+        images = pipe(PROMPTS, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
+                      latents=torch.from_numpy(latents), output_type="np").images
+    return images.transpose(0, 3, 1, 2)
+
+
+TOLERANCE = 1e-5  # images in [0, 1]; see the test below
+
+
+def test_whole_run_matches_stable_diffusion_pipeline(sd) -> None:
+    """The same latents and noise through diffusers' StableDiffusionPipeline (torch) and the bundle (ORT): images within
+    1e-5 for DDIM, Euler, DPM-Solver++(2M) and Euler ancestral at guidance 7.5, and for DDIM at guidance 1 (prompt
+    alone). Measured: at most 9.5e-7 (float32 rounding through 12 steps). The samplers' own images differ from each
+    other by 8.3e-4 (DDIM against Euler, the same solver on the same timesteps: SD 1.x's set_alpha_to_one=False stops
+    DDIM short of sigma 0) to 8e-2, 50x the tolerance or more, so the tolerance tells them apart."""
+    folder, bundle = sd
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    images = {}
+    with deploykit.load(bundle) as dep:
+        loop = dep.bundle.loop
+        assert loop.schedulers[0] == "ddim" and loop.tokens == 77 and loop.scaling_factor == pytest.approx(0.18215)
+        for name, guidance in (("ddim", 7.5), ("euler", 7.5), ("dpm++2m", 7.5), ("euler-a", 7.5), ("ddim", 1.0)):
+            options = dep.options(prompts=PROMPTS, negative_prompts=NEGATIVE, steps=12, scheduler=name,
+                                  guidance=guidance)
+            start, noise = draw_noise(loop.latent_shape, scheduler_for(loop, options), 2, 5)
+            latents = start / np.float32(scheduler_for(loop, options).init_noise_sigma)
+            got = dep.sample(2, 5, options)
+            expected = _pipeline_run(pipe, name, latents, noise, guidance, 12)
+            assert got.shape == (2, 3, 16, 16) and got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, atol=TOLERANCE, err_msg=f"{name} w={guidance}")
+            again = dep.sample(2, 99, dep.options(prompts=PROMPTS, negative_prompts=NEGATIVE, steps=12, scheduler=name,
+                                                  guidance=guidance, latents=latents))
+            if name != "euler-a":  # deterministic: the given latents decide the image, not the seed
+                np.testing.assert_array_equal(again, got)
+            images[name, guidance] = got
+    samplers = [images[k] for k in (("ddim", 7.5), ("euler", 7.5), ("dpm++2m", 7.5), ("ddim", 1.0))]
+    gaps = [np.abs(a - b).max() for i, a in enumerate(samplers) for b in samplers[i + 1:]]
+    assert min(gaps) > 50 * TOLERANCE, gaps
+
+
+def test_sample_cli_writes_a_png_torch_free(sd, tmp_path: Path) -> None:
+    _, bundle = sd
+    shadow = tmp_path / "shadow"
+    (shadow / "torch").mkdir(parents=True)
+    (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
+    (shadow / "transformers").mkdir()
+    (shadow / "transformers" / "__init__.py").write_text("raise ImportError('no transformers (test shadow)')\n")
+    env = dict(os.environ, PYTHONPATH=str(shadow))
+    base = [sys.executable, "-m", "deploykit", "sample", bundle, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+            "--negative-prompt", "blue", "--steps", "4", "--guidance", "7.5", "--scheduler", "dpm++2m"]
+    run = subprocess.run([*base, "--out", tmp_path / "grid.png"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "wrote 2 samples [3, 16, 16]" in run.stdout
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    npy = subprocess.run([*base, "--n", "3", "--out", tmp_path / "x.npy"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert npy.returncode == 0, npy.stderr
+    images = np.load(tmp_path / "x.npy")
+    assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    no_prompt = subprocess.run([*base[:5], "--out", tmp_path / "y.png"], env=env, capture_output=True, text=True,
+                               timeout=300)
+    assert no_prompt.returncode == 2 and "draws from prompts: give --prompt TEXT" in no_prompt.stderr
+    wrong = subprocess.run([*base, "--label", "3", "--out", tmp_path / "z.png"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert wrong.returncode == 2 and "--label is for" in wrong.stderr
+
+
+def test_verify_against_the_pipeline_folder(sd) -> None:
+    folder, bundle = sd
+    result = deploykit.verify(bundle, model=reference(f"diffusers:{folder}", deploykit.load_bundle(bundle)), fresh=True,
+                              seed=3)
+    assert result.passed, result.report.table()
+    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+
+
+def test_unsupported_pipelines_are_refused_by_name(sd, tmp_path: Path) -> None:
+    folder, _ = sd
+    sdxl_like = save_pipeline(tmp_path / "added", addition_embed_type="text", addition_embed_type_num_heads=4)
+    with pytest.raises(InputError, match="addition_embed_type='text'.*does not feed"):
+        resolve(f"diffusers:{sdxl_like}")
+    pndm = save_pipeline(tmp_path / "pndm", diffusers.PNDMScheduler(**{k: v for k, v in SD15_SCHEDULE.items() if k != "clip_sample"},
+                                                                      skip_prk_steps=True))
+    with pytest.raises(InputError, match="PNDMScheduler: PLMS combines the last four predictions.*swap the pipeline"):
+        resolve(f"diffusers:{pndm}")
+    index = json.loads((folder / "model_index.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "text_encoder").mkdir()
+    (other / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(InputError, match="names a StableDiffusionXLPipeline; deploykit exports text-to-image"):
+        resolve(f"diffusers:{other}")
+    with pytest.raises(InputError, match=r"as family \('ddpm', 'text-to-image'\), not 'gpt'"):
+        resolve(f"diffusers:{folder}", "gpt")
