@@ -69,6 +69,7 @@ bench-hf: install peers-env
 
 bench-diffusers: install
 	$(PY) benchmarks/diffusers_pipelines.py
+	cd benchmarks && ../$(PY) text_to_image.py
 
 bench-triton: install triton-env
 	$(VENV)/bin/deploykit export zoo:cgan --out bundles/cgan --force

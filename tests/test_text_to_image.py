@@ -38,7 +38,7 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in keep] + [chr(256 + i) for i in range(len(extra))]
 
 
-def _clip_tokenizer_files(folder: Path) -> int:
+def clip_tokenizer_files(folder: Path) -> int:
     """A small CLIP BPE vocabulary (bytes, bytes + </w>, merges spelling WORDS, the two special tokens) written as SD
     1.x folders carry it; returns the vocabulary size."""
     chars = _bytes_to_unicode()
@@ -65,7 +65,7 @@ def _clip_tokenizer_files(folder: Path) -> int:
 def save_pipeline(folder: Path, scheduler: object = None, **unet: object) -> Path:
     """A tiny StableDiffusionPipeline (random init, 16x16 images from 4x8x8 latents) saved as SD 1.x folders are."""
     torch.manual_seed(0)
-    size = _clip_tokenizer_files(folder / "tokenizer")
+    size = clip_tokenizer_files(folder / "tokenizer")
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=77, bos_token_id=size - 2, eos_token_id=size - 1, pad_token_id=size - 1))
@@ -84,7 +84,7 @@ def save_pipeline(folder: Path, scheduler: object = None, **unet: object) -> Pat
     pipe.save_pretrained(folder)
     for name in ("tokenizer.json", "added_tokens.json"):  # as SD 1.x: vocab.json + merges.txt alone
         (folder / "tokenizer" / name).unlink(missing_ok=True)
-    _clip_tokenizer_files(folder / "tokenizer")
+    clip_tokenizer_files(folder / "tokenizer")
     return folder
 
 

@@ -27,7 +27,7 @@ def sampling_options(b: Bundle) -> str:
         return TEXT_OPTIONS[kind.use]
     if kind.use != "sample":
         return f"nothing: a {kind.title} bundle is used through deploykit run / the Python API"
-    shown = ["--n (64)", "--seed (0)"]
+    shown = ["--n (one per --prompt)" if "prompts" in kind.option_fields() else "--n (64)", "--seed (0)"]
     for f in fields(kind.options) if kind.options else ():
         if f.name in OPTION_NAMES:
             default = f.default if f.default is not MISSING else None

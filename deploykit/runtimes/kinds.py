@@ -32,8 +32,7 @@ Flips = Callable[[Runners, Any, int, Arrays, Arrays, Tolerance, "float | None"],
 OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering", "fast": "--naive",
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
                 "eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output",
-                "guidance": "--guidance", "prompts": "--prompt", "negative_prompts": "--negative-prompt",
-                "prompt_ids": "prompt_ids", "negative_ids": "negative_ids", "latents": "latents"}
+                "guidance": "--guidance", "prompts": "--prompt", "negative_prompts": "--negative-prompt"}
 
 
 def _conforms(value: Any, hint: Any) -> bool:
