@@ -63,3 +63,26 @@ def save_density_plot(points: np.ndarray, log_density: np.ndarray, extent: float
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(target)
     return target
+
+
+def load_images(paths: Sequence[str | Path], shape: Sequence[int], what: str = "--init-image") -> np.ndarray:
+    """Image files (PNG, JPEG, ... through Pillow) as float32 [k, C, H, W] in [0, 1] for `shape` [C, H, W]: converted
+    to RGB (C = 3) or grey (C = 1), resized to H x W with Lanczos where they differ (diffusers' image processor
+    resamples the same way); InputError naming a file that cannot be read as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = (int(d) for d in shape)
+    if channels not in (1, 3):
+        raise InputError(f"{what}: this bundle's images have {channels} channels; give a .npy array from Python.")
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB" if channels == 3 else "L")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.Resampling.LANCZOS)
+                array = np.asarray(image, np.float32) / np.float32(255)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise InputError(f"{what} {path}: not an image Pillow can read ({exc}); give a PNG or JPEG file.") from exc
+        out.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    return np.stack(out)

@@ -166,7 +166,7 @@ def test_wrong_images_levels_and_labels_are_clear_errors(zoo_bundle) -> None:
             dep.sample(2, 0, dep.options(labels=np.array(12)))
         with pytest.raises(InputError, match="class-conditional"):
             dep.log_prob(np.zeros((2, 1, 8, 8), np.int64))
-        with pytest.raises(InputError, match="--steps is for diffusion, RBM, VRNN and WaveNet bundles"):
+        with pytest.raises(InputError, match="--steps is for diffusion, RBM, text-to-image, VRNN and WaveNet bundles"):
             dep.sample(2, 0, dep.options(steps=10))
     with deploykit.load(zoo_bundle("wavenet").path) as dep:
         with pytest.raises(InputError, match="--steps is 0"):

@@ -19,6 +19,7 @@ import typer
 from ..api import load
 from ..backends import RunnerOptions
 from ..errors import InputError
+from ..images import load_images
 from ..runtimes.deployment import Deployment
 from ..runtimes.kinds import OPTION_NAMES
 from ..runtimes.tokens import MODES, mode_config
@@ -95,6 +96,8 @@ def sample_cmd(
     naive: Annotated[bool, typer.Option(help="WaveNet: re-run the network over the receptive field per sample", rich_help_panel=OTHER)] = False,
     prompt: Annotated[list[str] | None, typer.Option(help="text prompt (LM, text-to-image) or source (seq2seq); repeat for a batch (text-to-image: cycled over --n)", rich_help_panel=TEXT)] = None,
     negative_prompt: Annotated[list[str] | None, typer.Option(help="text-to-image: what guidance steers away from (default: the empty prompt); repeat to cycle", rich_help_panel=DIFFUSION)] = None,
+    init_image: Annotated[list[Path] | None, typer.Option(help="text-to-image: image-to-image from this PNG/JPEG (resized to the bundle's size); repeat to cycle", rich_help_panel=DIFFUSION)] = None,
+    strength: Annotated[float | None, typer.Option(help="image-to-image: how much of the schedule runs, in (0, 1] (default 0.8)", rich_help_panel=DIFFUSION)] = None,
     prompt_ids: Annotated[list[str] | None, typer.Option(help="LM, seq2seq: a prompt (source) as token ids, e.g. 15496,11; repeat for a batch", rich_help_panel=TEXT)] = None,
     mode: Annotated[str, typer.Option(help=f"LM sampling mode: {', '.join(MODES)}", rich_help_panel=TEXT)] = "top-p",
     temperature: Annotated[float | None, typer.Option(help="LM: override the mode's temperature (0 = greedy); flows: z ~ N(0, T^2) (default 1)", rich_help_panel=TEXT)] = None,
@@ -123,7 +126,8 @@ def sample_cmd(
         sample_flags = {"--n": n is not None, "--label": label, "--steps": steps, "--ordering": ordering, "--naive": naive,
                         "--size": size, "--host-loop": host_loop, "--scheduler": scheduler, "--eta": eta,
                         "--karras": karras, "--clipped-model-output": clipped_model_output, "--guidance": guidance,
-                        "--interpolate": interpolate, "--negative-prompt": negative_prompt}
+                        "--interpolate": interpolate, "--negative-prompt": negative_prompt, "--init-image": init_image,
+                        "--strength": strength}
         takes = {"sample": set(sample_flags) | {"--prompt"}, "generate": set(text_flags) - {"--beam"} | {"--host-loop"}, "translate": {"--prompt", "--prompt-ids", "--beam"}}
         _refuse_unused(text_flags | sample_flags, takes.get(use, set()), dep.kind.title)
         if use == "sample":
@@ -131,7 +135,9 @@ def sample_cmd(
                      "fast": False if naive else None, "temperature": temperature, "size": _size(size),
                      "host": True if host_loop else None, "scheduler": scheduler, "eta": eta, "karras": karras,
                      "clipped_model_output": clipped_model_output, "guidance": guidance, "prompts": prompt,
-                     "negative_prompts": negative_prompt}
+                     "negative_prompts": negative_prompt, "strength": strength,
+                     "init_images": load_images(init_image, dep.loop.image_shape)
+                     if init_image and "init_images" in dep.kind.option_fields() else init_image}  # else refused by name
             count = n if n is not None else len(prompt) if prompt else 64
             _samples(dep, out, count, seed, {k: v for k, v in given.items() if v is not None}, interpolate)
             return

@@ -1,7 +1,7 @@
 """`diffusers:DIR` text-to-image route: a StableDiffusionPipeline folder saved with `save_pretrained` (`text_encoder/`
 a CLIPTextModel, `tokenizer/`, `unet/` a UNet2DConditionModel with cross-attention, `vae/` an AutoencoderKL,
 `scheduler/`), exported as the `text-to-image` family: the text encoder, the cross-attention denoiser (prompt
-embeddings as an input of any token length) and the VAE decoder, with the scheduler config and the VAE's
+embeddings as an input of any token length) and the VAE's decoder and encoder (image-to-image), with the scheduler config and the VAE's
 scaling_factor in the loop (runtimes/text_to_image.py).
 
 The bundle's tokenizer.json is built here from the folder's tokenizer as transformers loads it (real SD 1.x folders
@@ -77,6 +77,18 @@ class VaeDecoderGraph(nn.Module):
         return self.vae.decode(z, return_dict=False)[0]
 
 
+class VaeEncoderGraph(nn.Module):
+    """image [batch, C, H, W] in [-1, 1] -> (mean, std) of the VAE's latent distribution (quant_conv applied)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(image, return_dict=False)[0]
+        return dist.mean, dist.std
+
+
 class TextToImagePipeline(nn.Module):
     """The three networks of a Stable-Diffusion-shaped pipeline and what its loop needs (see PROTOCOL)."""
 
@@ -86,9 +98,12 @@ class TextToImagePipeline(nn.Module):
         self.text_encoder = TextEncoderGraph(text_encoder)
         self.denoiser = CrossAttentionDenoiser(unet)
         self.decoder = VaeDecoderGraph(vae)
+        self.encoder = VaeEncoderGraph(vae)
         size = unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
         self.latent_shape = [int(unet.config.in_channels), int(height), int(width)]
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the pipeline's vae_scale_factor
+        self.image_shape = [int(vae.config.out_channels), int(height) * scale, int(width) * scale]
         self.scaling_factor = float(vae.config.scaling_factor)
         self.schedule, self.tokens = schedule, tokens
         self.vocab_size = int(text_encoder.config.vocab_size)
@@ -224,6 +239,8 @@ def _roles(model: TextToImagePipeline) -> dict[str, Role]:
                                           TensorSpec("encoder_hidden_states", "float32", ("batch", "tokens", model.width))),
                          (output,), example, tokens),
         "decoder": Role(model.decoder, (TensorSpec("z", "float32", ("batch", *latent)),), ("image",), {"batch": 2}),
+        "encoder": Role(model.encoder, (TensorSpec("image", "float32", ("batch", *model.image_shape)),), ("mean", "std"),
+                        {"batch": 2}),
     }
 
 
@@ -237,7 +254,8 @@ def _loop(model: TextToImagePipeline) -> TextToImageConfig:
     config = dict(model.schedule)
     first = for_diffusers_class(config.pop("_class_name", None))
     names = [n for n in SCHEDULERS if n != "langevin"]
-    return TextToImageConfig(latent_shape=list(model.latent_shape), scaling_factor=model.scaling_factor,
+    return TextToImageConfig(latent_shape=list(model.latent_shape), image_shape=list(model.image_shape),
+                             scaling_factor=model.scaling_factor,
                              tokens=model.tokens, vocab_size=model.vocab_size, schedule=config,
                              schedulers=[first] + [n for n in names if n != first])
 
@@ -245,5 +263,5 @@ def _loop(model: TextToImagePipeline) -> TextToImageConfig:
 # Tolerances (fp32): one graph call within 1e-4 (CLIP's hidden states reach |20| in real checkpoints: rtol);
 # the loop check replays a guided 10-step loop whose latents and images stay within the same bound (README).
 register(Family("text-to-image", "Stable-Diffusion-shaped text-to-image pipeline: CLIP text encoder, cross-attention "
-                "UNet denoiser, VAE decoder", PROTOCOL, _roles, _shapes, Tolerance(1e-4, 1e-4), ("text_to_image",),
+                "UNet denoiser, VAE decoder and encoder (image-to-image)", PROTOCOL, _roles, _shapes, Tolerance(1e-4, 1e-4), ("text_to_image",),
                 _loop))

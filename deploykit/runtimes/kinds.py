@@ -32,7 +32,8 @@ Flips = Callable[[Runners, Any, int, Arrays, Arrays, Tolerance, "float | None"],
 OPTION_NAMES = {"labels": "--label", "steps": "--steps", "ordering": "--ordering", "fast": "--naive",
                 "temperature": "--temperature", "size": "--size", "host": "--host-loop", "scheduler": "--scheduler",
                 "eta": "--eta", "karras": "--karras", "clipped_model_output": "--clipped-model-output",
-                "guidance": "--guidance", "prompts": "--prompt", "negative_prompts": "--negative-prompt"}
+                "guidance": "--guidance", "prompts": "--prompt", "negative_prompts": "--negative-prompt",
+                "init_images": "--init-image", "strength": "--strength"}
 
 
 def _conforms(value: Any, hint: Any) -> bool:

@@ -1,11 +1,13 @@
 """Text-to-image latent diffusion, as diffusers' StableDiffusionPipeline runs it (numpy only): prompts and negative
 prompts through the bundle's tokenizer.json (padded to the model's length) and its `text_encoder` graph, classifier-
 free guidance over the cross-attention `denoiser` on the host with any sampler of the scheduler registry, and the
-`decoder` (the VAE's) from latents / scaling_factor to pixels in [0, 1].
+`decoder` (the VAE's) from latents / scaling_factor to pixels in [0, 1]. Image-to-image as
+StableDiffusionImg2ImgPipeline: the `encoder` (the VAE's) turns init images into latents, noised to where the last
+`strength` of the steps begins.
 
-Randomness comes from one seed as for the other diffusion bundles (x_T, then one normal draw per network call), or
-x_T is given (`latents`, diffusers' `latents=`): the same latents through the pipeline and through the bundle give
-the same image.
+Randomness comes from one seed as for the other diffusion bundles (x_T, then one normal draw per network call;
+image-to-image: the encoder's latent draw, the added noise, then one draw per call), or x_T is given (`latents`,
+diffusers' `latents=`): the same latents through the pipeline and through the bundle give the same image.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from .schedulers import SCHEDULERS
 from .tokens import Codec
 
 DEFAULT_GUIDANCE = 7.5  # diffusers' StableDiffusionPipeline default
+DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
 
 
 @dataclass(frozen=True, kw_only=True)
 class TextToImageConfig(ScheduledLoop):
     """`text_encoder` (input_ids [batch, tokens]) -> hidden states, `denoiser` (x, t, encoder_hidden_states) -> the
-    prediction, `decoder` (z) -> image in [-1, 1]. Latents are [latent_shape]; the decoder takes them divided by
-    `scaling_factor` (the VAE config's). Prompts are `tokens` ids long (the tokenizer pads and truncates to the
-    pipeline's model_max_length)."""
+    prediction, `decoder` (z) -> image in [-1, 1], `encoder` (image in [-1, 1]) -> the latent distribution's mean
+    and std. Latents are [latent_shape], images [image_shape]; the decoder takes latents divided by `scaling_factor`
+    (the VAE config's). Prompts are `tokens` ids long (the tokenizer pads and truncates to the pipeline's
+    model_max_length)."""
 
     kind = "text_to_image"
     latent_shape: list[int]
@@ -45,13 +49,16 @@ class TextToImageOptions(DenoisingOptions):
     samples from the prompt alone) plus what to draw: `prompts` and `negative_prompts` (text; each list is cycled
     over the n images; no negative prompt is the empty one), or their token ids `prompt_ids` / `negative_ids`
     [prompts, tokens] as the bundle's tokenizer makes them, and optionally x_T as diffusers' `latents` [n, *latent]
-    (scaled by the scheduler's initial sigma, as the pipeline does)."""
+    (scaled by the scheduler's initial sigma, as the pipeline does). Image-to-image: `init_images` [images, *image]
+    in [0, 1] (cycled over n) and `strength` (default 0.8: the last 80 % of the steps run)."""
 
     prompts: list[str] | None = None
     negative_prompts: list[str] | None = None
     prompt_ids: np.ndarray | None = None
     negative_ids: np.ndarray | None = None
     latents: np.ndarray | None = None
+    init_images: np.ndarray | None = None
+    strength: float | None = None
 
 
 def _ids(given: Any, loop: TextToImageConfig, what: str) -> np.ndarray:
@@ -85,17 +92,49 @@ def _embed(runners: Runners, ids: np.ndarray, n: int) -> np.ndarray:
     return hidden[np.arange(n) % len(ids)]
 
 
-def _start(loop: TextToImageConfig, options: TextToImageOptions, scheduler: Any, n: int, seed: int
+def _array(given: Any, shape: tuple[int, ...], what: str, low: float = -np.inf, high: float = np.inf) -> np.ndarray:
+    """`given` as float32 of `shape` (a None dim: any size >= 1) with finite values in [low, high]; InputError naming
+    `what` otherwise."""
+    array = np.asarray(given)
+    fits = array.ndim == len(shape) and all(d is None and g >= 1 or d == g for d, g in zip(shape, array.shape))
+    if not fits or not np.issubdtype(array.dtype, np.floating) or not np.all((array >= low) & (array <= high)):
+        wanted = [d if d is not None else "k" for d in shape]
+        raise InputError(f"{what} has shape {list(array.shape)} ({array.dtype}); expected finite floats {wanted}"
+                         + (f" in [{low:g}, {high:g}]" if np.isfinite(low) else "") + ".")
+    return array.astype(np.float32)
+
+
+def encode(runners: Runners, loop: TextToImageConfig, images: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Latents of images [n, *image] in [0, 1] as the image-to-image pipeline makes them: the encoder's mean + std x
+    draws, times the scaling factor (one image at a time)."""
+    latents = []
+    for image, draw in zip(images, draws):
+        out = runners["encoder"].infer({"image": image[None] * np.float32(2) - np.float32(1)})
+        latents.append((out["mean"] + out["std"] * draw[None])[0])
+    return np.stack(latents) * np.float32(loop.scaling_factor)
+
+
+def _start(runners: Runners, loop: TextToImageConfig, options: TextToImageOptions, scheduler: Any, n: int, seed: int
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(x_T, per-call noise): drawn from the seed, x_T replaced by the given latents scaled by the initial sigma."""
-    x, noise = draw_noise(loop.latent_shape, scheduler, n, seed)
-    if options.latents is None:
-        return x, noise
-    latents = np.asarray(options.latents)
-    if latents.shape != x.shape or not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
-        raise InputError(f"latents has shape {list(latents.shape)} ({latents.dtype}); expected finite floats "
-                         f"{list(x.shape)} (n x the bundle's latent shape).")
-    return latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma), noise
+    """(the first call's sample, per-call noise) from the seed: x_T (or the given latents scaled by the initial
+    sigma); image-to-image: the scheduler started at `strength` and the init images' latents noised to there."""
+    latent = tuple(loop.latent_shape)
+    if options.init_images is None:
+        if options.strength is not None:
+            raise InputError("--strength is for image-to-image: give --init-image too (init_images from Python).")
+        x, noise = draw_noise(latent, scheduler, n, seed)
+        if options.latents is None:
+            return x, noise
+        return _array(options.latents, (n, *latent), "latents") * np.float32(scheduler.init_noise_sigma), noise
+    if options.latents is not None:
+        raise InputError("latents are the start of text-to-image; image-to-image starts from --init-image. Give one.")
+    images = _array(options.init_images, (None, *loop.image_shape), "--init-image", 0.0, 1.0)
+    steps = (len(scheduler.timesteps) + scheduler.order - 1) // scheduler.order
+    scheduler.start_at(steps, DEFAULT_STRENGTH if options.strength is None else float(options.strength))
+    rng = np.random.default_rng(seed)
+    draws, added = (rng.standard_normal((n, *latent), dtype=np.float32) for _ in range(2))
+    x = scheduler.add_noise(encode(runners, loop, images[np.arange(n) % len(images)], draws), added)
+    return x, rng.standard_normal((len(scheduler.timesteps), n, *latent), dtype=np.float32)
 
 
 def decode(runners: Runners, loop: TextToImageConfig, latents: np.ndarray) -> np.ndarray:
@@ -125,7 +164,7 @@ def _denoise(runners: Runners, loop: TextToImageConfig, n: int, seed: int, optio
             raise InputError("negative_ids: guidance > 1 needs the negative prompts' ids (the empty prompt's for "
                              "none); give prompts= and the bundle's tokenizer makes them.")
         uncond = {"encoder_hidden_states": _embed(runners, _ids(options.negative_ids, loop, "negative_ids"), n)}
-    x, noise = _start(loop, options, scheduler, n, seed)
+    x, noise = _start(runners, loop, options, scheduler, n, seed)
     return host_loop(Denoiser(runners["denoiser"], n, cond, uncond, guidance, options.batched), scheduler, x, noise,
                      options.on_step)
 

@@ -67,6 +67,7 @@ class Scheduler:
     name: ClassVar[str] = ""
     default_steps: ClassVar[int | None] = None  # None: every training step
     short_steps: ClassVar[int] = 10  # the short loop a bundle's export-time check runs (and verify replays)
+    order: ClassVar[int] = 1  # network calls per step (Heun: 2), as diffusers' `order`
     options: ClassVar[tuple[str, ...]] = ()  # keys of OPTION_FLAGS this scheduler takes
     diffusers_class: ClassVar[str] = ""  # the diffusers scheduler it reproduces (a pipeline's default)
 
@@ -75,6 +76,8 @@ class Scheduler:
         self.timesteps = np.zeros(0, np.float64)
         self.table = np.zeros((0, len(COLUMNS)), np.float32)
         self.init_noise_sigma = 1.0  # standard deviation of the starting noise x_T
+        self.levels = np.zeros((0, 2), np.float64)  # per call (a, b): the sample there is a x0 + b noise (image-to-image)
+        self._restart: np.ndarray | None = None  # per call, the row a run starting there takes (None: the table's)
         self._history: np.ndarray | None = None
 
     def set_timesteps(self, steps: int) -> None:
@@ -105,11 +108,38 @@ class Scheduler:
         a = np.divide(-co, cx, out=np.zeros_like(co), where=cx != 0)
         return np.column_stack([a, cx, t[:, 3:8]]).astype(np.float32)
 
-    def _set(self, timesteps: Sequence[float] | np.ndarray, rows: list[tuple[float, ...]], init_noise_sigma: float = 1.0
+    def start_at(self, steps: int, strength: float) -> None:
+        """Run only the last `strength` of the `steps` steps, as diffusers' image-to-image pipelines (t_start =
+        steps - int(steps * strength), calls from t_start * order on; a multistep solver's first call is first
+        order). InputError when no step would run."""
+        if not 0.0 < strength <= 1.0:
+            raise InputError(f"--strength is {strength}, expected a value in (0, 1] (1: from pure noise).")
+        skip = (steps - min(int(steps * strength), steps)) * self.order
+        if skip >= len(self.timesteps):
+            raise InputError(f"--strength {strength} with {steps} steps runs no step (int({steps} x {strength}) = 0); "
+                             "raise --strength or --steps.")
+        first = (self.table if self._restart is None else self._restart)[skip]
+        self.timesteps, self.levels = self.timesteps[skip:], self.levels[skip:]
+        self.table = np.concatenate([first[None], self.table[skip + 1:]])
+        self._restart, self._history = None, None
+
+    def add_noise(self, x0: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """The sample the first call starts from, a x0 + b noise in float32 (diffusers' add_noise at that timestep)."""
+        if not len(self.levels):
+            raise InputError(f"--scheduler {self.name} does not start from a noised image; choose another.")
+        a, b = (np.float32(v) for v in self.levels[0])
+        return a * x0 + b * noise
+
+    def _set(self, timesteps: Sequence[float] | np.ndarray, rows: list[tuple[float, ...]], init_noise_sigma: float = 1.0,
+             levels: Sequence[tuple[float, float]] | np.ndarray = (), restart: list[tuple[float, ...]] | None = None
              ) -> None:
+        """Fill the timesteps, the table, the starting noise scale, the noise levels (a, b) of each call and the rows
+        a run starting at each call takes when they differ from the table's."""
         self.timesteps = np.asarray(timesteps, np.float64)
         self.table = np.asarray(rows, np.float64).astype(np.float32).reshape(-1, len(COLUMNS))
         self.init_noise_sigma = float(init_noise_sigma)
+        self.levels = np.asarray(levels, np.float64).reshape(-1, 2)
+        self._restart = None if restart is None else np.asarray(restart, np.float64).astype(np.float32)
         self._history = None
 
 

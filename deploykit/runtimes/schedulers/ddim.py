@@ -55,4 +55,4 @@ class DDIMScheduler(Scheduler):
             ex, eo = eps_coefficients(kind, np.sqrt(now), np.sqrt(1 - now))
             p, q, r = np.sqrt(before), direction * ex, direction * eo
         rows = [row(cx=a, co=b, clip=clip, p=pp, q=qq, r=rr, s=sg) for a, b, pp, qq, rr, sg in zip(cx, co, p, q, r, sigma)]
-        self._set(timesteps, rows)
+        self._set(timesteps, rows, levels=np.column_stack([np.sqrt(now), np.sqrt(1 - now)]))

@@ -45,4 +45,4 @@ class DDPMScheduler(Scheduler):
         rows = [row(cx=a, co=b, clip=clip, p=np.sqrt(bf) * be / (1 - n), q=np.sqrt(1 - be) * (1 - bf) / (1 - n),
                     s=np.sqrt(v) if t > 0 else 0.0)
                 for t, n, bf, be, v, a, b in zip(timesteps, now, before, beta, variance, cx, co)]
-        self._set(timesteps, rows)
+        self._set(timesteps, rows, levels=np.column_stack([np.sqrt(now), np.sqrt(1 - now)]))

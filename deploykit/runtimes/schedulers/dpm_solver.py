@@ -67,17 +67,18 @@ class DPMSolverPlusPlus2M(Scheduler):
         alpha = 1 / np.sqrt(sigmas**2 + 1)  # VP: alpha_t, and sigma_t = sigmas * alpha
         lower_final = bool(self.config.get("euler_at_final", False)) or final == 0.0 or (
             self.config.get("lower_order_final", True) and n < 15)
-        kind, rows = prediction(self.config), []
+        kind, rows, first = prediction(self.config), [], []
         for i in range(n):
             cx, co = x0_coefficients(kind, alpha[i], sigmas[i] * alpha[i])
             ratio = sigmas[i + 1] / sigmas[i]  # e^-h: lambda = -log(sigma) in these (VE) sigmas
             q = ratio * alpha[i + 1] / alpha[i]  # sigma_t / sigma_s of the VP sample
             p = alpha[i + 1] * (1 - ratio)  # -alpha_t (e^-h - 1)
+            first.append(row(cx=cx, co=co, p=p, q=q, hp=1.0))  # first order: a run's first step, and the last
             if i == 0 or (i == n - 1 and lower_final):
-                rows.append(row(cx=cx, co=co, p=p, q=q, hp=1.0))
+                rows.append(first[-1])
                 continue
             h = np.log(sigmas[i] / sigmas[i + 1])
             r0 = np.log(sigmas[i - 1] / sigmas[i]) / h
             weight = 0.5 * p if solver == "midpoint" else alpha[i + 1] * ((ratio - 1) / h + 1)
             rows.append(row(cx=cx, co=co, p=p + weight / r0, q=q, u=-weight / r0, hp=1.0))
-        self._set(timesteps, rows)
+        self._set(timesteps, rows, levels=np.column_stack([alpha[:-1], sigmas[:-1] * alpha[:-1]]), restart=first)

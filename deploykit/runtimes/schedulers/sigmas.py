@@ -47,6 +47,11 @@ def training_sigmas(config: dict) -> np.ndarray:
     return np.sqrt((1 - bar) / bar)
 
 
+def _sigma_levels(sigmas: np.ndarray) -> np.ndarray:
+    """Noise levels (1, sigma) of the calls at `sigmas`: in sigma space the sample is x0 + sigma noise."""
+    return np.column_stack([np.ones_like(sigmas), sigmas])
+
+
 class SigmaScheduler(Scheduler):
     """Shared by Euler, Euler ancestral and Heun: sigmas at the spaced timesteps (or Karras sigmas between the
     extreme ones), a final sigma of 0, and x_T ~ N(0, sigma_max^2 (+1 for leading spacing))."""
@@ -98,7 +103,7 @@ class EulerScheduler(SigmaScheduler):
         for sigma, after in zip(sigmas[:-1], sigmas[1:]):
             cin, cx, co = self._x0(sigma)
             rows.append(row(cin=cin, cx=cx, co=co, p=1 - after / sigma, q=after / sigma))
-        self._set(timesteps, rows, self._start(sigmas))
+        self._set(timesteps, rows, self._start(sigmas), _sigma_levels(sigmas[:-1]))
 
 
 @register_scheduler
@@ -120,7 +125,7 @@ class EulerAncestralScheduler(SigmaScheduler):
             down = np.sqrt(after**2 - up**2)
             cin, cx, co = self._x0(sigma)
             rows.append(row(cin=cin, cx=cx, co=co, p=1 - down / sigma, q=down / sigma, s=up))
-        self._set(timesteps, rows, self._start(sigmas))
+        self._set(timesteps, rows, self._start(sigmas), _sigma_levels(sigmas[:-1]))
 
 
 @register_scheduler
@@ -137,21 +142,24 @@ class HeunScheduler(SigmaScheduler):
     diffusers_class = "HeunDiscreteScheduler"
     default_steps = 15
     short_steps = 5
+    order = 2
 
     def set_timesteps(self, steps: int) -> None:
         timesteps, sigmas = self._sigmas(steps)
         clip = clip_bound(self.config, False)
-        calls, rows = [], []
+        calls, rows, levels = [], [], []
         for i, (sigma, after) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             dt = after - sigma
             cin, cx, co = self._x0(sigma)
             calls.append(timesteps[i])
+            levels.append(sigma)
             rows.append(row(cin=cin, cx=cx, co=co, clip=clip, p=-dt / sigma, q=1 + dt / sigma,
                             hp=-dt / (2 * sigma), hq=1 + dt / (2 * sigma)))
             if after > 0 and i + 1 < steps:
                 cin, cx, co = self._x0(after)
                 calls.append(timesteps[i + 1])
+                levels.append(after)
                 rows.append(row(cin=cin, cx=cx, co=co, clip=clip, p=-dt / (2 * after), q=dt / (2 * after), u=1.0))
         if len(rows) != 2 * steps - 1:
             raise InputError("heun: a zero sigma before the last step; use another --scheduler.")
-        self._set(calls, rows, self._start(sigmas))
+        self._set(calls, rows, self._start(sigmas), _sigma_levels(np.asarray(levels)))
