@@ -97,7 +97,8 @@ def _array(given: Any, shape: tuple[int, ...], what: str, low: float = -np.inf, 
     `what` otherwise."""
     array = np.asarray(given)
     fits = array.ndim == len(shape) and all(d is None and g >= 1 or d == g for d, g in zip(shape, array.shape))
-    if not fits or not np.issubdtype(array.dtype, np.floating) or not np.all((array >= low) & (array <= high)):
+    floats = np.issubdtype(array.dtype, np.floating)
+    if not (fits and floats and np.isfinite(array).all() and np.all((array >= low) & (array <= high))):
         wanted = [d if d is not None else "k" for d in shape]
         raise InputError(f"{what} has shape {list(array.shape)} ({array.dtype}); expected finite floats {wanted}"
                          + (f" in [{low:g}, {high:g}]" if np.isfinite(low) else "") + ".")
