@@ -274,6 +274,7 @@ def test_class_conditional_unet2d_condition_model_exports_with_class_labels(tmp_
     np.testing.assert_allclose(got, expected, atol=2e-6 * max(50.0, np.abs(expected).max()))
 
 
+@pytest.mark.slow  # the default suite keeps test_every_reproduced_default_config_sets_up_every_sampler
 def test_dpm_solver_default_config_exports_and_matches_diffusers(tmp_path: Path) -> None:
     """DPMSolverMultistepScheduler() as save_pretrained writes it (variance_type null: no variance channels, not a
     learned variance) exports with DPM-Solver++(2M) first and samples like diffusers' own loop."""
@@ -306,6 +307,17 @@ def _default_config(name: str) -> dict:
         return dict(getattr(diffusers, name)().config) | {"_class_name": name}
     except Exception:  # noqa: BLE001  (optional dependency or required argument: the class name is what matters)
         return {"_class_name": name}
+
+
+@pytest.mark.parametrize("name", sorted(cls.diffusers_class for cls in SCHEDULERS.values() if cls.diffusers_class))
+def test_every_reproduced_default_config_sets_up_every_sampler(name: str) -> None:
+    """A bundle offers every sampler from its folder's scheduler config: each must set up from the config each
+    reproduced class saves by default (DPMSolverMultistepScheduler's variance_type null once made DDPM refuse it as a
+    learned variance, so the folder did not export)."""
+    config = scheduler_config(_default_config(name))
+    for sampler in SCHEDULERS:
+        if sampler != "langevin":
+            make_scheduler(sampler, [sampler], config).set_timesteps(SCHEDULERS[sampler].short_steps)
 
 
 @pytest.mark.parametrize("name", _shipped_schedulers())

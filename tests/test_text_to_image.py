@@ -92,12 +92,14 @@ def save_pipeline(folder: Path, scheduler: object = None, **unet: object) -> Pat
 
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(pipeline folder, bundle) exported by `deploykit export diffusers:DIR` as a user would."""
+    """(pipeline folder, bundle) exported as the CLI does (sources.resolve, then export with the built tokenizer; the
+    CLI's own export of diffusers:DIR is tests/test_diffusers.py's fixture)."""
     root = tmp_path_factory.mktemp("sd")
     folder = save_pipeline(root / "pipe")
-    run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"diffusers:{folder}", "--out", root / "bundle"],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and f"exported diffusers:{folder} as 'text-to-image'" in run.stdout, run.stderr
+    resolved = resolve(f"diffusers:{folder}")
+    assert resolved.family == "text-to-image"
+    deploykit.export(resolved.model, resolved.family, root / "bundle", source=resolved.source,
+                     tokenizer=resolved.tokenizer)
     return folder, root / "bundle"
 
 
