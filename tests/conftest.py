@@ -88,3 +88,16 @@ def bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def verifies_against() -> Callable[[str, str | Path], None]:
+    """Check that `deploykit verify BUNDLE --source SPEC` passes on fresh inputs, the sampling loop included."""
+    from deploykit.sources import reference
+
+    def check(spec: str, bundle: str | Path) -> None:
+        result = deploykit.verify(bundle, model=reference(spec, deploykit.load_bundle(bundle)), fresh=True, seed=3)
+        assert result.passed, result.report.table()
+        assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+
+    return check

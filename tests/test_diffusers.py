@@ -20,7 +20,7 @@ from deploykit.errors import InputError
 from deploykit.runtimes.diffusion import DiffusionOptions, draw_noise, scheduler_for
 from deploykit.runtimes.schedulers import SCHEDULERS, make_scheduler
 from deploykit.runtimes.schedulers.noise_schedule import alphas_cumprod, scheduler_config
-from deploykit.sources import reference, resolve
+from deploykit.sources import resolve
 
 diffusers = pytest.importorskip("diffusers")
 from deploykit.exporters.diffusers import reference_loop  # noqa: E402  (needs diffusers)
@@ -202,12 +202,9 @@ def test_pipeline_loops_match_diffusers_host_and_in_graph(pipeline) -> None:
                 np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{name} {extra} host={host}")
 
 
-def test_verify_against_the_pipeline_folder(pipeline) -> None:
+def test_verify_against_the_pipeline_folder(pipeline, verifies_against) -> None:
     folder, bundle = pipeline
-    result = deploykit.verify(bundle, model=reference(f"diffusers:{folder}", deploykit.load_bundle(bundle)), fresh=True,
-                              seed=3)
-    assert result.passed, result.report.table()
-    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+    verifies_against(f"diffusers:{folder}", bundle)
 
 
 def test_exported_folder_samples_dpm_solver_torch_free(pipeline, tmp_path: Path) -> None:

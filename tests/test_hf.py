@@ -81,12 +81,10 @@ def test_graph_stores_every_linear_weight_as_torch_holds_it(exported) -> None:
     assert len(weights) > 4 and all((w.shape, w.tobytes()) in stored for w in weights.values())
 
 
-def test_verify_against_the_folder_the_user_names(exported, tmp_path: Path) -> None:
+def test_verify_against_the_folder_the_user_names(exported, verifies_against, tmp_path: Path) -> None:
     _, bundle, _ = exported
     folder = Path(bundle.source["path"])
-    result = deploykit.verify(bundle, model=reference(f"hf:{folder}", bundle), fresh=True, seed=3)
-    assert result.passed, result.report.table()
-    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+    verifies_against(f"hf:{folder}", bundle.path)
     with pytest.raises(InputError, match="does not import code or open files a bundle names.*--source hf:DIR"):
         deploykit.verify(bundle, fresh=True)
     changed = Path(shutil.copytree(folder, tmp_path / "changed"))

@@ -21,7 +21,7 @@ import torch
 import deploykit
 from deploykit.errors import InputError
 from deploykit.runtimes.diffusion import draw_noise, scheduler_for
-from deploykit.sources import reference, resolve
+from deploykit.sources import resolve
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -250,12 +250,9 @@ def test_sample_cli_writes_a_png_torch_free(sd, tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "--label is for" in wrong.stderr
 
 
-def test_verify_against_the_pipeline_folder(sd) -> None:
+def test_verify_against_the_pipeline_folder(sd, verifies_against) -> None:
     folder, bundle = sd
-    result = deploykit.verify(bundle, model=reference(f"diffusers:{folder}", deploykit.load_bundle(bundle)), fresh=True,
-                              seed=3)
-    assert result.passed, result.report.table()
-    assert any(r.case.startswith("fresh loop") for r in result.report.rows)
+    verifies_against(f"diffusers:{folder}", bundle)
 
 
 def test_unsupported_pipelines_are_refused_by_name(sd, tmp_path: Path) -> None:
