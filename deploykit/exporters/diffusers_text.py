@@ -1,8 +1,8 @@
 """`diffusers:DIR` text-to-image route: a StableDiffusionPipeline folder saved with `save_pretrained` (`text_encoder/`
 a CLIPTextModel, `tokenizer/`, `unet/` a UNet2DConditionModel with cross-attention, `vae/` an AutoencoderKL,
 `scheduler/`), exported as the `text-to-image` family: the text encoder, the cross-attention denoiser (prompt
-embeddings as an input of any token length) and the VAE's decoder and encoder (image-to-image), with the scheduler config and the VAE's
-scaling_factor in the loop (runtimes/text_to_image.py).
+embeddings as an input of any token length) and the VAE's decoder and encoder (image-to-image), with the scheduler
+config and the VAE's scaling_factor in the loop (runtimes/text_to_image.py).
 
 The bundle's tokenizer.json is built here from the folder's tokenizer as transformers loads it (real SD 1.x folders
 carry vocab.json + merges.txt only), with the pipeline's padding and truncation to model_max_length baked in, so the
@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError, optional_import
-from ..runtimes.schedulers import SCHEDULERS, for_diffusers_class
 from ..runtimes.schedulers.noise_schedule import PREDICTIONS, training_steps
 from ..runtimes.text_to_image import TextToImageConfig
 from ..specs import DimRule, TensorSpec
 from . import diffusers as pipelines
+from .diffusion import samplers_of
 from .hf import transformers_module
 from .onnx_export import first_line
 from .registry import Family, Role, Tolerance, register
@@ -90,7 +90,7 @@ class VaeEncoderGraph(nn.Module):
 
 
 class TextToImagePipeline(nn.Module):
-    """The three networks of a Stable-Diffusion-shaped pipeline and what its loop needs (see PROTOCOL)."""
+    """The networks of a Stable-Diffusion-shaped pipeline as four graphs, and what its loop needs (see PROTOCOL)."""
 
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, vae: nn.Module, schedule: dict[str, Any],
                  tokens: int) -> None:
@@ -125,7 +125,7 @@ def fingerprint(root: Path) -> str:
     """sha256 over the pipeline's configs and tokenizer files and its weight files' names and sizes."""
     digest = hashlib.sha256((root / "model_index.json").read_bytes())
     for part in ("scheduler", "text_encoder", "tokenizer", "unet", "vae"):
-        for path in sorted((root / part).glob("*")):
+        for path in sorted(p for p in (root / part).glob("*") if p.is_file()):
             is_weight = path.suffix in (".safetensors", ".bin")
             digest.update(f"{part}/{path.name}:{path.stat().st_size}".encode() if is_weight else path.read_bytes())
     return digest.hexdigest()
@@ -251,13 +251,10 @@ def _shapes(model: TextToImagePipeline) -> list[dict[str, int]]:
 
 def _loop(model: TextToImagePipeline) -> TextToImageConfig:
     """Every DDPM-parametrized sampler, the pipeline's own scheduler first."""
-    config = dict(model.schedule)
-    first = for_diffusers_class(config.pop("_class_name", None))
-    names = [n for n in SCHEDULERS if n != "langevin"]
+    schedule, samplers = samplers_of(model.schedule)
     return TextToImageConfig(latent_shape=list(model.latent_shape), image_shape=list(model.image_shape),
-                             scaling_factor=model.scaling_factor,
-                             tokens=model.tokens, vocab_size=model.vocab_size, schedule=config,
-                             schedulers=[first] + [n for n in names if n != first])
+                             scaling_factor=model.scaling_factor, tokens=model.tokens, vocab_size=model.vocab_size,
+                             schedule=schedule, schedulers=samplers)
 
 
 # Tolerances (fp32): one graph call within 1e-4 (CLIP's hidden states reach |20| in real checkpoints: rtol);

@@ -141,14 +141,20 @@ def _ddpm_roles(model: nn.Module) -> dict[str, Role]:
                           _timestep_dtype(model))
 
 
+def samplers_of(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the schedule without its `_class_name`, every DDPM-parametrized sampler with the config's own scheduler class
+    first: DDPM when it names none of them)."""
+    schedule = dict(config)
+    first = for_diffusers_class(schedule.pop("_class_name", None))
+    return schedule, [first] + [n for n in SCHEDULERS if n not in ("langevin", first)]
+
+
 def _ddpm_loop(model: nn.Module) -> DiffusionConfig:
-    """Every DDPM-family sampler, the config's own scheduler class first (DDPM when it names none of them)."""
+    """Every DDPM-family sampler, the config's own scheduler class first."""
     event = _event(model, "ddpm", DENOISER_PROTOCOL)
-    config = _schedule(model, "ddpm", DENOISER_PROTOCOL)
-    names = [n for n in SCHEDULERS if n != "langevin"]
-    first = for_diffusers_class(config.pop("_class_name", None))
-    return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedule=config,
-                           schedulers=[first] + [n for n in names if n != first], columns=list(COLUMNS),
+    schedule, samplers = samplers_of(_schedule(model, "ddpm", DENOISER_PROTOCOL))
+    return DiffusionConfig(event_shape=list(event), num_classes=int(model.num_classes), schedule=schedule,
+                           schedulers=samplers, columns=list(COLUMNS),
                            value_range=[-1.0, 1.0] if len(event) == 3 else [0.0, 1.0])
 
 
