@@ -291,6 +291,7 @@ MANIFEST_SCHEMA = {  # what load_bundle reads; other keys (tools, created_at) ar
                   "magnitude": _Opt(_NUMBER)},
     "check_shapes": _List(_Map(int)), "source": _Map(object), "tokenizer": _Opt(_FILE | {"vocab_sha256": _Opt(str)}),
     "precision": _Opt(_Map(object)), "edge": _Opt(_Map(object)), "parity": _Opt(_Map(object)),
+    "fused": _Opt(_Map(_Map(int))),
 }
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 

@@ -81,6 +81,9 @@ def build_engines(bundle: str | os.PathLike[str] | Bundle, request: EngineReques
     unknown = set(roles) - set(b.graphs)
     if unknown:
         raise InputError(f"--role {choices(sorted(unknown))} is not in this bundle; choose from {choices(b.graphs)}.")
+    if "fused" in b.manifest:
+        raise InputError(f"bundle {b.path} was exported with --fuse: its opset-23 Attention / RMSNormalization / "
+                         "RotaryEmbedding graphs are for onnxruntime; build TensorRT engines from an export without --fuse.")
     trt, ptrt = trt_modules()
     gpu, capability = gpu_identity(request.device_id)
     version = trt.__version__

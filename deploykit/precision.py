@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +186,11 @@ def _constant_matmuls(model: Any) -> None:
         return made[(name, perm)]
 
     producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    unflattened = _unflattened_gemms(graph, producer, readers)
     nodes = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -193,12 +198,13 @@ def _constant_matmuls(model: Any) -> None:
         if (node.op_type == "Gemm" and node.input[1] in weights and not attrs.get("transA", 0)
                 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0):
             weight = transposed(node.input[1], (1, 0)) if attrs.get("transB", 0) else node.input[1]
+            x, result = unflattened.get(id(node), (node.input[0], node.output[0]))
             if len(node.input) > 2 and node.input[2]:
-                product = f"{node.output[0]}.product"
-                nodes += [helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}.matmul"),
-                          helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}.bias")]
+                product = f"{result}.product"
+                nodes += [helper.make_node("MatMul", [x, weight], [product], name=f"{node.name}.matmul"),
+                          helper.make_node("Add", [product, node.input[2]], [result], name=f"{node.name}.bias")]
             else:
-                nodes.append(helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name))
+                nodes.append(helper.make_node("MatMul", [x, weight], [result], name=node.name))
         elif source is not None and source.op_type == "Transpose" and source.input[0] in weights:
             rank = len(weights[source.input[0]].dims)
             perm = tuple(next((helper.get_attribute_value(a) for a in source.attribute if a.name == "perm"),
@@ -209,8 +215,14 @@ def _constant_matmuls(model: Any) -> None:
             nodes.append(rewired)
         else:
             nodes.append(node)
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if n.op_type != "Transpose" or any(o in read for o in n.output)]  # orphaned by the above
+    replaced = {result for _, result in unflattened.values()}  # the new MatMuls write the Reshapes' outputs
+    nodes = [n for n in nodes if not (n.op_type == "Reshape" and n.output[0] in replaced)]
+    while True:  # drop what the above orphaned: Transposes of weights, the unflattened Gemms' shape plumbing
+        read = _read_names(nodes) | {o.name for o in graph.output}
+        kept = [n for n in nodes if any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
     del graph.node[:]
     graph.node.extend(nodes)
     weights.clear()  # no Python reference may keep a dropped initializer's data alive
@@ -218,6 +230,41 @@ def _constant_matmuls(model: Any) -> None:
     for index in reversed(range(len(graph.initializer))):  # a weight read only transposed: its copy replaces it
         if graph.initializer[index].name not in read:
             del graph.initializer[index]
+
+
+def _unflattened_gemms(graph: Any, producer: dict[str, Any], readers: dict[str, list[Any]]) -> dict[int, tuple[str, str]]:
+    """The Gemms torch.onnx's linear layers on (..., K) inputs became (Flatten(x, axis=-1) -> Gemm -> Reshape to
+    Shape(x)[:-1] + [N]), by id: (x, the Reshape's output). A MatMul over x writes that output directly, so the
+    quantized graph has no Shape / Flatten / Concat / Reshape around each layer (four nodes fewer per layer,
+    which at batch 1 cost as much time as the attention)."""
+    from onnx import helper
+
+    outputs = {o.name for o in graph.output}
+    found = {}
+    for gemm in graph.node:
+        flat = producer.get(gemm.input[0]) if gemm.op_type == "Gemm" else None
+        after = readers.get(gemm.output[0], []) if flat is not None else []
+        if (flat is None or flat.op_type != "Flatten" or len(after) != 1 or gemm.output[0] in outputs
+                or next((helper.get_attribute_value(a) for a in flat.attribute if a.name == "axis"), 1) != -1):
+            continue
+        reshape = after[0]
+        concat = producer.get(reshape.input[1]) if reshape.op_type == "Reshape" and reshape.input[0] == gemm.output[0] else None
+        lead = producer.get(concat.input[0]) if concat is not None and concat.op_type == "Concat" and len(concat.input) == 2 else None
+        ends = {a.name: helper.get_attribute_value(a) for a in lead.attribute} if lead is not None else {}
+        if lead is not None and lead.op_type == "Shape" and lead.input[0] == flat.input[0] and ends == {"end": -1}:
+            found[id(gemm)] = (flat.input[0], reshape.output[0])
+    return found
+
+
+def _read_names(nodes: Iterable[Any]) -> set[str]:
+    """Every value name `nodes` read, their subgraphs' outer-scope reads included."""
+    read: set[str] = set()
+    for node in nodes:
+        read.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                read |= _read_names(sub.node)
+    return read
 
 
 @dataclass(frozen=True)
@@ -240,8 +287,13 @@ def _fp16(staged: Path, target: Path, job: Conversion) -> None:
 def _int8(staged: Path, target: Path, job: Conversion, static: bool) -> None:
     from onnxruntime import quantization as q  # its quantizers read the file
 
+    # onnxruntime's quantizers go by op type alone and take ONNX's Attention (opset 23, --fuse) for their own
+    # com.microsoft one, writing a QAttention that does not load: those nodes stay float
+    graph = _onnx().load(str(staged), load_external_data=False).graph
+    exclude = [n.name for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    del graph
     if not static:
-        q.quantize_dynamic(str(staged), str(target), weight_type=q.QuantType.QInt8)
+        q.quantize_dynamic(str(staged), str(target), weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
         return
     feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
 
@@ -250,7 +302,7 @@ def _int8(staged: Path, target: Path, job: Conversion, static: bool) -> None:
             return next(feeds, None)
 
     q.quantize_static(str(staged), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
-                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
 
 
 # mode -> converter(staged, target, job): reads the staged graph file and writes the converted graph (inputs and
@@ -322,6 +374,10 @@ def quantize(
         raise InputError(f"unknown precision mode {mode!r}; choose one of {choices(QUANT_MODES)}.")
     if "precision" in b.manifest:
         raise InputError(f"bundle {b.path} is already {b.manifest['precision']['mode']}; quantize the fp32 bundle it came from.")
+    if mode == "int8-static" and "fused" in b.manifest:
+        raise InputError(f"bundle {b.path} was exported with --fuse: onnxruntime 1.32 aborts the whole process building "
+                         "a session for static QDQ around opset-23 Attention inside the in-graph sampling loop; use "
+                         "int8-dynamic or int4 on it, or int8-static on an export without --fuse.")
     check_int("--calibration", calibration, 1, meaning="batches of calibration inputs")
     if int4_options is not None and mode != "int4":
         raise InputError(f"--block-size, --asymmetric and --accuracy-level are int4 options; this is --mode {mode}.")

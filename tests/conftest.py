@@ -101,3 +101,15 @@ def verifies_against() -> Callable[[str, str | Path], None]:
         assert any(r.case.startswith("fresh loop") for r in result.report.rows)
 
     return check
+
+
+@pytest.fixture(scope="session")
+def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment whose PYTHONPATH puts `torch` and `transformers` packages that raise ImportError first."""
+    shadow = tmp_path_factory.mktemp("no-torch")
+    for name in ("torch", "transformers"):
+        (shadow / name).mkdir()
+        (shadow / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (test shadow)')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
+    return env

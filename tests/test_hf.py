@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import deploykit
+from deploykit.cli import main
 from deploykit.errors import InputError
 from deploykit.runtimes.tokens import mode_config
 from deploykit.sources import reference, resolve
@@ -47,10 +48,25 @@ def exported(request: pytest.FixtureRequest, bpe: Path, tmp_path_factory: pytest
     return request.param, bundle, reference
 
 
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def fused(request: pytest.FixtureRequest, bpe: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same folders exported with `deploykit export --fuse`."""
+    folder = _save(request.param, tmp_path_factory.mktemp(f"{request.param}-fused") / "model", bpe)
+    out = folder.parent / "bundle"
+    assert main(["export", f"hf:{folder}", "--out", str(out), "--fuse"]) == 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    return request.param, deploykit.load_bundle(out), reference
+
+
 def test_default_attention_exports_and_greedy_tokens_equal_transformers_generate(exported) -> None:
     kind, bundle, reference = exported
     assert reference.config._attn_implementation == "sdpa"  # as published, no eager switch
     assert (bundle.loop.heads, bundle.loop.head_dim) == ({"gpt2": 4, "llama": 2}[kind], 8)  # Llama's cache: KV heads
+    _greedy_like_transformers(bundle, reference)
+
+
+def _greedy_like_transformers(bundle: deploykit.Bundle, reference: torch.nn.Module) -> None:
+    """A left-padded batch of two prompts decodes 16 greedy tokens as transformers' generate does, as ids and text."""
     with deploykit.load(bundle.path) as dep:
         codec = dep.codec()
         ids = [codec.encode(p) for p in PROMPTS]
@@ -112,6 +128,68 @@ def test_int8_dynamic_quantizes_every_linear_layer(exported, tmp_path: Path) -> 
     assert quantized.tokenizer.read_bytes() == bundle.tokenizer.read_bytes()  # the tokenizer comes along
     rows = {r["metric"]: r["quantized"] for r in quantized.manifest["precision"]["accuracy"]}
     assert any(m.startswith("perplexity (4 x 63 tokens") for m in rows), rows  # within the 64-position context
+
+
+def test_fused_export_holds_single_attention_norm_and_rotary_operators_and_decodes_like_transformers(
+        fused, verifies_against) -> None:
+    """--fuse: opset-23 Attention (Llama's taking its 2 key/value heads as the cache holds them, no repeat),
+    RMSNormalization and RotaryEmbedding instead of their decompositions; tokens and fresh-input verify unchanged."""
+    import onnx
+
+    from deploykit.engines import EngineRequest, build_engines
+
+    kind, bundle, reference = fused
+    want = {"gpt2": {"Attention": 2}, "llama": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4}}[kind]
+    assert bundle.manifest["fused"] == {"decoder_with_past": want}
+    assert bundle.graphs["decoder_with_past"].opset == 23
+    graph = onnx.load(str(bundle.graphs["decoder_with_past"].path), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    decomposed = {"Softmax", "IsNaN", "ReduceMean", "Neg"} | ({"Pow"} if kind == "llama" else set())  # GPT-2's gelu: x^3
+    assert not ops & decomposed, ops
+    keys = [n.input[1] for n in graph.node if n.op_type == "Attention"]
+    assert keys == ["present.0.key", "present.1.key"]  # the cache itself: no Expand of the key heads in between
+    _greedy_like_transformers(bundle, reference)
+    verifies_against(f"hf:{bundle.source['path']}", bundle.path)
+    with pytest.raises(InputError, match="exported with --fuse.*build TensorRT engines from an export without"):
+        build_engines(bundle, EngineRequest())
+
+
+def test_int4_of_a_fused_export_quantizes_every_linear_layer_and_generates_torch_free(
+        fused, no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    """int4 over the fused graph: every linear layer and the LM head a MatMulNBits reading the activations as they
+    are (no Flatten / Gemm / Reshape around it); the report is recorded; the bundle samples without torch."""
+    import subprocess
+    import sys
+    from collections import Counter
+
+    import onnx
+
+    from deploykit.precision import quantize
+
+    kind, bundle, _ = fused
+    quantized = quantize(bundle, "int4", tmp_path / "q4")
+    graph = onnx.load(str(quantized.graphs["decoder_with_past"].path)).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["MatMulNBits"] == 2 * {"gpt2": 4, "llama": 7}[kind] + 1 and not ops["Gemm"] + ops["Flatten"], ops
+    assert ops["Attention"] == 2 and quantized.manifest["fused"] == bundle.manifest["fused"]
+    metrics = [r["metric"] for r in quantized.manifest["precision"]["accuracy"]]
+    assert any(m.startswith("top-1 next token agreement") for m in metrics), metrics
+    run = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(quantized.path), "--prompt", PROMPTS[0],
+                          "--mode", "greedy", "--max-new-tokens", "8"], env=no_torch_env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith(PROMPTS[0]), run.stderr
+    with pytest.raises(InputError, match="exported with --fuse: onnxruntime 1.32 aborts"):
+        quantize(bundle, "int8-static", tmp_path / "q8")
+
+
+def test_fuse_refuses_a_model_with_nothing_to_fuse(tiny_model: torch.nn.Module, tmp_path: Path) -> None:
+    """Before a bundle is written: a graph with no attention, RMS norm or rotary embedding would only run on fewer
+    runtimes for no gain."""
+    with pytest.raises(InputError, match="--fuse found no attention"):
+        deploykit.export(tiny_model, "mlp", tmp_path / "mlp", fuse=True)
+    assert not (tmp_path / "mlp").exists()
+    with pytest.raises(InputError, match="fuse exports at opset 23"):
+        deploykit.export(tiny_model, "mlp", tmp_path / "mlp", fuse=True, opset=17)
 
 
 def test_hf_folder_errors(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ latents (and the same injected noise where a sampler draws)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -215,14 +214,9 @@ def test_image_to_image_matches_the_img2img_pipeline(sd) -> None:
     assert min(np.abs(a - b).max() for a, b in zip(outputs.values(), list(outputs.values())[1:])) > 50 * TOLERANCE
 
 
-def test_sample_cli_writes_a_png_torch_free(sd, tmp_path: Path) -> None:
+def test_sample_cli_writes_a_png_torch_free(sd, no_torch_env: dict[str, str], tmp_path: Path) -> None:
     _, bundle = sd
-    shadow = tmp_path / "shadow"
-    (shadow / "torch").mkdir(parents=True)
-    (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
-    (shadow / "transformers").mkdir()
-    (shadow / "transformers" / "__init__.py").write_text("raise ImportError('no transformers (test shadow)')\n")
-    env = dict(os.environ, PYTHONPATH=str(shadow))
+    env = no_torch_env
     base = [sys.executable, "-m", "deploykit", "sample", bundle, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
             "--negative-prompt", "blue", "--steps", "4", "--guidance", "7.5", "--scheduler", "dpm++2m"]
     run = subprocess.run([*base, "--out", tmp_path / "grid.png"], env=env, capture_output=True, text=True, timeout=300)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture(scope="module")
-def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment whose PYTHONPATH puts a `torch` package that raises ImportError first."""
-    shadow = tmp_path_factory.mktemp("no-torch")
-    (shadow / "torch").mkdir()
-    (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
-    return env
 
 
 def deploykit(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:

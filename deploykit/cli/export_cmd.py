@@ -24,6 +24,9 @@ def export_cmd(
                                                         "for text generation")] = None,
     context: Annotated[int | None, typer.Option(help="hf:DIR language models: the positions the bundle serves "
                                                      "(required where the config has no limit, e.g. Bloom's ALiBi)")] = None,
+    fuse: Annotated[bool, typer.Option(help="write attention, RMS norm and rotary embeddings as single ONNX opset-23 "
+                                            "operators: faster on onnxruntime, which must support opset 23 (not "
+                                            "for TensorRT engines)")] = False,
 ) -> None:
     """Export a model to an ONNX bundle; fails, writing nothing, if ORT does not match torch."""
     from ..bundle import check_destination
@@ -39,6 +42,8 @@ def export_cmd(
     with phase_line(f"exporting {source}") as on_phase:
         bundle = export(resolved.model, resolved.family, out, force=force, source=resolved.source,
                         external_threshold=int(external_data_mb * (1 << 20)), tokenizer=tokenizer or resolved.tokenizer,
-                        on_phase=on_phase)
+                        on_phase=on_phase, fuse=fuse)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
     console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")
+    for role, ops in bundle.manifest.get("fused", {}).items():
+        console.print(f"fused in '{role}': " + ", ".join(f"{count} {op}" for op, count in ops.items()))

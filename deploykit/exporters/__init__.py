@@ -8,7 +8,7 @@ import platform
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from . import (  # noqa: F401  (register the families)
     recurrent,
     transformer,
 )
+from .fused import FUSED_OPSET, check_fused, fused_ops, fused_tracing
 from .onnx_export import (
     ANSI,
     EXTERNAL_DATA_THRESHOLD,
@@ -156,6 +157,7 @@ def export(
     external_threshold: int = EXTERNAL_DATA_THRESHOLD,
     tokenizer: str | os.PathLike[str] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    fuse: bool = False,
 ) -> Bundle:
     """Export `model` as a bundle at `out`: graphs, golden vectors, manifest; fails if ORT != torch.
 
@@ -164,9 +166,13 @@ def export(
     keep them in ONNX external-data files inside the bundle (needed above protobuf's 2 GB). A language
     model may bring its `tokenizer` (a Hugging Face tokenizer.json): the bundle carries it and text
     generation encodes and decodes with it. `on_phase(text)` hears each phase (tracing a role, checking a shape,
-    the loop check, writing) as it starts.
+    the loop check, writing) as it starts. `fuse` writes attention, RMS norm and rotary embeddings as single opset-23
+    operators (fused.py), for onnxruntime.
     """
     phase = on_phase or (lambda text: None)
+    if fuse and opset != OPSET:
+        raise InputError(f"fuse exports at opset {FUSED_OPSET}; leave opset ({opset}) at its default with it.")
+    opset = FUSED_OPSET if fuse else opset
     fam = get_family(family)
     _refuse_library_model(model)
     with exportable(model) as ready:  # the user's module (restored after) unless weights must be folded
@@ -194,13 +200,17 @@ def export(
             for name, role in roles.items():
                 path = tmp / "graphs" / f"{name}.onnx"
                 phase(f"tracing '{name}' (torch.export -> ONNX)")
-                done = export_role(name, role, path, opset)
+                with fused_tracing() if fuse else nullcontext():
+                    done = export_role(name, role, path, opset)
                 graphs[name] = {"file": f"graphs/{name}.onnx", "opset": done.opset, "spec": done.spec.to_json()}
                 if done.data_files:  # listed with their sha256 like graphs; load refuses any that leaves the bundle
                     graphs[name]["external_data"] = [{"file": f"graphs/{f}"} for f in done.data_files]
                 refs[name] = TorchRunner(name, done.spec, role.torch_module)
                 refs64[name] = TorchRunner(name, done.spec, role.torch_module, FLOAT64)
                 orts[name] = OrtRunner(name, done.spec, path, options=EXPORT_CHECKS)
+            fused = fused_ops({name: tmp / "graphs" / f"{name}.onnx" for name in roles}) if fuse else {}
+            if fuse:
+                check_fused(type(model).__name__, fused)
             for name, entry in build_loop_graphs(loop, tmp / "graphs").items():  # checked by the loop check below
                 graphs[name] = entry
                 orts[name] = OrtRunner(name, GraphSpec.from_json(entry["spec"]), tmp / entry["file"], options=EXPORT_CHECKS)
@@ -273,6 +283,7 @@ def export(
                 "loop": loop.to_json(),
                 "source": src,
                 "tools": _versions(),
-            } | ({"tokenizer": tokenizer_entry} if tokenizer_entry is not None else {})
+            } | ({"tokenizer": tokenizer_entry} if tokenizer_entry is not None else {}) \
+              | ({"fused": fused} if fuse else {})
 
         return write_bundle(out, fill, force=force)
