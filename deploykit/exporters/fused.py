@@ -5,8 +5,8 @@ optimizer (onnxscript's ONNX fusions) rewrites the RMS-norm pattern (pow, mean, 
 and rotate-half rotary embeddings into `RotaryEmbedding`; at opset 18 all three stay dozens of small nodes (MatMul,
 Softmax, Where, Pow, ReduceMean, Slice, Neg, Concat). For transformers models with grouped-query attention the key
 and value heads reach `Attention` as they are (`enable_gqa`), not repeated per query head first. A Llama-style
-decoder step goes from 1355 nodes to 911 (412 after int4 quantization, which also drops the flatten/reshape around
-each linear layer); measured decode speed-ups are in docs/precision.md.
+decoder step goes from 1355 nodes to 837 (412 after int4 quantization, which also drops the flatten/reshape around
+each linear layer); the measured decode speed-ups are in docs/routes/hf.md.
 
 The operators are standard ONNX, so the bundle is no onnxruntime-only graph, but it needs a runtime with opset 23
 (onnxruntime 1.32 runs it; TensorRT engines are built from the default opset-18 export). The export's checks compare
