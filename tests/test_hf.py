@@ -314,8 +314,21 @@ def test_decoders_that_used_to_fail_match_transformers_past_the_window(kind: str
     run = subprocess.run([sys.executable, "-m", "deploykit", "export", f"hf:{tmp_path / 'm'}", "--out",
                           str(tmp_path / "b"), *context], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
+    _past_the_window_like_generate(tmp_path / "b", model)
+    if kind == "bloom-alibi":
+        bare = tmp_path / "bare"
+        model.save_pretrained(bare)
+        with pytest.raises(InputError, match="no learned limit.*--context N"):
+            resolve(f"hf:{bare}")
+        assert deploykit.verify(tmp_path / "b", model=reference(f"hf:{tmp_path / 'm'}",
+                                                                  deploykit.load_bundle(tmp_path / "b"))).passed
+
+
+def _past_the_window_like_generate(bundle: Path, model: torch.nn.Module) -> None:
+    """A left-padded batch of two prompts (one of 21 tokens), 24 greedy tokens, host and in-graph loop: token for
+    token what transformers' generate gives each prompt alone."""
     prompts = ["Beautiful is better than ugly. Explicit", "Now"]
-    with deploykit.load(tmp_path / "b") as dep:
+    with deploykit.load(bundle) as dep:
         ids = [dep.codec().encode(p) for p in prompts]
         assert len(ids[0]) > 16
         for host in (True, False):
@@ -327,13 +340,65 @@ def test_decoders_that_used_to_fail_match_transformers_past_the_window(kind: str
                 want = full[0, len(prompt):].numpy()
                 stop = np.flatnonzero(want == 0)
                 np.testing.assert_array_equal(got, want[: stop[0]] if stop.size else want)
-    if kind == "bloom-alibi":
-        bare = tmp_path / "bare"
-        model.save_pretrained(bare)
-        with pytest.raises(InputError, match="no learned limit.*--context N"):
-            resolve(f"hf:{bare}")
-        assert deploykit.verify(tmp_path / "b", model=reference(f"hf:{tmp_path / 'm'}",
-                                                                  deploykit.load_bundle(tmp_path / "b"))).passed
+
+
+MORE_DECODERS = {  # --fuse across the decoder families users bring (grouped, multi-query, partial rotary, ...)
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **COMMON, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        **COMMON, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)),
+    "gemma-mqa": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        **COMMON, intermediate_size=64, num_key_value_heads=1, head_dim=8, max_position_embeddings=64)),
+    "gpt_neox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        **COMMON, intermediate_size=64, max_position_embeddings=64)),
+    "opt": lambda: transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=300, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, bos_token_id=0, eos_token_id=0, pad_token_id=1)),
+    "gptj": lambda: transformers.GPTJForCausalLM(transformers.GPTJConfig(
+        vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, bos_token_id=0, eos_token_id=0)),
+    "stablelm": lambda: transformers.StableLmForCausalLM(transformers.StableLmConfig(
+        **COMMON, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64)),
+}
+ROPE_RMS = {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4}  # 2 layers: 2 norms each and the final
+FUSES = {  # what --fuse writes, per role
+    "mistral-sliding": {"decoder_with_past": ROPE_RMS}, "qwen2": {"decoder_with_past": ROPE_RMS},
+    "phi3": {"decoder_with_past": ROPE_RMS}, "gemma-mqa": {"decoder_with_past": ROPE_RMS},
+    "gemma3-local": {"decoder_with_past": ROPE_RMS | {"RMSNormalization": 13}},  # q/k norms, sandwich norms
+    "falcon-kv-heads": {"decoder_with_past": {"Attention": 2, "RotaryEmbedding": 4}},
+    "gpt_neox": {"decoder_with_past": {"Attention": 2, "RotaryEmbedding": 4}},
+    "stablelm": {"decoder_with_past": {"Attention": 2, "RotaryEmbedding": 4}},
+    "opt": {"decoder_with_past": {"Attention": 2}}, "gptj": {"decoder_with_past": {"Attention": 2}},
+    "t5": {"encoder": {"Attention": 1, "RMSNormalization": 3}, "decoder_with_past": {"Attention": 2, "RMSNormalization": 4}},
+    "bart": {"encoder": {"Attention": 1}, "decoder_with_past": {"Attention": 2}},
+    "bert": {"model": {"Attention": 1}},
+    "bloom-alibi": None,  # eager ALiBi attention (baddbmm), LayerNorm: nothing to fuse
+}
+
+
+@pytest.mark.parametrize("kind", [k if k in ("mistral-sliding", "t5", "bloom-alibi") else
+                                  pytest.param(k, marks=pytest.mark.slow) for k in FUSES])
+def test_fuse_across_architectures(kind: str, bpe: Path, tmp_path: Path) -> None:
+    """--fuse on decoders, encoder-decoders and encoders: each exports (its checks hold the fused graphs to the
+    model's own torch forward) with the operators listed, decoders decode past Mistral's sliding window token for
+    token like transformers, and Bloom, with nothing to fuse, is refused."""
+    torch.manual_seed(0)
+    if kind in ("t5", "bart", "bert"):
+        folder, model = _tiny(kind, tmp_path / "m"), None
+    else:
+        model = (ARCHITECTURES | MORE_DECODERS)[kind]().eval()
+        folder = tmp_path / "m"
+        model.save_pretrained(folder)
+        shutil.copyfile(bpe, folder / "tokenizer.json")
+    resolved = resolve(f"hf:{folder}", context=64 if kind == "bloom-alibi" else None)
+    if FUSES[kind] is None:
+        with pytest.raises(InputError, match="nothing to fuse"):
+            deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source, fuse=True)
+        return
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source,
+                              tokenizer=resolved.tokenizer, fuse=True)
+    assert bundle.manifest["fused"] == FUSES[kind]
+    if model is not None:
+        _past_the_window_like_generate(bundle.path, model)
 
 
 def test_text_path_adds_special_tokens_like_transformers_and_prints_as_is(bpe: Path, tmp_path: Path) -> None:
