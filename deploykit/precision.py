@@ -42,85 +42,115 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
 
     Classifiers: accuracy on `labelled` data when given (the CLI passes the zoo's test split for
     zoo classifiers), else top-1 agreement with fp32 on random inputs. Language models: next-token agreement and
-    perplexity on text the fp32 model samples, and greedy tokens kept equal. Sampling loops: the same seeded samples
-    from both, mean and max abs difference. Densities (flows, masked autoregressive models): mean NLL of the fp32 model's own
-    samples under each bundle.
+    perplexity on text the fp32 model samples, and greedy tokens kept equal. Encoder-decoders: greedy decodings kept
+    equal. Sampling loops: the same seeded samples from both, mean and max abs difference. Densities (flows, masked
+    autoregressive models): mean NLL of the fp32 model's own samples under each bundle. The bundles are loaded one
+    after the other (the fp32 one first: what the quantized one is measured on comes from it), so the peak memory is
+    one bundle's sessions, not both.
     """
+    with load(source.path) as full:
+        reference = _observe(full, source, labelled, n, None)
+    with load(quantized.path) as low:
+        observed = _observe(low, source, labelled, n, reference)
+    return _rows(reference, observed)
+
+
+def _observe(d: Any, source: Bundle, labelled: Labelled | None, n: int, reference: dict[str, Any] | None
+             ) -> dict[str, Any]:
+    """What accuracy_change compares, measured on one loaded bundle; `reference` is the fp32 bundle's observations
+    (None while observing it), whose samples and text the quantized bundle is measured on."""
+    seen: dict[str, Any] = {}
+    kind = kind_of(source.loop)
+    logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
+    if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
+        role = logits[0]
+        spec = source.graphs[role].spec
+        axis = spec.class_axis("logits")  # [batch, classes], or a masked LM's [batch, seq, vocab]
+        if labelled is not None:
+            top = d.infer({spec.inputs[0].name: labelled[0]}, role)["logits"].argmax(axis)
+            seen["accuracy"] = (float((top == labelled[1]).mean()), len(labelled[1]))
+        else:
+            feeds = spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
+            seen["top"] = d.infer(feeds, role)["logits"].argmax(axis)
+    if kind.use == "generate":
+        seen["lm"] = _language_model_observations(d, None if reference is None else reference["lm"])
+    if kind.use == "translate":
+        seen["translations"] = _translations(d)
+    if kind.sample is not None:  # a short run (kind.quick) of the kind's loop, the same seed for both
+        seen["samples"] = d.sample(n, 0, d.options(**kind.quick))
+        if kind.log_prob is not None:
+            classes = getattr(source.loop, "num_classes", 0)
+            labels = np.arange(n) % classes if classes else None
+            data = seen["samples"] if reference is None else reference["samples"]
+            if "log_prob" in source.graphs and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
+                data = np.clip(data, bound.low, np.nextafter(np.float32(bound.high), np.float32(0)))  # image flows: [0, 1)
+            seen["nll"] = float(-d.log_prob(data, labels).mean())
+    seen["steps"] = kind.quick.get("steps")
+    return seen
+
+
+def _rows(full: dict[str, Any], low: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's rows from both bundles' observations."""
     rows: list[dict[str, Any]] = []
-    loop = source.loop
-    kind = kind_of(loop)
-    with load(source.path) as full, load(quantized.path) as low:
-        logits = [r for r, g in source.graphs.items() if "logits" in g.spec.output_names()]
-        if logits and kind.use == "graphs":  # classifiers; PixelCNN's and LMs' logits belong to their loops
-            role = logits[0]
-            spec = source.graphs[role].spec
-            axis = spec.class_axis("logits")  # [batch, classes], or a masked LM's [batch, seq, vocab]
-            if labelled is not None:
-                name = spec.inputs[0].name
-                accuracy = [float((d.infer({name: labelled[0]}, role)["logits"].argmax(axis) == labelled[1]).mean())
-                            for d in (full, low)]
-                rows.append({"metric": f"test accuracy ({len(labelled[1])} labelled examples)", "fp32": accuracy[0],
-                             "quantized": accuracy[1]})
-            else:
-                feeds = spec.random_inputs(np.random.default_rng(0), source.check_shapes[0] | {"batch": 256})
-                top = [d.infer(feeds, role)["logits"].argmax(axis) for d in (full, low)]
-                where = "positions of 256 random inputs" if top[0].ndim > 1 else "256 random inputs"
-                rows.append({"metric": f"top-1 agreement with fp32 ({where})", "fp32": 1.0,
-                             "quantized": float((top[0] == top[1]).mean())})
-        if kind.use == "generate":
-            rows.extend(_language_model_rows(full, low))
-        if kind.use == "translate":
-            rows.extend(_translation_rows(full, low))
-        if kind.sample is not None:  # a short run (kind.quick) of the kind's loop, the same seed for both
-            steps = kind.quick.get("steps")
-            x = [d.sample(n, 0, d.options(**kind.quick)) for d in (full, low)]
-            diff = np.abs(x[0].astype(np.float64) - x[1])
-            label = f"samples vs fp32, same seed (n={n}" + (f", {steps} steps)" if steps else ")")
-            rows.append({"metric": f"{label}: mean abs diff", "fp32": 0.0, "quantized": float(diff.mean())})
-            rows.append({"metric": f"{label}: max abs diff", "fp32": 0.0, "quantized": float(diff.max())})
-            if kind.log_prob is not None:
-                classes = getattr(loop, "num_classes", 0)
-                labels = np.arange(n) % classes if classes else None
-                data = x[0]
-                if "log_prob" in source.graphs and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
-                    data = np.clip(data, bound.low, np.nextafter(np.float32(bound.high), np.float32(0)))  # image flows: [0, 1)
-                nll = [float(-d.log_prob(data, labels).mean()) for d in (full, low)]
-                rows.append({"metric": "NLL of fp32 samples (nats)", "fp32": nll[0], "quantized": nll[1]})
+    if "accuracy" in full:
+        rows.append({"metric": f"test accuracy ({full['accuracy'][1]} labelled examples)", "fp32": full["accuracy"][0],
+                     "quantized": low["accuracy"][0]})
+    if "top" in full:
+        where = "positions of 256 random inputs" if full["top"].ndim > 1 else "256 random inputs"
+        rows.append({"metric": f"top-1 agreement with fp32 ({where})", "fp32": 1.0,
+                     "quantized": float((full["top"] == low["top"]).mean())})
+    if "lm" in full:
+        rows.extend(_language_model_rows(full["lm"], low["lm"]))
+    if "translations" in full:
+        rows.extend(_translation_rows(full["translations"], low["translations"]))
+    if "samples" in full:
+        diff = np.abs(full["samples"].astype(np.float64) - low["samples"])
+        steps = full["steps"]
+        label = f"samples vs fp32, same seed (n={len(full['samples'])}" + (f", {steps} steps)" if steps else ")")
+        rows.append({"metric": f"{label}: mean abs diff", "fp32": 0.0, "quantized": float(diff.mean())})
+        rows.append({"metric": f"{label}: max abs diff", "fp32": 0.0, "quantized": float(diff.max())})
+    if "nll" in full:
+        rows.append({"metric": "NLL of fp32 samples (nats)", "fp32": full["nll"], "quantized": low["nll"]})
     return rows
 
 
 LM_ROWS, LM_TOKENS, LM_GREEDY = 4, 64, 32  # the language-model report's text: rows x tokens; greedy tokens compared
 
 
-def _language_model_rows(full: Any, low: Any) -> list[dict[str, Any]]:
-    """What lower precision costs a language model, torch-free: on text the fp32 model samples itself (top-p, seed 0,
-    LM_ROWS rows of LM_TOKENS tokens), each bundle's top-1 next token along it (teacher-forced) and its perplexity of
-    it; then from the same prompts, how many greedy tokens the quantized bundle keeps equal to fp32's."""
-    loop = full.require("generate")
-    models = [d.kind.token_model(d.runners, loop) for d in (full, low)]
-    vocab, context = models[0].vocab_size, getattr(loop, "context", None)
-    tokens, greedy_tokens = (min(n, context - 1) if context else n for n in (LM_TOKENS, LM_GREEDY))
+def _language_model_observations(d: Any, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """One bundle's part of the language-model report, torch-free: the fp32 bundle samples the text (top-p, seed 0,
+    LM_ROWS rows of LM_TOKENS tokens, from one-token prompts); along it, teacher-forced, each bundle's top-1 next
+    token and mean negative log-likelihood; then LM_GREEDY greedy tokens from the same prompts."""
+    loop = d.require("generate")
+    model = d.kind.token_model(d.runners, loop)
+    vocab, context = model.vocab_size, getattr(loop, "context", None)
+    tokens, greedy_tokens = (min(k, context - 1) if context else k for k in (LM_TOKENS, LM_GREEDY))
     prompts = [np.asarray([(i + 1) % vocab], np.int64) for i in range(LM_ROWS)]
-    text = np.stack(generate(models[0], prompts, mode_config("top-p", tokens), seed=0))  # no stop: full rows
-    sequence = np.concatenate([np.stack(prompts), text], axis=1)
-    logits = []
-    for model in models:  # logits[t] predicts sequence[:, t + 1]
-        steps = [model.start([row[:1] for row in sequence])]
-        steps += [model.step(sequence[:, t]) for t in range(1, sequence.shape[1] - 1)]
-        logits.append(np.stack(steps, axis=1).astype(np.float64))
-    target = sequence[:, 1:]
-    nll = []
-    for x in logits:
-        log_p = x - x.max(-1, keepdims=True)
-        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
-        nll.append(float(-np.take_along_axis(log_p, target[..., None], -1).mean()))
-    agree = float((logits[0].argmax(-1) == logits[1].argmax(-1)).mean())
-    greedy = [np.stack(generate(m, prompts, mode_config("greedy", greedy_tokens), seed=0)) for m in models]
-    same = greedy[0] == greedy[1]
+    if reference is None:
+        text = np.stack(generate(model, prompts, mode_config("top-p", tokens), seed=0))  # no stop: full rows
+        sequence = np.concatenate([np.stack(prompts), text], axis=1)
+    else:
+        sequence = reference["sequence"]
+    steps = [model.start([row[:1] for row in sequence])]  # steps[t] predicts sequence[:, t + 1]
+    steps += [model.step(sequence[:, t]) for t in range(1, sequence.shape[1] - 1)]
+    logits = np.stack(steps, axis=1).astype(np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    nll = float(-np.take_along_axis(log_p, sequence[:, 1:, None], -1).mean())
+    greedy = np.stack(generate(model, prompts, mode_config("greedy", greedy_tokens), seed=0))
+    return {"sequence": sequence, "top": logits.argmax(-1), "nll": nll, "greedy": greedy}
+
+
+def _language_model_rows(full: dict[str, Any], low: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-1 next-token agreement, perplexity and greedy tokens kept equal, from both bundles' observations."""
+    rows, tokens = full["sequence"].shape[0], full["sequence"].shape[1] - 1
+    greedy_tokens = full["greedy"].shape[1]
+    same = full["greedy"] == low["greedy"]
     kept = float(np.where(same.all(1), greedy_tokens, same.argmin(1)).mean())
-    where = f"{LM_ROWS} x {tokens} tokens the fp32 model sampled"
-    return [{"metric": f"top-1 next token agreement with fp32 ({where})", "fp32": 1.0, "quantized": agree},
-            {"metric": f"perplexity ({where})", "fp32": float(np.exp(nll[0])), "quantized": float(np.exp(nll[1]))},
+    where = f"{rows} x {tokens} tokens the fp32 model sampled"
+    return [{"metric": f"top-1 next token agreement with fp32 ({where})", "fp32": 1.0,
+             "quantized": float((full["top"] == low["top"]).mean())},
+            {"metric": f"perplexity ({where})", "fp32": float(np.exp(full["nll"])), "quantized": float(np.exp(low["nll"]))},
             {"metric": f"greedy tokens equal to fp32 before the first difference (of {greedy_tokens})",
              "fp32": float(greedy_tokens), "quantized": kept}]
 
@@ -128,14 +158,18 @@ def _language_model_rows(full: Any, low: Any) -> list[dict[str, Any]]:
 TRANSLATION_SOURCES = 16  # random sources of 3..16 tokens the translation report decodes
 
 
-def _translation_rows(full: Any, low: Any) -> list[dict[str, Any]]:
-    """What lower precision costs an encoder-decoder, torch-free: greedy decodings of TRANSLATION_SOURCES random
-    sources by both bundles, how many come out identical and how many tokens stay equal before the first
-    difference."""
-    loop = full.require("translate")
+def _translations(d: Any) -> list[np.ndarray]:
+    """Greedy decodings of TRANSLATION_SOURCES seeded random sources."""
+    loop = d.require("translate")
     rng = np.random.default_rng(0)
     sources = [rng.integers(0, len(loop.src_vocab), size=int(rng.integers(3, 17))) for _ in range(TRANSLATION_SOURCES)]
-    pairs = list(zip(*(d.translate_ids(sources, beams=1) for d in (full, low))))
+    return list(d.translate_ids(sources, beams=1))
+
+
+def _translation_rows(full: list[np.ndarray], low: list[np.ndarray]) -> list[dict[str, Any]]:
+    """What lower precision costs an encoder-decoder: how many greedy decodings come out identical and how many
+    tokens stay equal before the first difference."""
+    pairs = list(zip(full, low))
     kept = [_common_prefix(x, y) for x, y in pairs]
     where = f"{TRANSLATION_SOURCES} random sources"
     return [{"metric": f"greedy outputs identical to fp32 ({where})", "fp32": 1.0,

@@ -375,8 +375,7 @@ FUSES = {  # what --fuse writes, per role
 }
 
 
-@pytest.mark.parametrize("kind", [k if k in ("mistral-sliding", "t5", "bloom-alibi") else
-                                  pytest.param(k, marks=pytest.mark.slow) for k in FUSES])
+@pytest.mark.parametrize("kind", [k if k == "t5" else pytest.param(k, marks=pytest.mark.slow) for k in FUSES])
 def test_fuse_across_architectures(kind: str, bpe: Path, tmp_path: Path) -> None:
     """--fuse on decoders, encoder-decoders and encoders: each exports (its checks hold the fused graphs to the
     model's own torch forward) with the operators listed, decoders decode past Mistral's sliding window token for
