@@ -131,7 +131,7 @@ def test_int8_dynamic_quantizes_every_linear_layer(exported, tmp_path: Path) -> 
 
 
 def test_fused_export_holds_single_attention_norm_and_rotary_operators_and_decodes_like_transformers(
-        fused, verifies_against) -> None:
+        fused, verifies_against, capsys: pytest.CaptureFixture[str]) -> None:
     """--fuse: opset-23 Attention (Llama's taking its 2 key/value heads as the cache holds them, no repeat),
     RMSNormalization and RotaryEmbedding instead of their decompositions; tokens and fresh-input verify unchanged."""
     import onnx
@@ -152,6 +152,9 @@ def test_fused_export_holds_single_attention_norm_and_rotary_operators_and_decod
     verifies_against(f"hf:{bundle.source['path']}", bundle.path)
     with pytest.raises(InputError, match="exported with --fuse.*build TensorRT engines from an export without"):
         build_engines(bundle, EngineRequest())
+    assert main(["inspect", str(bundle.path)]) == 0
+    assert "fused (export --fuse, opset-23 operators for onnxruntime) in 'decoder_with_past': 2 Attention" in \
+        capsys.readouterr().out
 
 
 def test_int4_of_a_fused_export_quantizes_every_linear_layer_and_generates_torch_free(

@@ -52,6 +52,9 @@ def inspect_cmd(
     )
     tools = b.manifest.get("tools", {})
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()), highlight=False, markup=False)
+    for role, ops in b.manifest.get("fused", {}).items():
+        console.print(f"fused (export --fuse, opset-23 operators for onnxruntime) in '{role}': "
+                      + ", ".join(f"{count} {op}" for op, count in ops.items()), highlight=False, markup=False)
     table = Table("role", "io", "name", "dtype", "shape", "file / rules")
     for role, g in b.graphs.items():
         rules = ", ".join(f"{d} {r.text()}" for d, r in g.spec.dims.items())
