@@ -157,10 +157,11 @@ def test_fused_export_holds_single_attention_norm_and_rotary_operators_and_decod
         capsys.readouterr().out
 
 
-def test_int4_of_a_fused_export_quantizes_every_linear_layer_and_generates_torch_free(
+def test_int4_and_int8_of_a_fused_export_quantize_every_linear_layer_and_generate_torch_free(
         fused, no_torch_env: dict[str, str], tmp_path: Path) -> None:
     """int4 over the fused graph: every linear layer and the LM head a MatMulNBits reading the activations as they
-    are (no Flatten / Gemm / Reshape around it); the report is recorded; the bundle samples without torch."""
+    are (no Flatten / Gemm / Reshape around it); the report is recorded; the bundle samples without torch. int8-dynamic
+    quantizes the linear layers and leaves Attention float; int8-static is refused."""
     import subprocess
     import sys
     from collections import Counter
@@ -181,8 +182,13 @@ def test_int4_of_a_fused_export_quantizes_every_linear_layer_and_generates_torch
                           "--mode", "greedy", "--max-new-tokens", "8"], env=no_torch_env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.startswith(PROMPTS[0]), run.stderr
+    int8 = quantize(bundle, "int8-dynamic", tmp_path / "q8")  # ONNX's Attention is not onnxruntime's to quantize
+    ops = Counter(n.op_type for n in onnx.load(str(int8.graphs["decoder_with_past"].path)).graph.node)
+    assert ops["Attention"] == 2
+    assert ops["MatMulInteger"] == 2 * {"gpt2": 4, "llama": 7}[kind] + 1 and not ops["QAttention"], ops
+    assert deploykit.verify(int8, fresh=False).passed
     with pytest.raises(InputError, match="exported with --fuse: onnxruntime 1.32 aborts"):
-        quantize(bundle, "int8-static", tmp_path / "q8")
+        quantize(bundle, "int8-static", tmp_path / "q8s")
 
 
 def test_fuse_refuses_a_model_with_nothing_to_fuse(tiny_model: torch.nn.Module, tmp_path: Path) -> None:
