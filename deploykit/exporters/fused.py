@@ -60,6 +60,6 @@ def fused_ops(graphs: Mapping[str, Path]) -> dict[str, dict[str, int]]:
 def check_fused(model_name: str, found: Mapping[str, Mapping[str, int]]) -> None:
     """InputError when --fuse fused nothing: the bundle would only be harder to run, for no gain."""
     if not found:
-        raise InputError(f"--fuse found no attention (F.scaled_dot_product_attention), RMS norm (F.rms_norm) or rotary "
-                         f"embedding in {model_name}'s graphs, so there is nothing to fuse; export without --fuse "
-                         "(its graphs run on more runtimes).")
+        raise InputError(f"--fuse found no F.scaled_dot_product_attention call, RMS norm or rotary embedding in "
+                         f"{model_name}'s graphs (attention written as matmul + softmax stays as it is), so there is "
+                         "nothing to fuse; export without --fuse (its graphs run on more runtimes).")
