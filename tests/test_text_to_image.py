@@ -297,3 +297,24 @@ def test_sd2_shaped_pipeline_matches_diffusers(tmp_path: Path) -> None:
             latents = start / np.float32(scheduler_for(loop, options).init_noise_sigma)
             np.testing.assert_allclose(dep.sample(2, 5, options), _pipeline_run(pipe, name, latents, noise, 7.5, 12),
                                        atol=TOLERANCE, err_msg=name)
+
+
+@pytest.mark.slow
+def test_fused_pipeline_matches_diffusers(tmp_path: Path) -> None:
+    """`export diffusers:DIR --fuse`: the text encoder's, UNet's and VAE's attention become opset-23 Attention, and a
+    guided DDIM run still matches StableDiffusionPipeline within the tolerance."""
+    folder = save_pipeline(tmp_path / "pipe")
+    resolved = resolve(f"diffusers:{folder}")
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source,
+                              tokenizer=resolved.tokenizer, fuse=True)
+    assert set(bundle.manifest["fused"]) == {"text_encoder", "denoiser", "decoder", "encoder"}
+    assert all(ops.get("Attention", 0) > 0 for ops in bundle.manifest["fused"].values())
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    with deploykit.load(bundle.path) as dep:
+        loop = dep.bundle.loop
+        options = dep.options(prompts=PROMPTS, negative_prompts=NEGATIVE, steps=12, scheduler="ddim")
+        start, noise = draw_noise(loop.latent_shape, scheduler_for(loop, options), 2, 5)
+        latents = start / np.float32(scheduler_for(loop, options).init_noise_sigma)
+        np.testing.assert_allclose(dep.sample(2, 5, options), _pipeline_run(pipe, "ddim", latents, noise, 7.5, 12),
+                                   atol=TOLERANCE)
