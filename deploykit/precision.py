@@ -78,6 +78,7 @@ def _observe(d: Any, source: Bundle, labelled: Labelled | None, n: int, referenc
         seen["translations"] = _translations(d)
     if kind.sample is not None:  # a short run (kind.quick) of the kind's loop, the same seed for both
         seen["samples"] = d.sample(n, 0, d.options(**kind.quick))
+        seen["steps"] = kind.quick.get("steps")
         if kind.log_prob is not None:
             classes = getattr(source.loop, "num_classes", 0)
             labels = np.arange(n) % classes if classes else None
@@ -85,7 +86,6 @@ def _observe(d: Any, source: Bundle, labelled: Labelled | None, n: int, referenc
             if "log_prob" in source.graphs and (bound := source.graphs["log_prob"].spec.inputs[0]).high is not None:
                 data = np.clip(data, bound.low, np.nextafter(np.float32(bound.high), np.float32(0)))  # image flows: [0, 1)
             seen["nll"] = float(-d.log_prob(data, labels).mean())
-    seen["steps"] = kind.quick.get("steps")
     return seen
 
 
@@ -224,7 +224,7 @@ def _constant_matmuls(model: Any) -> None:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    unflattened = _unflattened_gemms(graph, producer, readers)
+    unflattened = _unflattened_gemms(graph, producer, readers, weights)
     nodes = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -266,9 +266,10 @@ def _constant_matmuls(model: Any) -> None:
             del graph.initializer[index]
 
 
-def _unflattened_gemms(graph: Any, producer: dict[str, Any], readers: dict[str, list[Any]]) -> dict[int, tuple[str, str]]:
-    """The Gemms torch.onnx's linear layers on (..., K) inputs became (Flatten(x, axis=-1) -> Gemm -> Reshape to
-    Shape(x)[:-1] + [N]), by id: (x, the Reshape's output). A MatMul over x writes that output directly, so the
+def _unflattened_gemms(graph: Any, producer: dict[str, Any], readers: dict[str, list[Any]], weights: dict[str, Any]
+                       ) -> dict[int, tuple[str, str]]:
+    """The Gemms of linear layers on (..., K) inputs, written as Flatten(x, axis=-1) -> Gemm -> Reshape to
+    Shape(x)[:-1] + [N] (onnx_export's _as_gemm), by id: (x, the Reshape's output). A MatMul over x writes that output directly, so the
     quantized graph has no Shape / Flatten / Concat / Reshape around each layer (four nodes fewer per layer,
     which at batch 1 cost as much time as the attention)."""
     from onnx import helper
@@ -285,9 +286,33 @@ def _unflattened_gemms(graph: Any, producer: dict[str, Any], readers: dict[str, 
         concat = producer.get(reshape.input[1]) if reshape.op_type == "Reshape" and reshape.input[0] == gemm.output[0] else None
         lead = producer.get(concat.input[0]) if concat is not None and concat.op_type == "Concat" and len(concat.input) == 2 else None
         ends = {a.name: helper.get_attribute_value(a) for a in lead.attribute} if lead is not None else {}
-        if lead is not None and lead.op_type == "Shape" and lead.input[0] == flat.input[0] and ends == {"end": -1}:
+        if (lead is not None and lead.op_type == "Shape" and lead.input[0] == flat.input[0] and ends == {"end": -1}
+                and _constant(concat.input[1], producer, weights) == [_columns(gemm, weights)]):
             found[id(gemm)] = (flat.input[0], reshape.output[0])
     return found
+
+
+def _columns(gemm: Any, weights: dict[str, Any]) -> int | None:
+    """A Gemm's output width N from its constant weight (transB: [N, K], else [K, N]); None without one."""
+    from onnx import helper
+
+    weight = weights.get(gemm.input[1])
+    if weight is None or len(weight.dims) != 2:
+        return None
+    trans = next((helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transB"), 0)
+    return int(weight.dims[0] if trans else weight.dims[1])
+
+
+def _constant(name: str, producer: dict[str, Any], weights: dict[str, Any]) -> list[int] | None:
+    """The integers of a small constant (a Constant node's value or an initializer), else None."""
+    from onnx import numpy_helper
+
+    node = producer.get(name)
+    tensor = weights.get(name) if node is None else next(
+        (a.t for a in node.attribute if a.name == "value") if node.op_type == "Constant" else iter(()), None)
+    if tensor is None or tensor.data_type not in (6, 7) or len(tensor.dims) > 1:  # int32 / int64, 0-D or 1-D
+        return None
+    return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
 
 
 def _read_names(nodes: Iterable[Any]) -> set[str]:

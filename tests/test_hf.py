@@ -384,7 +384,8 @@ FUSES = {  # what --fuse writes, per role
 }
 
 
-@pytest.mark.parametrize("kind", [k if k == "t5" else pytest.param(k, marks=pytest.mark.slow) for k in FUSES])
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) for k in FUSES])  # the default suite has
+# GPT-2 and Llama (the fused fixture) and the refusal of a model with nothing to fuse
 def test_fuse_across_architectures(kind: str, bpe: Path, tmp_path: Path) -> None:
     """--fuse on decoders, encoder-decoders and encoders: each exports (its checks hold the fused graphs to the
     model's own torch forward) with the operators listed, decoders decode past Mistral's sliding window token for
