@@ -3,14 +3,16 @@
 Loading a bundle must not pay for `import onnx` (seconds, mostly its ml_dtypes extension) just to
 check where a graph's tensors live. This walks ModelProto -> graphs -> tensors (initializers,
 node attributes, subgraphs, functions), skipping every payload by its length, over an mmap of the
-file, so it stays cheap for graphs of any size. Field numbers are those of onnx.proto3.
+file, so it stays cheap for graphs of any size. Field numbers are those of onnx.proto3. Also, over loaded protos
+(duck-typed, still no import): a node's subgraphs and the value names nodes read.
 """
 
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 # message -> {field number: the message it holds} for the fields that can lead to a tensor
@@ -116,3 +118,18 @@ def external_locations(path: Path) -> list[str]:
     if problem:
         raise ProtobufError(problem)
     return locations
+
+
+def subgraphs(node: Any) -> list[Any]:
+    """The GraphProtos a NodeProto holds (Loop / Scan bodies, If branches)."""
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def read_names(nodes: Iterable[Any]) -> set[str]:
+    """Every value name `nodes` read, their subgraphs' outer-scope reads included."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for sub in subgraphs(node):
+            names |= read_names(sub.node)
+    return names

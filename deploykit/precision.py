@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int, release_memory
 from .errors import BundleError, InputError, choices, optional_import
 from .int4 import Int4Options
+from .onnx_refs import read_names
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
 from .runtimes.tokens import generate, mode_config
@@ -252,7 +253,7 @@ def _constant_matmuls(model: Any) -> None:
     replaced = {result for _, result in unflattened.values()}  # the new MatMuls write the Reshapes' outputs
     nodes = [n for n in nodes if not (n.op_type == "Reshape" and n.output[0] in replaced)]
     while True:  # drop what the above orphaned: Transposes of weights, the unflattened Gemms' shape plumbing
-        read = _read_names(nodes) | {o.name for o in graph.output}
+        read = read_names(nodes) | {o.name for o in graph.output}
         kept = [n for n in nodes if any(o in read for o in n.output)]
         if len(kept) == len(nodes):
             break
@@ -313,17 +314,6 @@ def _constant(name: str, producer: dict[str, Any], weights: dict[str, Any]) -> l
     if tensor is None or tensor.data_type not in (6, 7) or len(tensor.dims) > 1:  # int32 / int64, 0-D or 1-D
         return None
     return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
-
-
-def _read_names(nodes: Iterable[Any]) -> set[str]:
-    """Every value name `nodes` read, their subgraphs' outer-scope reads included."""
-    read: set[str] = set()
-    for node in nodes:
-        read.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                read |= _read_names(sub.node)
-    return read
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,13 @@ def torch_original(source: str | None, bundle: Path) -> Any:
     return reference(source, load_bundle(bundle))
 
 
+def print_fused(manifest: dict[str, Any]) -> None:
+    """What `export --fuse` fused, one line per role (export and inspect print it)."""
+    for role, ops in manifest.get("fused", {}).items():
+        console.print(f"fused (export --fuse, opset-23 operators for onnxruntime) in '{role}': "
+                      + ", ".join(f"{count} {op}" for op, count in ops.items()), highlight=False, markup=False)
+
+
 from . import (  # noqa: F401
     compress_cmd,
     engine_cmd,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app, console
+from . import app, console, print_fused
 from .progress import phase_line, progress_bar
 
 
@@ -45,5 +45,4 @@ def export_cmd(
                         on_phase=on_phase, fuse=fuse)
     roles = ", ".join(f"{r} ({g.size_bytes / 1024:.0f} KiB)" for r, g in bundle.graphs.items())
     console.print(f"exported {source} as '{bundle.family}' to {out}: {roles}; {len(bundle.golden)} golden cases")
-    for role, ops in bundle.manifest.get("fused", {}).items():
-        console.print(f"fused in '{role}': " + ", ".join(f"{count} {op}" for op, count in ops.items()))
+    print_fused(bundle.manifest)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..bundle import Bundle, load_bundle
 from ..runtimes.kinds import OPTION_NAMES, kind_of
-from . import app, console
+from . import app, console, print_fused
 
 TEXT_OPTIONS = {"generate": "--prompt / --prompt-ids, --mode (top-p), --temperature, --top-k, --top-p, "
                              "--max-new-tokens (200), --stop, --host-loop",
@@ -52,9 +52,7 @@ def inspect_cmd(
     )
     tools = b.manifest.get("tools", {})
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()), highlight=False, markup=False)
-    for role, ops in b.manifest.get("fused", {}).items():
-        console.print(f"fused (export --fuse, opset-23 operators for onnxruntime) in '{role}': "
-                      + ", ".join(f"{count} {op}" for op, count in ops.items()), highlight=False, markup=False)
+    print_fused(b.manifest)
     table = Table("role", "io", "name", "dtype", "shape", "file / rules")
     for role, g in b.graphs.items():
         rules = ", ".join(f"{d} {r.text()}" for d, r in g.spec.dims.items())

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from ..checks import release_memory
 from ..errors import ExportError
-from ..onnx_refs import varint
+from ..onnx_refs import read_names, subgraphs, varint
 from ..specs import DimRule, GraphSpec, TensorSpec
 from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
@@ -299,7 +299,7 @@ def inline_external_data(path: Path) -> None:
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent
     files = {entry.value for t in _initializers(model.graph) for entry in t.external_data if entry.key == "location"}
-    nested = [t for node in model.graph.node for sub in _subgraphs(node) for t in _initializers(sub)]
+    nested = [t for node in model.graph.node for sub in subgraphs(node) for t in _initializers(sub)]
     for tensor in nested:  # subgraph (Scan body) weights: inline in place
         if uses_external_data(tensor):
             load_external_data_for_tensor(tensor, str(folder))
@@ -463,19 +463,6 @@ def _as_gemm(graph: Any, transposed: Any, weight: Any) -> None:
         graph.remove(matmul, safe=True)
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
-
-
-def _references(graph: onnx.GraphProto) -> set[str]:
-    """Every value name a graph's nodes read, nested subgraphs included."""
-    names = {i for node in graph.node for i in node.input}
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            names |= _references(sub)
-    return names
-
-
 def _localize_loop_weights(path: Path) -> None:
     """Move initializers that only a Scan/Loop body reads into that body. onnxruntime prepacks (and lays out for
     its fast kernels) only a subgraph's own initializers, not outer-scope ones: the zoo DDPM's DDIM-50 sampler
@@ -483,14 +470,14 @@ def _localize_loop_weights(path: Path) -> None:
     references move with their tensors (the data file is untouched)."""
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    loops = [node for node in graph.node if _subgraphs(node)]
+    loops = [node for node in graph.node if subgraphs(node)]
     if not loops:
         return
     outer = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
     owners: dict[str, list[onnx.GraphProto]] = {}
     for node in loops:
-        for sub in _subgraphs(node):
-            for name in _references(sub):
+        for sub in subgraphs(node):
+            for name in read_names(sub.node):
                 owners.setdefault(name, []).append(sub)
     moved = set()
     for tensor in graph.initializer:
@@ -509,5 +496,5 @@ def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Initializers of a graph and its subgraphs (Scan / Loop bodies)."""
     yield from graph.initializer
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from _initializers(sub)
