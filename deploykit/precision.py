@@ -31,7 +31,7 @@ from .int4 import Int4Options
 from .onnx_refs import read_names
 from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
-from .runtimes.tokens import generate, mode_config
+from .runtimes.tokens import generate, log_softmax, mode_config
 from .specs import GraphSpec
 
 Labelled = tuple[np.ndarray, np.ndarray]  # held-out inputs of a classifier's first graph input, their labels
@@ -134,10 +134,8 @@ def _language_model_observations(d: Any, reference: dict[str, Any] | None) -> di
         sequence = reference["sequence"]
     steps = [model.start([row[:1] for row in sequence])]  # steps[t] predicts sequence[:, t + 1]
     steps += [model.step(sequence[:, t]) for t in range(1, sequence.shape[1] - 1)]
-    logits = np.stack(steps, axis=1).astype(np.float64)
-    log_p = logits - logits.max(-1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
-    nll = float(-np.take_along_axis(log_p, sequence[:, 1:, None], -1).mean())
+    logits = np.stack(steps, axis=1)
+    nll = float(-np.take_along_axis(log_softmax(logits), sequence[:, 1:, None], -1).mean())
     greedy = np.stack(generate(model, prompts, mode_config("greedy", greedy_tokens), seed=0))
     return {"sequence": sequence, "top": logits.argmax(-1), "nll": nll, "greedy": greedy}
 

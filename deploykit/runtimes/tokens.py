@@ -157,7 +157,8 @@ def _host_loop(model: TokenModel, prompts: Sequence[np.ndarray], uniforms: np.nd
     return out
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64."""
     x = logits.astype(np.float64)
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
@@ -180,7 +181,7 @@ def beam_search(model: TokenModel, prompt: np.ndarray, beams: int, max_new_token
     seqs = np.zeros((beams, 0), np.int64)
     finished: list[tuple[float, np.ndarray]] = []
     for _ in range(max_new_tokens):
-        cand = (scores[:, None] + _log_softmax(logits)).ravel()
+        cand = (scores[:, None] + log_softmax(logits)).ravel()
         order = np.argsort(-cand, kind="stable")[: 2 * beams]
         keep: list[int] = []
         for flat in order:
