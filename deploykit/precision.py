@@ -307,8 +307,12 @@ def _constant(name: str, producer: dict[str, Any], weights: dict[str, Any]) -> l
     from onnx import numpy_helper
 
     node = producer.get(name)
-    tensor = weights.get(name) if node is None else next(
-        (a.t for a in node.attribute if a.name == "value") if node.op_type == "Constant" else iter(()), None)
+    if node is None:
+        tensor = weights.get(name)
+    elif node.op_type == "Constant":
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+    else:
+        tensor = None
     if tensor is None or tensor.data_type not in (6, 7) or len(tensor.dims) > 1:  # int32 / int64, 0-D or 1-D
         return None
     return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
