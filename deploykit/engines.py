@@ -19,6 +19,8 @@ from .checks import INT32_MAX, check_int
 from .errors import ExportError, InputError, choices
 from .specs import GraphSpec
 
+TRT_OPSET = 23  # the newest opset whose graphs engines are built from (opset 24 adds TensorScatter, the in-place cache)
+
 
 def default_shapes(bundle: Bundle, spec: GraphSpec, max_batch: int = 64) -> Shapes:
     """Optimization profile from the manifest's dynamic axes: batch 1..max_batch, other dims from the
@@ -84,6 +86,11 @@ def build_engines(bundle: str | os.PathLike[str] | Bundle, request: EngineReques
     if "fused" in b.manifest:
         raise InputError(f"bundle {b.path} was exported with --fuse: its opset-23 Attention / RMSNormalization / "
                          "RotaryEmbedding graphs are for onnxruntime; build TensorRT engines from an export without --fuse.")
+    newer = sorted(r for r in roles if b.graphs[r].opset > TRT_OPSET)
+    if newer:
+        raise InputError(f"bundle {b.path} has graphs above opset {TRT_OPSET} ({choices(newer)}), such as the "
+                         "TensorScatter cache writes of family gpt-inplace: they are for onnxruntime; build TensorRT "
+                         "engines from an export as 'gpt'.")
     trt, ptrt = trt_modules()
     gpu, capability = gpu_identity(request.device_id)
     version = trt.__version__

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,72 @@ def external_locations(path: Path) -> list[str]:
     if problem:
         raise ProtobufError(problem)
     return locations
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a check needs of one node of a graph: its operator, name, inputs, outputs and every value it reads,
+    its subgraphs' outer-scope reads included."""
+
+    op_type: str
+    domain: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    reads: frozenset[str]
+
+
+def _text(value: memoryview) -> str:
+    return bytes(value).decode("utf-8", "replace")
+
+
+def _node_info(data: memoryview) -> NodeInfo:
+    strings: dict[int, list[str]] = {1: [], 2: [], 3: [], 4: [], 7: []}  # input, output, name, op_type, domain
+    inner: set[str] = set()
+    for number, wire, value in _fields(data):
+        if wire == 2 and number in strings:
+            strings[number].append(_text(value))
+        elif wire == 2 and number == 5:  # an attribute: its graph (g) or graphs
+            inner |= {name for n, w, v in _fields(value) if w == 2 and n in (6, 11) for name in _graph_reads(v)}
+    inputs = tuple(strings[1])
+    return NodeInfo("".join(strings[4]), "".join(strings[7]), "".join(strings[3]), inputs, tuple(strings[2]),
+                    frozenset(inputs) | inner)
+
+
+def _graph_reads(data: memoryview) -> set[str]:
+    return {name for number, wire, value in _fields(data) if number == 1 and wire == 2
+            for name in _node_info(value).reads}
+
+
+def graph_nodes(path: Path) -> tuple[list[str], list[NodeInfo]]:
+    """The input names and the nodes of the main graph of the ONNX file at `path`, read from the wire format over an
+    mmap (no `onnx` import, nothing of the weights copied)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            raise ProtobufError("the file is empty")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    problem, found = "", ([], [])
+    try:
+        found = _main_graph(memoryview(mapped))
+    except ProtobufError as exc:  # raised again below, once the views into the map are gone
+        problem = str(exc)
+    mapped.close()
+    if problem:
+        raise ProtobufError(problem)
+    return found
+
+
+def _main_graph(model: memoryview) -> tuple[list[str], list[NodeInfo]]:
+    """graph_nodes over the bytes of a ModelProto (its views end with this call)."""
+    inputs, nodes = [], []
+    for number, wire, graph in _fields(model):
+        if number == 7 and wire == 2:  # ModelProto.graph
+            for field, kind, value in _fields(graph):
+                if kind == 2 and field == 1:
+                    nodes.append(_node_info(value))
+                elif kind == 2 and field == 11:  # a ValueInfoProto: its name is field 1
+                    inputs.extend(_text(v) for n, w, v in _fields(value) if n == 1 and w == 2)
+    return inputs, nodes
 
 
 def subgraphs(node: Any) -> list[Any]:

@@ -452,6 +452,11 @@ def quantize(
                          Conversion(graph.spec, b.check_shapes, calibration, options))
                 manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
                 manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
+        check = kind_of(b.loop).graph_problems
+        problems = check({role: tmp / "graphs" / f"{role}.onnx" for role in b.graphs}) if check else []
+        if problems:
+            raise InputError(f"the {mode} conversion breaks what this bundle's loop relies on: {'; '.join(problems)}; "
+                             "nothing was written.")
         manifest["graphs"] |= build_loop_graphs(b.loop, tmp / "graphs")  # rebuilt around the converted step graph
         manifest["golden"] = [c for c in manifest["golden"] if c["role"] != LOOP_ROLE]  # exact-token replays
         carry_over(b, tmp, replays=False)

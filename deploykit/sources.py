@@ -22,14 +22,15 @@ FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 class FolderSource:
     """A `PREFIX:DIR` source: the families it exports as (the first unless the loaded object names its `family`),
     what it holds, and the exporters module whose `load(folder)` returns an object with `model`, `fingerprint` (and
-    optionally `tokenizer`, `family`) and whose `fingerprint(folder)` detects changes."""
+    optionally `tokenizer`, `family` and `also`: other families it may be exported as) and whose
+    `fingerprint(folder)` detects changes."""
 
     families: tuple[str, ...]
     what: str
     module: str
 
 
-FOLDERS = {"hf": FolderSource(("gpt", "hf-seq2seq", "hf-encoder", "cnn"), "causal LMs, encoder-decoders, text encoders and image classifiers", "hf"),
+FOLDERS = {"hf": FolderSource(("gpt", "gpt-inplace", "hf-seq2seq", "hf-encoder", "cnn"), "causal LMs, encoder-decoders, text encoders and image classifiers", "hf"),
            "diffusers": FolderSource(("ddpm", "text-to-image"), "diffusion and text-to-image pipelines", "diffusers")}
 
 
@@ -95,8 +96,11 @@ def resolve(spec: str, family: str | None = None, on_step: Callable[[int, int], 
         folder = Path(rest).resolve()
         loaded = _folder_module(prefix).load(folder, **({} if context is None else {"context": context}))
         chosen = getattr(loaded, "family", folder_source.families[0])  # hf:DIR routes by architecture
-        if family not in (None, chosen):
-            raise InputError(f"{prefix}:{rest} holds a model of family '{chosen}', not '{family}'; drop --family.")
+        also = getattr(loaded, "also", ())
+        if family not in (None, chosen, *also):
+            raise InputError(f"{prefix}:{rest} holds a model of family {choices((chosen, *also))}, not '{family}'; "
+                             "drop --family.")
+        chosen = family or chosen
         return Resolved(loaded.model, chosen, {"kind": prefix, "path": str(folder),
                                                              "fingerprint": loaded.fingerprint}
                         | ({} if context is None else {"context": context}),

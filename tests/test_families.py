@@ -15,9 +15,10 @@ ZOO_NAMES = list(ZOO)
 
 
 def test_every_family_has_a_zoo_model_under_test() -> None:
-    """hf-encoder, hf-seq2seq and text-to-image are reached through hf:DIR and diffusers:DIR folders only;
-    tests/test_hf_encoders.py, tests/test_hf_seq2seq.py and tests/test_text_to_image.py export and verify them."""
-    assert {e.family for e in ZOO.values()} | {"hf-encoder", "hf-seq2seq", "text-to-image"} == set(FAMILIES)
+    """hf-encoder, hf-seq2seq, gpt-inplace and text-to-image are reached through hf:DIR and diffusers:DIR folders
+    only; tests/test_hf_encoders.py, tests/test_hf_seq2seq.py, tests/test_hf.py and tests/test_text_to_image.py export
+    and verify them."""
+    assert {e.family for e in ZOO.values()} | {"hf-encoder", "hf-seq2seq", "gpt-inplace", "text-to-image"} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

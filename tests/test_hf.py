@@ -13,7 +13,7 @@ import torch
 
 import deploykit
 from deploykit.cli import main
-from deploykit.errors import InputError
+from deploykit.errors import ExportError, InputError
 from deploykit.runtimes.tokens import mode_config
 from deploykit.sources import reference, resolve
 
@@ -191,6 +191,125 @@ def test_int4_and_int8_of_a_fused_export_quantize_every_linear_layer_and_generat
         quantize(bundle, "int8-static", tmp_path / "q8s")
 
 
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-unfused"])
+def in_place(request: pytest.FixtureRequest, bpe: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same folders exported with `deploykit export --family gpt-inplace` (--fuse but for llama-unfused)."""
+    kind = request.param.split("-")[0]
+    folder = _save(kind, tmp_path_factory.mktemp(f"{request.param}-in-place") / "model", bpe)
+    out = folder.parent / "bundle"
+    fuse = [] if request.param.endswith("unfused") else ["--fuse"]
+    assert main(["export", f"hf:{folder}", "--out", str(out), "--family", "gpt-inplace", *fuse]) == 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    return request.param, deploykit.load_bundle(out), reference
+
+
+def test_in_place_export_writes_its_cache_in_place_and_decodes_like_transformers(in_place, verifies_against) -> None:
+    """--family gpt-inplace: one TensorScatter per cache buffer (opset 24) and no other reader of the buffers; on
+    onnxruntime's CPU provider the step writes into the arrays it was given, with the values a run into fresh outputs
+    gives; left-padded batches decode like transformers' generate, also after the buffers grew; verify --source."""
+    import onnx
+
+    from deploykit.engines import EngineRequest, build_engines
+    from deploykit.runtimes.kv_in_place import GROWTH
+
+    kind, bundle, reference = in_place
+    assert bundle.loop.kind == "kv_in_place" and bundle.graphs["decoder_in_place"].opset == 24
+    graph = onnx.load(str(bundle.graphs["decoder_in_place"].path), load_external_data=False).graph
+    writes = [n for n in graph.node if n.op_type == "TensorScatter"]
+    assert [n.output[0] for n in writes] == [f"present.{i}.{p}" for i in range(2) for p in ("key", "value")]
+    assert not [n for n in graph.node if n.op_type in ("ScatterElements", "Concat") and n.input[0].startswith("past")]
+    if "fused" in bundle.manifest:
+        assert [n.input[1] for n in graph.node if n.op_type == "Attention"] == ["present.0.key", "present.1.key"]
+    _greedy_like_transformers(bundle, reference)
+    _past_the_window_like_generate(bundle.path, reference)
+    with deploykit.load(bundle.path) as dep:  # 2 + 40 tokens: the buffers grow past their first GROWTH positions
+        ids = [dep.codec().encode(p) for p in PROMPTS]
+        ours = dep.generate_ids(ids, mode_config("greedy", GROWTH + 8))
+        runner = dep.runners["decoder_in_place"]
+        rng = np.random.default_rng(0)
+        feeds = runner.spec.random_inputs(rng, {"batch": 2, "seq": 1, "past": 5, "total": 6, "capacity": 9})
+        fresh = runner.infer({k: v.copy() for k, v in feeds.items()})
+        aliases = {f"past_key_values.{i}.{p}": f"present.{i}.{p}" for i in range(2) for p in ("key", "value")}
+        written = runner.infer(feeds, aliases=aliases)
+    for prompt, got in zip(ids, ours):
+        with torch.no_grad():
+            full = reference.generate(torch.from_numpy(prompt)[None], max_new_tokens=GROWTH + 8, do_sample=False,
+                                      eos_token_id=None, pad_token_id=0)
+        want = full[0, len(prompt):].numpy()
+        stop = np.flatnonzero(want == 0)
+        np.testing.assert_array_equal(got, want[: stop[0]] if stop.size else want)
+    for past, present in aliases.items():
+        assert written[present] is feeds[past]  # written into the caller's array, no copy
+        np.testing.assert_array_equal(written[present], fresh[present])
+    np.testing.assert_array_equal(written["logits"], fresh["logits"])
+    verifies_against(f"hf:{bundle.source['path']}", bundle.path)
+    with pytest.raises(InputError, match="(--fuse|TensorScatter).*build TensorRT engines from an export"):
+        build_engines(bundle, EngineRequest())
+
+
+def test_int4_of_an_in_place_export_keeps_its_writes_and_generates_torch_free(
+        in_place, no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    """int4 turns every linear layer into MatMulNBits and leaves the cache writes alone; the bundle samples without
+    torch."""
+    import subprocess
+    import sys
+    from collections import Counter
+
+    import onnx
+
+    from deploykit.precision import quantize
+
+    kind, bundle, _ = in_place
+    if kind != "llama":
+        pytest.skip("one architecture is enough here")
+    quantized = quantize(bundle, "int4", tmp_path / "q4")
+    ops = Counter(n.op_type for n in onnx.load(str(quantized.graphs["decoder_in_place"].path)).graph.node)
+    assert ops["MatMulNBits"] == 2 * 7 + 1 and ops["TensorScatter"] == 4, ops
+    run = subprocess.run([sys.executable, "-m", "deploykit", "sample", str(quantized.path), "--prompt", PROMPTS[0],
+                          "--mode", "greedy", "--max-new-tokens", "8"], env=no_torch_env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith(PROMPTS[0]), run.stderr
+
+
+def test_an_in_place_cache_read_by_anything_but_its_write_is_refused(tmp_path: Path) -> None:
+    """The graph check: a buffer another node reads (it would see the step's write) or written by something else
+    than a TensorScatter into its present is named."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.runtimes.kv_in_place import in_place_problems
+
+    def graph(extra_reader: bool) -> Path:
+        cache = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["b", 2, "c", 4])
+        new = helper.make_tensor_value_info("new", TensorProto.FLOAT, ["b", 2, 1, 4])
+        index = helper.make_tensor_value_info("index", TensorProto.INT64, ["b"])
+        nodes = [helper.make_node("TensorScatter", ["past_key_values.0.key", "new", "index"], ["present.0.key"], axis=2)]
+        outputs = [helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, None)]
+        if extra_reader:
+            nodes.append(helper.make_node("Relu", ["past_key_values.0.key"], ["seen"], name="peek"))
+            outputs.append(helper.make_tensor_value_info("seen", TensorProto.FLOAT, None))
+        path = tmp_path / f"g{int(extra_reader)}.onnx"
+        onnx.save(helper.make_model(helper.make_graph(nodes, "g", [cache, new, index], outputs),
+                                    opset_imports=[helper.make_opsetid("", 24)]), str(path))
+        return path
+
+    assert in_place_problems({"decoder_in_place": graph(False)}) == []
+    problems = in_place_problems({"decoder_in_place": graph(True)})
+    assert len(problems) == 1 and "'past_key_values.0.key' must be read only by the TensorScatter" in problems[0]
+    assert "Relu (peek)" in problems[0]
+
+
+def test_gpt_inplace_is_for_causal_language_models(tiny_model: torch.nn.Module, tmp_path: Path) -> None:
+    """--family gpt-inplace: an hf:DIR encoder is refused naming its family; a model without forward_in_place is
+    refused naming the protocol."""
+    folder = _tiny("bert", tmp_path / "bert")
+    with pytest.raises(InputError, match="holds a model of family 'hf-encoder', not 'gpt-inplace'"):
+        resolve(f"hf:{folder}", family="gpt-inplace")
+    with pytest.raises(ExportError, match="no attribute 'forward_in_place', which family 'gpt-inplace' needs"):
+        deploykit.export(tiny_model, "gpt-inplace", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
 def test_fuse_refuses_a_model_with_nothing_to_fuse(tiny_model: torch.nn.Module, tmp_path: Path) -> None:
     """Before a bundle is written: a graph with no attention, RMS norm or rotary embedding would only run on fewer
     runtimes for no gain."""
@@ -207,7 +326,7 @@ def test_hf_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match=r"no weights \(\*.safetensors or \*.bin\)"):
         resolve(f"hf:{tmp_path}")
-    with pytest.raises(InputError, match=r"as family \('gpt', 'hf-seq2seq', 'hf-encoder', 'cnn'\), not 'mlp'"):
+    with pytest.raises(InputError, match=r"as family \('gpt', 'gpt-inplace', 'hf-seq2seq', 'hf-encoder', 'cnn'\), not 'mlp'"):
         resolve(f"hf:{tmp_path}", "mlp")
 
 

@@ -183,7 +183,7 @@ def test_a_cache_sliced_from_a_context_buffer_exports_and_decodes_like_torch(tmp
     model = build_buffer_model()
     bundle = deploykit.export(model, "gpt", tmp_path / "buffer")
     assert bundle.graphs["decoder_with_past"].spec.dims["past"].max == model.context - 1
-    assert max(s["total"] for s in bundle.check_shapes) <= model.context  # GPT_SHAPES' cache of 200 clipped
+    assert max(s["total"] for s in bundle.check_shapes) <= model.context  # DECODER_SHAPES' cache of 200 clipped
     with deploykit.load(bundle.path) as ort_dep, deploykit.load(bundle.path, backend="torch", model=model) as torch_dep:
         config = mode_config("top-p", 40)
         assert ort_dep.generate(["abc", "h ."], config, seed=1) == torch_dep.generate(["abc", "h ."], config, seed=1)

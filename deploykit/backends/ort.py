@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,40 @@ class OrtRunner(Runner):
         self.binding = self.options.io_binding if self.options.io_binding is not None else gpu
         self.device = ("cuda", self.options.device_id) if gpu else ("cpu", 0)
         self.resident: dict[int, tuple[np.ndarray, Any]] = {}
+        self.in_place: tuple[Any, dict[str, tuple[int, tuple[int, ...]]]] | None = None  # binding, buffers bound
         self.rebound = 0  # inputs taken from device memory instead of copied from the host (I/O binding)
 
     def _deactivate(self) -> None:
         self.session = None
         self.resident = {}
+        self.in_place = None
+
+    def _infer_in_place(self, feeds: dict[str, np.ndarray], aliases: Mapping[str, str]) -> dict[str, np.ndarray]:
+        if self.binding:  # outputs kept in device memory: host arrays cannot be written in place
+            return self._infer(feeds)
+        own = {name: feeds[name] if feeds[name].flags.c_contiguous and feeds[name].flags.writeable
+               else np.array(feeds[name], order="C") for name in aliases}  # bound by address: plain C arrays only
+        names = self.spec.output_names()
+        if self.in_place is None:  # one binding for the whole loop: rebinding 2 x layers buffers a step costs ~5 %
+            self.in_place = (self.session.io_binding(), {})
+        binding, bound = self.in_place
+        for name in names:
+            if name not in aliases.values():  # a fresh output each run (its shape changes from prefill to decode)
+                binding.bind_output(name, "cpu")
+        for name, array in feeds.items():
+            if name not in own:
+                binding.bind_cpu_input(name, array)
+                continue
+            array = own[name]
+            where = (array.ctypes.data, array.shape)
+            if bound.get(name) != where:  # a new or grown buffer: onnxruntime reads it and the graph writes it
+                binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+                binding.bind_output(aliases[name], "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+                bound[name] = where
+        self.session.run_with_iobinding(binding)
+        into = {aliases[name]: array for name, array in own.items()}
+        return {name: into[name] if name in into else value.numpy()
+                for name, value in zip(names, binding.get_outputs())}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.spec.output_names()

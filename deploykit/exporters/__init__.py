@@ -37,6 +37,7 @@ from . import (  # noqa: F401  (register the families)
     gan,
     hf_encoder,
     hf_seq2seq,
+    kv_in_place,
     latent,
     recurrent,
     transformer,
@@ -208,9 +209,13 @@ def export(
                 refs[name] = TorchRunner(name, done.spec, role.torch_module)
                 refs64[name] = TorchRunner(name, done.spec, role.torch_module, FLOAT64)
                 orts[name] = OrtRunner(name, done.spec, path, options=EXPORT_CHECKS)
-            fused = fused_ops({name: tmp / "graphs" / f"{name}.onnx" for name in roles}) if fuse else {}
+            written = {name: tmp / "graphs" / f"{name}.onnx" for name in roles}
+            fused = fused_ops(written) if fuse else {}
             if fuse:
                 check_fused(type(model).__name__, fused)
+            problems = kind.graph_problems(written) if kind.graph_problems else []
+            if problems:
+                raise ExportError(f"{type(model).__name__} exported as '{family}' fails a graph check: " + "; ".join(problems))
             for name, entry in build_loop_graphs(loop, tmp / "graphs").items():  # checked by the loop check below
                 graphs[name] = entry
                 orts[name] = OrtRunner(name, GraphSpec.from_json(entry["spec"]), tmp / entry["file"], options=EXPORT_CHECKS)

@@ -84,17 +84,31 @@ class HFCausalLM(nn.Module):
             presents = list(zip(cache.key_cache, cache.value_cache))
         return out.logits, presents
 
+    def forward_in_place(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         cache: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits [B, T, vocab] and the buffers [B, heads, C, head_dim] with the new keys/values written at
+        P .. P + T - 1 (P + T: the mask's width; the gpt-inplace family's protocol)."""
+        from .kv_in_place import transformers_cache
+
+        start = attention_mask.shape[1] - tokens.shape[1]
+        mask = nn.functional.pad(attention_mask, (0, cache[0][0].shape[2] - attention_mask.shape[1]))  # over C
+        layers = transformers_cache(cache, start)
+        out = self.model(input_ids=tokens, position_ids=position_ids, attention_mask=mask, use_cache=True,
+                         **{self._cache_arg: layers})
+        return out.logits, [(layer.keys, layer.values) for layer in layers.layers]
+
 
 @dataclass(frozen=True)
 class HFSource:
     """What hf:DIR gives the exporter: the wrapped model, its tokenizer.json if any, a fingerprint of the folder and
     the family it exports as (gpt for causal LMs, hf-seq2seq for encoder-decoders, hf-encoder for text encoders, cnn
-    for image classifiers)."""
+    for image classifiers) and the others it can export as (gpt-inplace for causal LMs)."""
 
     model: nn.Module
     tokenizer: Path | None
     fingerprint: str
     family: str
+    also: tuple[str, ...] = ()  # other families the same model exports as (--family)
 
 
 def fingerprint(folder: Path) -> str:
@@ -222,4 +236,4 @@ def load(folder: str | Path, context: int | None = None) -> HFSource:
     vocab = names + [f"<{i}>" for i in range(len(names), size)]  # ids the tokenizer never produces (padded rows)
     if suffix == SEQ2SEQ:
         return HFSource(HFSeq2Seq(model.eval(), vocab, str(folder)), tokenizer, fingerprint(root), "hf-seq2seq")
-    return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root), "gpt")
+    return HFSource(HFCausalLM(model.eval(), vocab, context), tokenizer, fingerprint(root), "gpt", ("gpt-inplace",))

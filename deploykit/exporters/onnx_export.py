@@ -263,6 +263,8 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     del program
     release_memory()
     _localize_loop_weights(path)
+    if role.finish is not None:
+        role.finish(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -32,6 +33,7 @@ class Role:
     example: dict[str, int]  # dim values used for the export trace (batch 2 avoids size-1 specialization)
     dims: dict[str, DimRule] = field(default_factory=dict)
     reference: nn.Module | None = None
+    finish: Callable[[Path], None] | None = None  # rewrites the written ONNX file (before the checker runs)
 
     @property
     def torch_module(self) -> nn.Module:

@@ -42,14 +42,14 @@ ENCDEC_PROTOCOL = (
 VIT_PROTOCOL = "`input_shape` = (C, H, W); forward(image) -> logits [batch, classes]. Batch is dynamic."
 
 
-def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(k0, v0, k1, v1, ...) -> [(k0, v0), (k1, v1), ...]."""
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
-def _flat(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-    """Inverse of _pairs."""
-    return tuple(t for pair in pairs for t in pair)
+def flat_pairs(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """Inverse of pairs."""
+    return tuple(t for pair in kv for t in pair)
 
 
 class DecoderWithPast(nn.Module):
@@ -63,8 +63,8 @@ class DecoderWithPast(nn.Module):
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """(logits, present.0.key, present.0.value, ...)."""
-        logits, presents = self.model.forward_cached(input_ids, position_ids, attention_mask, _pairs(past))
-        return (logits, *_flat(presents))
+        logits, presents = self.model.forward_cached(input_ids, position_ids, attention_mask, pairs(past))
+        return (logits, *flat_pairs(presents))
 
 
 def past_names(layers: int, prefix: str = "past_key_values") -> list[str]:
@@ -72,50 +72,64 @@ def past_names(layers: int, prefix: str = "past_key_values") -> list[str]:
     return [f"{prefix}.{i}.{part}" for i in range(layers) for part in ("key", "value")]
 
 
-def _gpt_config(model: nn.Module) -> dict[str, int]:
-    attribute(model, "forward_cached", "gpt", GPT_PROTOCOL)
-    return {k: int(attribute(model, k, "gpt", GPT_PROTOCOL)) for k in ("context", "layers", "heads", "head_dim")}
+def decoder_config(model: nn.Module, family: str, protocol: str, method: str) -> dict[str, int]:
+    """A cached decoder's context, layers, heads and head_dim; ExportError naming `method` or a field it lacks."""
+    attribute(model, method, family, protocol)
+    return {k: int(attribute(model, k, family, protocol)) for k in ("context", "layers", "heads", "head_dim")}
 
 
-def _gpt_roles(model: nn.Module) -> dict[str, Role]:
-    cfg = _gpt_config(model)
-    vocab = len(vocabulary(model, "vocab", "gpt", GPT_PROTOCOL))
+def decoder_specs(model: nn.Module, family: str, protocol: str, method: str, cache: str
+                  ) -> tuple[tuple[TensorSpec, ...], tuple[str, ...], dict[str, DimRule]]:
+    """Inputs, outputs and dim rules of a cached decoder step whose per-layer key/value inputs span `cache`
+    positions (the past, or a buffer's capacity)."""
+    cfg = decoder_config(model, family, protocol, method)
+    vocab = len(vocabulary(model, "vocab", family, protocol))
     inputs = (
         TensorSpec("input_ids", "int64", ("batch", "seq"), high=vocab),
         TensorSpec("position_ids", "int64", ("batch", "seq"), high=cfg["context"]),
         TensorSpec("attention_mask", "int64", ("batch", "total"), high=2, padding="past"),  # left-padded cache
-        *(TensorSpec(n, "float32", ("batch", cfg["heads"], "past", cfg["head_dim"])) for n in past_names(cfg["layers"])),
+        *(TensorSpec(n, "float32", ("batch", cfg["heads"], cache, cfg["head_dim"])) for n in past_names(cfg["layers"])),
     )
     outputs = ("logits", *past_names(cfg["layers"], "present"))
-    example = {"batch": 2, "seq": 3, "past": 4, "total": 7}
     context = cfg["context"]  # positions past it do not exist: code may slice a [context, context] causal buffer
     dims = {"seq": DimRule(min=1, max=context), "past": DimRule(min=0, max=context - 1),
-            "total": DimRule(min=1, max=context, sum_of=("past", "seq"))}
+            "total": DimRule(min=1, max=context, sum_of=("past", "seq"))} | (
+        {} if cache == "past" else {cache: DimRule(min=1, max=context)})
+    return inputs, outputs, dims
+
+
+def _gpt_roles(model: nn.Module) -> dict[str, Role]:
+    inputs, outputs, dims = decoder_specs(model, "gpt", GPT_PROTOCOL, "forward_cached", "past")
+    example = {"batch": 2, "seq": 3, "past": 4, "total": 7}
     return {"decoder_with_past": Role(DecoderWithPast(model), inputs, outputs, example, dims)}
 
 
 def _gpt_loop(model: nn.Module) -> KVCacheConfig:
-    return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL), **_gpt_config(model),
+    return KVCacheConfig(role="decoder_with_past", vocab=vocabulary(model, "vocab", "gpt", GPT_PROTOCOL),
+                         **decoder_config(model, "gpt", GPT_PROTOCOL, "forward_cached"),
                          **lm_fields(model, weight_bytes(model)), in_graph=weight_bytes(model) <= IN_GRAPH_MAX_BYTES)
 
 
-# prefill (empty past), single-token decode after a long past, a chunk after a short past
-GPT_SHAPES = [
-    {"batch": 1, "seq": 1, "past": 0, "total": 1},
-    {"batch": 3, "seq": 12, "past": 0, "total": 12},
-    {"batch": 3, "seq": 1, "past": 200, "total": 201},
-    {"batch": 2, "seq": 5, "past": 9, "total": 14},
+# prefill (empty past), single-token decode after a long past, a chunk after a short past; `room`: the free positions
+# after them in an in-place cache's buffer (gpt-inplace)
+DECODER_SHAPES = [
+    {"batch": 1, "seq": 1, "past": 0, "room": 0},
+    {"batch": 3, "seq": 12, "past": 0, "room": 32},
+    {"batch": 3, "seq": 1, "past": 200, "room": 31},
+    {"batch": 2, "seq": 5, "past": 9, "room": 0},
 ]
 
 
-def _gpt_shapes(model: nn.Module) -> list[dict[str, int]]:
-    """GPT_SHAPES within the model's context (a context of 64 checks a cache of 63, not 200)."""
-    context = int(attribute(model, "context", "gpt", GPT_PROTOCOL))
+def decoder_shapes(model: nn.Module, family: str, protocol: str, cache: str) -> list[dict[str, int]]:
+    """DECODER_SHAPES within the model's context (a context of 64 checks a cache of 63, not 200), with the `cache`
+    dim of the key/value inputs where it is not the past."""
+    context = int(attribute(model, "context", family, protocol))
     shapes = []
-    for shape in GPT_SHAPES:
+    for shape in DECODER_SHAPES:
         seq = min(shape["seq"], context)
         past = min(shape["past"], context - seq)
-        shapes.append({"batch": shape["batch"], "seq": seq, "past": past, "total": past + seq})
+        dims = {"batch": shape["batch"], "seq": seq, "past": past, "total": past + seq}
+        shapes.append(dims if cache == "past" else dims | {cache: min(context, past + seq + shape["room"])})
     return shapes
 
 
@@ -140,7 +154,7 @@ class EncoderWithCross(nn.Module):
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(cross.0.key, cross.0.value, ...)."""
-        return _flat(self.model.cross_kv(self.model.encode(src, src_mask)))
+        return flat_pairs(self.model.cross_kv(self.model.encode(src, src_mask)))
 
 
 class CrossDecoderWithPast(nn.Module):
@@ -154,10 +168,10 @@ class CrossDecoderWithPast(nn.Module):
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, src_mask: torch.Tensor, *kv: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """(logits, present.0.key, present.0.value, ...); kv holds the past pairs, then the cross pairs."""
-        pairs = _pairs(kv)
-        past, cross = pairs[: self.model.layers], pairs[self.model.layers :]
+        both = pairs(kv)
+        past, cross = both[: self.model.layers], both[self.model.layers :]
         logits, presents = self.model.decode_cached(input_ids, position_ids, src_mask, past, cross)
-        return (logits, *_flat(presents))
+        return (logits, *flat_pairs(presents))
 
 
 def encdec_config(model: nn.Module) -> dict[str, Any]:
@@ -207,7 +221,8 @@ def encdec_shapes(model: nn.Module) -> list[dict[str, int]]:
 # trained zoo models (ORT-CPU 1.31 vs torch 2.13), noted beside each, leaves >= 5x headroom.
 # Generated and beam-searched tokens compare exactly.
 register(Family("gpt", "causal decoder with KV cache: prefill and decode from one graph", GPT_PROTOCOL,
-                _gpt_roles, _gpt_shapes, Tolerance(1e-4, 1e-4), ("kv_cache",), _gpt_loop))  # seen 1.7e-5
+                _gpt_roles, lambda m: decoder_shapes(m, "gpt", GPT_PROTOCOL, "past"), Tolerance(1e-4, 1e-4),
+                ("kv_cache",), _gpt_loop))  # seen 1.7e-5
 register(Family("gpt-nocache", "causal decoder without cache: generation recomputes the sequence", NOCACHE_PROTOCOL,
                 _nocache_roles, lambda m: [{"batch": 1, "time": 1}, {"batch": 3, "time": 40}], Tolerance(1e-4, 1e-4),
                 ("full_recompute",), _nocache_loop))  # seen 3.3e-6

@@ -174,8 +174,10 @@ class LoopKind:
     a SymbolModel coding one example's values in the sampling order (runtimes/compress.py); log_prob(runners, config,
     x, labels, host) for density models; text(runners, config, codec, texts) -> one result per text for models
     that read text in one graph call (text encoders); tokenize(codec, options) -> the options with their text as
-    token ids, for sampling kinds that read prompts (the bundle's codec, before `sample`). `quick` are options of a short sampling run (quantize's
-    comparison, Triton's probe); `serving` the options a Triton loop model fixes.
+    token ids, for sampling kinds that read prompts (the bundle's codec, before `sample`); graph_problems(graphs) ->
+    what the loop relies on but the ONNX graphs written (role -> file) break, checked by export and quantize. `quick`
+    are options of a short sampling run (quantize's comparison, Triton's probe); `serving` the options a Triton loop
+    model fixes.
     """
 
     config: type[LoopConfig]
@@ -193,6 +195,7 @@ class LoopKind:
     log_prob: Callable[[Runners, Any, np.ndarray, np.ndarray | None, bool], np.ndarray] | None = None
     text: Callable[[Runners, Any, Any, list[str]], list[Any]] | None = None
     tokenize: Callable[[Any, Any], Any] | None = None
+    graph_problems: Callable[[Mapping[str, Path]], list[str]] | None = None  # of written graphs (role -> file)
     quick: Mapping[str, Any] = field(default_factory=dict)
     serving: Mapping[str, Any] = field(default_factory=dict)
     hint: str = ""  # added to "this bundle cannot ..." errors

@@ -54,14 +54,14 @@ class EncoderDecoderConfig(TranslationConfig):
     head_dim: int
 
 
-def _context_full(context: int) -> InputError:
+def context_full(context: int) -> InputError:
     return InputError(
         f"generation reached the model's context of {context} positions (prompt + new tokens); "
         "lower max_new_tokens or shorten the prompt."
     )
 
 
-def _left_padded(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def left_padded(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, attention mask, position ids) [rows, longest] of left-padded prompts; positions count real tokens."""
     tokens, mask = pad_prompts(prompts, left=True)
     return tokens, mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
@@ -91,7 +91,7 @@ class CachedLM:
     def start(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """Prefill all prompts (left-padded) against an empty cache."""
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
-        tokens, mask, positions = _left_padded(prompts)
+        tokens, mask, positions = left_padded(prompts)
         empty = np.zeros((len(prompts), self.loop.heads, 0, self.loop.head_dim), np.float32)
         self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
         self.next_position = lengths.copy()
@@ -100,7 +100,7 @@ class CachedLM:
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Decode one token per row against the cache."""
         if self.next_position.max() >= self.context:
-            raise _context_full(self.context)
+            raise context_full(self.context)
         mask = self.feeds["attention_mask"]
         self.feeds["attention_mask"] = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], 1)
         logits = self._run(tokens[:, None], self.next_position[:, None], checked=True)
@@ -118,7 +118,7 @@ class CachedLM:
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
         if self.loop_graph is None or lengths.max() + len(uniforms) - 1 > self.context:
             return None
-        tokens, mask, positions = _left_padded(prompts)
+        tokens, mask, positions = left_padded(prompts)
         feeds = {"input_ids": tokens, "position_ids": positions, "attention_mask": mask,
                  "uniforms": uniforms, "temperature": np.asarray([config.temperature], np.float64),
                  "top_k": np.asarray([config.top_k or 0], np.int64),
@@ -156,7 +156,7 @@ class FullRecomputeLM:
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Append one token per row and rerun."""
         if self.lengths.max() >= self.context:
-            raise _context_full(self.context)
+            raise context_full(self.context)
         self.buffer[np.arange(len(tokens)), self.lengths] = tokens
         self.lengths = self.lengths + 1
         return self._run(checked=True)
