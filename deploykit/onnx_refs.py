@@ -10,11 +10,12 @@ file, so it stays cheap for graphs of any size. Field numbers are those of onnx.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 # message -> {field number: the message it holds} for the fields that can lead to a tensor
 _MODEL = {7: "graph", 25: "function"}
@@ -104,21 +105,26 @@ def _walk(data: memoryview, message: str) -> Iterator[str]:
             yield from _walk(value, child)
 
 
-def external_locations(path: Path) -> list[str]:
-    """The external-data locations (relative paths as written) of every tensor in the ONNX file at `path`."""
+def _parse_file(path: Path, parse: Callable[[memoryview], T]) -> T:
+    """`parse` over an mmap of the file at `path`; the map closes once parse has returned (its views gone)."""
     with open(path, "rb") as handle:
         if handle.seek(0, 2) == 0:
             raise ProtobufError("the file is empty")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     problem = ""
     try:
-        locations = list(_walk(memoryview(mapped), "model"))
+        found = parse(memoryview(mapped))
     except ProtobufError as exc:  # raised again below, once the views into the map are gone
         problem = str(exc)
     mapped.close()
     if problem:
         raise ProtobufError(problem)
-    return locations
+    return found
+
+
+def external_locations(path: Path) -> list[str]:
+    """The external-data locations (relative paths as written) of every tensor in the ONNX file at `path`."""
+    return _parse_file(path, lambda model: list(_walk(model, "model")))
 
 
 @dataclass(frozen=True)
@@ -159,19 +165,7 @@ def _graph_reads(data: memoryview) -> set[str]:
 def graph_nodes(path: Path) -> tuple[list[str], list[NodeInfo]]:
     """The input names and the nodes of the main graph of the ONNX file at `path`, read from the wire format over an
     mmap (no `onnx` import, nothing of the weights copied)."""
-    with open(path, "rb") as handle:
-        if handle.seek(0, 2) == 0:
-            raise ProtobufError("the file is empty")
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    problem, found = "", ([], [])
-    try:
-        found = _main_graph(memoryview(mapped))
-    except ProtobufError as exc:  # raised again below, once the views into the map are gone
-        problem = str(exc)
-    mapped.close()
-    if problem:
-        raise ProtobufError(problem)
-    return found
+    return _parse_file(path, _main_graph)
 
 
 def _main_graph(model: memoryview) -> tuple[list[str], list[NodeInfo]]:
