@@ -2,7 +2,8 @@
 parameters (random init from configs, saved with save_pretrained with a byte-level BPE tokenizer; nothing downloaded).
 
 Per model, each build in a fresh process (CPU-seconds of the process and its children, peak RSS):
-deploykit export, quantize int8-dynamic and int4, the same after `export --fuse`; optimum-onnx export (fp32) and its int8 dynamic quantizer;
+deploykit export, quantize int8-dynamic and int4, the same after `export --fuse` and after `export --family gpt-inplace
+--fuse` (the in-place KV cache); optimum-onnx export (fp32) and its int8 dynamic quantizer;
 onnxruntime-genai's model builder at fp32 and int4 (block 32, accuracy level 4, as deploykit's int4 default).
 Then greedy decode tokens/s (32-token prompt, 128 new tokens, batch 1 and 8, one thread each) for every engine in
 one process, rounds interleaved (the order reversed every other round), median and spread; Hugging Face
@@ -43,6 +44,12 @@ BUILD = {  # name -> (environment, command list run with that environment's pyth
                                       "int8-dynamic", "--out", "{out}"]),
     "deploykit fused int4": ("here", ["-m", "deploykit", "quantize", "{work}/deploykit fused fp32", "--mode", "int4",
                                       "--out", "{out}"]),
+    "deploykit in-place fp32": ("here", ["-m", "deploykit", "export", "hf:{model}", "--family", "gpt-inplace",
+                                         "--fuse", "--out", "{out}"]),
+    "deploykit in-place int8": ("here", ["-m", "deploykit", "quantize", "{work}/deploykit in-place fp32", "--mode",
+                                         "int8-dynamic", "--out", "{out}"]),
+    "deploykit in-place int4": ("here", ["-m", "deploykit", "quantize", "{work}/deploykit in-place fp32", "--mode",
+                                         "int4", "--out", "{out}"]),
     "genai fp32": ("here", ["-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o", "{out}", "-p", "fp32",
                             "-e", "cpu", "-c", "{work}/cache"]),
     "genai int4": ("here", ["-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o", "{out}", "-p", "int4",
@@ -261,7 +268,7 @@ def main() -> None:
             size = f"{_size(Path(engines[name])):.0f}"
             print(f"| {name} | {built} | {size} | {rss[name]:.0f} | {' | '.join(cells)} | {same} |")
         print(f"fp32 weight-read ceiling at batch 1: {_weight_read_ceiling(params, args.threads):.1f} tok/s")
-        for name in ("deploykit int8", "deploykit int4", "deploykit fused int8", "deploykit fused int4"):
+        for name in (n for n in builds if n.startswith("deploykit") and n.endswith(("int8", "int4"))):
             manifest = json.loads((work / name / "manifest.json").read_text())
             for row in manifest["precision"]["accuracy"]:
                 print(f"{name}: {row['metric']}: fp32 {row['fp32']:.4g}, quantized {row['quantized']:.4g}")
