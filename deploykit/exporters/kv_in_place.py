@@ -169,6 +169,7 @@ def _loop(model: nn.Module) -> KVInPlaceConfig:
                            **lm_fields(model, weight_bytes(model)))
 
 
-register(Family("gpt-inplace", "causal decoder with an in-place KV cache: prefill and decode write into one buffer",
+register(Family("gpt-inplace", "causal decoder with an in-place KV cache (hf:DIR --family gpt-inplace): each step writes "
+                "into one buffer per layer",
                 PROTOCOL, _roles, lambda m: decoder_shapes(m, "gpt-inplace", PROTOCOL, "capacity"),
                 Tolerance(1e-4, 1e-4), ("kv_in_place",), _loop))  # the gpt family's tolerance: the same arithmetic
