@@ -529,6 +529,22 @@ def test_fuse_across_architectures(kind: str, bpe: Path, tmp_path: Path) -> None
         _past_the_window_like_generate(bundle.path, model)
 
 
+@pytest.mark.slow  # the default suite has GPT-2 and Llama (the in_place fixture)
+@pytest.mark.parametrize("kind", [k for k in ARCHITECTURES | MORE_DECODERS if k != "bloom-alibi"])
+def test_in_place_across_architectures(kind: str, bpe: Path, tmp_path: Path) -> None:
+    """--family gpt-inplace --fuse on the decoders users bring: token for token like transformers past Mistral's
+    and Gemma 3's sliding windows, with Falcon's, Gemma's and GPT-J's caches (Bloom's ALiBi has nothing to fuse)."""
+    torch.manual_seed(0)
+    model = (ARCHITECTURES | MORE_DECODERS)[kind]().eval()
+    model.save_pretrained(tmp_path / "m")
+    shutil.copyfile(bpe, tmp_path / "m" / "tokenizer.json")
+    resolved = resolve(f"hf:{tmp_path / 'm'}", family="gpt-inplace")
+    bundle = deploykit.export(resolved.model, resolved.family, tmp_path / "b", source=resolved.source,
+                              tokenizer=resolved.tokenizer, fuse=True)
+    assert bundle.loop.kind == "kv_in_place"
+    _past_the_window_like_generate(bundle.path, model)
+
+
 def test_text_path_adds_special_tokens_like_transformers_and_prints_as_is(bpe: Path, tmp_path: Path) -> None:
     """A tokenizer that adds BOS (Llama style), rope_scaling linear: `sample --prompt` prints what transformers'
     tokenizer -> generate -> decode gives, byte for byte, control characters included; a bundle without a tokenizer
