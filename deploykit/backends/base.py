@@ -68,7 +68,7 @@ class Runner(ABC):
         validated first call and the graph's own outputs (it saves ~50 us per token).
         `aliases` (input -> output) lets a backend write each such output into its input's own array, which it then
         returns (an in-place cache; the graph must read that input only through the op that writes the output);
-        backends that cannot return new arrays, as without it.
+        a backend that cannot returns new arrays, as without it.
         """
         if not self.active:
             raise DeploykitError(f"{self.backend} runner for '{self.role}' is not active; use `with runner:` first.")

@@ -3,16 +3,16 @@ runtimes/kv_in_place.py).
 
 The `gpt` family's graph returns past + new keys and values as new tensors, so every decode step copies the whole
 cache (and allocates it again). This family's `decoder_in_place` graph takes per-layer buffers [batch, heads,
-capacity, head_dim] and writes the step's keys and values into them with one ScatterElements each, at positions
-total - seq .. total - 1 (total: the attention mask's width, past + seq); onnxruntime writes a ScatterElements
-output in place when it is bound to its input's memory, which the runtime does. The graph must read each buffer only
-through that write, or the aliasing would change what other nodes see: `in_place_problems` refuses any other reader
-at export and after quantize
-(runtimes/kv_in_place.py).
+capacity, head_dim] and writes the step's keys and values into them at positions total - seq .. total - 1 (total:
+the attention mask's width, past + seq). The torch side writes with `torch.scatter` (`write`), which torch.onnx
+exports as ScatterElements; `tensor_scatter_writes` turns each into opset 24's TensorScatter, which onnxruntime runs
+in place when its output is bound to its input's memory, as the runtime does. The graph must read each buffer only
+through that write, or the aliasing would change what other nodes see: the loop kind's graph check refuses any other
+reader at export and after quantize.
 
 transformers causal LMs (hf:DIR with `--family gpt-inplace`) get the buffers through a transformers Cache whose
-layers write with `torch.scatter` and report the buffer's full length to the model's mask code, so sliding windows
-and other masks are the model's own, over absolute positions.
+layers write with `write` and report the buffer's full length to the model's mask code, so sliding windows and
+other masks are the model's own, over absolute positions.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class DecoderInPlace(nn.Module):
 
 
 def write(buffer: torch.Tensor, new: torch.Tensor, start: Any) -> torch.Tensor:
-    """`buffer` [B, H, C, D] with `new` [B, H, T, D] at positions start .. start + T - 1 of axis 2 (one
-    ScatterElements in ONNX, which onnxruntime runs in place)."""
+    """`buffer` [B, H, C, D] with `new` [B, H, T, D] at positions start .. start + T - 1 of axis 2 (exported as
+    ScatterElements, which tensor_scatter_writes rewrites)."""
     index = (torch.arange(new.shape[2], device=new.device) + start)[None, None, :, None].expand(new.shape)
     return buffer.scatter(2, index, new)
 

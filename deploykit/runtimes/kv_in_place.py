@@ -3,8 +3,8 @@ its new keys and values into, instead of a graph that returns past + new as fres
 
 The graph (family `gpt-inplace`, exporters/kv_in_place.py) takes per-layer buffers `past_key_values.{i}.key` /
 `.value` [batch, heads, capacity, head_dim] and an attention mask over the positions used so far [batch, total]; it
-writes the step's keys and values at positions total - seq .. total - 1 with one ScatterElements per buffer and
-returns the buffers as `present.{i}.key` / `.value`. On onnxruntime's CPU provider the host loop binds each present
+writes the step's keys and values at positions total - seq .. total - 1 with one TensorScatter (opset 24) per buffer
+and returns the buffers as `present.{i}.key` / `.value`. On onnxruntime's CPU provider the host loop binds each present
 to its past's own memory, so the write is the only copy: nothing of the cache is copied or allocated per token
 (other backends return new arrays, which the loop takes as its buffers). Capacity grows by GROWTH positions when the
 buffers are full (one copy per GROWTH tokens); positions past the mask are hidden by causality.
