@@ -32,7 +32,7 @@ from ..runtimes.tokens import lm_fields
 from .onnx_export import weight_bytes
 from .recurrent import vocabulary
 from .registry import Family, Role, Tolerance, register
-from .transformer import decoder_config, decoder_shapes, decoder_specs, flat_pairs, pairs
+from .transformer import DecoderWithPast, decoder_config, decoder_shapes, decoder_specs
 
 PROTOCOL = (
     "`vocab` (str or list of tokens), `context` (max positions), `layers`, `heads`, `head_dim` and "
@@ -41,21 +41,6 @@ PROTOCOL = (
     "the buffers with the new keys/values written at positions P .. P + T - 1, by torch.scatter on axis 2); "
     "optionally `eos_token_id` (generation stops there)."
 )
-
-
-class DecoderInPlace(nn.Module):
-    """forward_in_place with the buffers flattened into named tensors (key, value per layer)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, *cache: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """(logits, present.0.key, present.0.value, ...)."""
-        logits, presents = self.model.forward_in_place(input_ids, position_ids, attention_mask, pairs(cache))
-        return (logits, *flat_pairs(presents))
 
 
 def write(buffer: torch.Tensor, new: torch.Tensor, start: Any) -> torch.Tensor:
@@ -160,7 +145,8 @@ def tensor_scatter_writes(path: Path) -> None:
 def _roles(model: nn.Module) -> dict[str, Role]:
     inputs, outputs, dims = decoder_specs(model, "gpt-inplace", PROTOCOL, "forward_in_place", "capacity")
     example = {"batch": 2, "seq": 3, "past": 4, "total": 7, "capacity": 9}
-    return {ROLE: Role(DecoderInPlace(model), inputs, outputs, example, dims, finish=tensor_scatter_writes)}
+    return {ROLE: Role(DecoderWithPast(model, "forward_in_place"), inputs, outputs, example, dims,
+                       finish=tensor_scatter_writes)}
 
 
 def _loop(model: nn.Module) -> KVInPlaceConfig:

@@ -53,17 +53,18 @@ def flat_pairs(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
 
 
 class DecoderWithPast(nn.Module):
-    """forward_cached with the past flattened into named tensors (key, value per layer)."""
+    """The model's cached step (`method`: forward_cached, or gpt-inplace's forward_in_place) with the cache
+    flattened into named tensors (key, value per layer)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, method: str = "forward_cached") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """(logits, present.0.key, present.0.value, ...)."""
-        logits, presents = self.model.forward_cached(input_ids, position_ids, attention_mask, pairs(past))
+        logits, presents = getattr(self.model, self.method)(input_ids, position_ids, attention_mask, pairs(past))
         return (logits, *flat_pairs(presents))
 
 

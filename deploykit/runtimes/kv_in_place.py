@@ -21,8 +21,8 @@ import numpy as np
 from ..backends.base import Runner
 from ..onnx_refs import graph_nodes
 from .kinds import TEXT, LoopKind, register
-from .tokens import LanguageModelConfig, check_language_model, check_prompts, explain_flips
-from .transformer import context_full, left_padded
+from .tokens import check_language_model, check_prompts, explain_flips
+from .transformer import KVCacheConfig, context_full, left_padded
 
 # Positions added to the buffers when they are full. Attention reads the whole capacity (masked beyond the used
 # positions), so a larger step wastes attention work; a smaller one copies the cache more often.
@@ -31,14 +31,11 @@ ROLE = "decoder_in_place"
 
 
 @dataclass(frozen=True, kw_only=True)
-class KVInPlaceConfig(LanguageModelConfig):
-    """A causal decoder's `decoder_in_place` graph: past_key_values.{i}.key/value [batch, heads, capacity, head_dim]."""
+class KVInPlaceConfig(KVCacheConfig):
+    """A causal decoder's `decoder_in_place` graph: past_key_values.{i}.key/value [batch, heads, capacity, head_dim]
+    (the kv_cache loop's fields, another graph contract)."""
 
     kind = "kv_in_place"
-    context: int
-    layers: int
-    heads: int
-    head_dim: int
 
 
 class InPlaceLM:
