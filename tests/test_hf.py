@@ -211,6 +211,7 @@ def test_in_place_export_writes_its_cache_in_place_and_decodes_like_transformers
 
     from deploykit.engines import EngineRequest, build_engines
     from deploykit.runtimes.kv_in_place import GROWTH
+    from deploykit.runtimes.transformer import cache_presents
 
     kind, bundle, reference = in_place
     assert bundle.loop.kind == "kv_in_place" and bundle.graphs["decoder_in_place"].opset == 24
@@ -229,7 +230,7 @@ def test_in_place_export_writes_its_cache_in_place_and_decodes_like_transformers
         rng = np.random.default_rng(0)
         feeds = runner.spec.random_inputs(rng, {"batch": 2, "seq": 1, "past": 5, "total": 6, "capacity": 9})
         fresh = runner.infer({k: v.copy() for k, v in feeds.items()})
-        aliases = {f"past_key_values.{i}.{p}": f"present.{i}.{p}" for i in range(2) for p in ("key", "value")}
+        aliases = cache_presents(2)
         written = runner.infer(feeds, aliases=aliases)
     for prompt, got in zip(ids, ours):
         with torch.no_grad():

@@ -22,7 +22,7 @@ from ..backends.base import Runner
 from ..onnx_refs import graph_nodes
 from .kinds import TEXT, LoopKind, register
 from .tokens import check_language_model, check_prompts, explain_flips
-from .transformer import KVCacheConfig, context_full, left_padded
+from .transformer import KVCacheConfig, cache_presents, context_full, left_padded
 
 # Positions added to the buffers when they are full. Attention reads the whole capacity (masked beyond the used
 # positions), so a larger step wastes attention work; a smaller one copies the cache more often.
@@ -45,8 +45,7 @@ class InPlaceLM:
     def __init__(self, runner: Runner, loop: KVInPlaceConfig) -> None:
         self.runner, self.loop = runner, loop
         self.vocab_size, self.context = len(loop.vocab), loop.context
-        names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
-        self.aliases = {name: name.replace("past_key_values", "present") for name in names}
+        self.aliases = cache_presents(loop.layers)
         self.cache: dict[str, np.ndarray] = {}
         self.mask = np.zeros((0, 0), np.int64)
         self.next_position = np.zeros(0, np.int64)

@@ -61,6 +61,12 @@ def context_full(context: int) -> InputError:
     )
 
 
+def cache_presents(layers: int) -> dict[str, str]:
+    """Each cache input of a decoder step graph (past_key_values.{i}.key / .value) -> the output that follows it
+    (present.{i}.key / .value)."""
+    return {f"past_key_values.{i}.{p}": f"present.{i}.{p}" for i in range(layers) for p in ("key", "value")}
+
+
 def left_padded(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, attention mask, position ids) [rows, longest] of left-padded prompts; positions count real tokens."""
     tokens, mask = pad_prompts(prompts, left=True)
@@ -77,14 +83,13 @@ class CachedLM:
     def __init__(self, runner: Runner, loop: KVCacheConfig, loop_graph: Runner | None = None) -> None:
         self.runner, self.loop, self.loop_graph = runner, loop, loop_graph
         self.vocab_size, self.context = len(loop.vocab), loop.context
-        self.names = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]
-        self.presents = [(n, n.replace("past_key_values", "present")) for n in self.names]
+        self.presents = cache_presents(loop.layers)
         self.feeds: dict[str, np.ndarray] = {}
         self.next_position = np.zeros(0, np.int64)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, checked: bool) -> np.ndarray:
         out = self.runner.infer({"input_ids": tokens, "position_ids": positions, **self.feeds}, checked)
-        for name, present in self.presents:
+        for name, present in self.presents.items():
             self.feeds[name] = out[present]
         return out["logits"][:, -1]
 
@@ -93,7 +98,7 @@ class CachedLM:
         lengths = check_prompts(prompts, self.vocab_size, context=self.context)
         tokens, mask, positions = left_padded(prompts)
         empty = np.zeros((len(prompts), self.loop.heads, 0, self.loop.head_dim), np.float32)
-        self.feeds = {"attention_mask": mask} | {name: empty for name in self.names}
+        self.feeds = {"attention_mask": mask} | {name: empty for name in self.presents}
         self.next_position = lengths.copy()
         return self._run(tokens, positions, checked=False)
 
