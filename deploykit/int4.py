@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .checks import check_int
 from .errors import InputError
 
@@ -42,17 +44,85 @@ class Int4Options:
         return asdict(self)
 
 
-def convert(model: Any, target: Path, options: Int4Options) -> None:
-    """Write `model` (an onnx ModelProto whose linear layers are MatMul over constant weights) at `target` with
-    those MatMuls as MatMulNBits; InputError when it has none."""
+def convert(source: Path, target: Path, options: Int4Options) -> None:
+    """Write the graph at `source` (linear layers as MatMul over constant 2-D float32 weights, which may live in
+    external data) at `target` with those MatMuls as MatMulNBits, one weight at a time: external weights are
+    mapped, quantized and dropped, so memory holds one fp32 weight and the growing int4 graph. InputError when the
+    graph has no such MatMul."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # precision: a quiet root logger
 
-    quantizer = MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=options.symmetric,
-                                     accuracy_level=options.accuracy_level)  # builds its default (RTN) weight config
-    quantizer.process()
-    out = quantizer.model.model
-    if not any(node.op_type == "MatMulNBits" for node in out.graph.node):
-        raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D weight) and this graph has none "
-                         "(convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
-    onnx.save(out, str(target))
+    from .onnx_refs import read_names, subgraphs
+    from .onnx_weights import initializers, weight_array
+
+    model = onnx.load(str(source), load_external_data=False)
+    done: dict[str, list[onnx.TensorProto]] = {}  # weight -> its packed blocks, scales (and zero points)
+
+    def rewrite(graph: onnx.GraphProto, outer: dict[str, tuple[onnx.TensorProto, onnx.GraphProto]]) -> None:
+        weights = outer | {t.name: (t, graph) for t in graph.initializer}  # name -> (weight, the graph holding it)
+        nodes = []
+        for node in graph.node:
+            for sub in subgraphs(node):  # Loop / Scan bodies and If branches see the weights of every scope above
+                rewrite(sub, weights)
+            weight, holder = weights.get(node.input[1], (None, None)) if node.op_type == "MatMul" and node.domain in (
+                "", "ai.onnx") else (None, None)
+            if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+                nodes.append(node)
+                continue
+            if weight.name not in done:
+                done[weight.name] = _blocks(weight_array(weight, source.parent), weight.name, options)
+                holder.initializer.extend(done[weight.name])  # in the weight's own scope: seen wherever it was
+            k, n = weight.dims
+            attrs = {"K": k, "N": n, "bits": 4, "block_size": options.block_size}
+            nodes.append(onnx.helper.make_node(
+                "MatMulNBits", [node.input[0], *(t.name for t in done[weight.name])], list(node.output),
+                name=node.name, domain="com.microsoft",
+                **attrs | ({"accuracy_level": options.accuracy_level} if options.accuracy_level else {})))
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+    rewrite(model.graph, {})
+    if not done:
+        raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph has "
+                         "none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
+    from onnx.external_data_helper import uses_external_data
+
+    _drop_unread(model.graph, read_names(model.graph.node) | {o.name for o in model.graph.output})
+    for tensor in initializers(model.graph):  # what stays float (embeddings, norms) is written inline
+        if uses_external_data(tensor):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.asarray(weight_array(tensor, source.parent)), tensor.name))
+    model.opset_import.extend([] if any(o.domain == "com.microsoft" for o in model.opset_import)
+                              else [onnx.helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(target))
+
+
+def _blocks(weight: np.ndarray, name: str, options: Int4Options) -> list[Any]:
+    """MatMulNBits' constant inputs for a [K, N] weight: 4-bit blocks of `block_size` along K, packed per column
+    [N, blocks, block_size / 2], float scales [N, blocks], and zero points [N, ceil(blocks / 2)] unless symmetric;
+    computed by onnxruntime's own kernel (the one its quantizer calls)."""
+    from onnx import numpy_helper
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    rows, cols = weight.shape
+    blocks = -(-rows // options.block_size)
+    padded = np.ascontiguousarray(np.pad(weight, ((0, blocks * options.block_size - rows), (0, 0)))
+                                  if rows % options.block_size else weight)
+    packed = np.zeros((cols, blocks, options.block_size // 2), np.uint8)
+    scales = np.zeros((cols, blocks), np.float32)
+    zero_points = np.zeros((cols, -(-blocks // 2)), np.uint8)
+    quantize_matmul_4bits(packed, padded, scales, zero_points, options.block_size, cols, rows, options.symmetric)
+    out = [numpy_helper.from_array(packed, f"{name}_Q4"), numpy_helper.from_array(scales, f"{name}_scales")]
+    return out + ([] if options.symmetric else [numpy_helper.from_array(zero_points, f"{name}_zero_points")])
+
+
+def _drop_unread(graph: Any, read: set[str]) -> None:
+    """Remove the initializers of `graph` (and its subgraphs) that no node reads, and graph inputs naming them."""
+    from .onnx_refs import subgraphs
+
+    dropped = {t.name for t in graph.initializer if t.name not in read}
+    for listed in (graph.initializer, graph.input):
+        kept = [t for t in listed if t.name not in dropped]
+        del listed[:]
+        listed.extend(kept)
+    for node in graph.node:
+        for sub in subgraphs(node):
+            _drop_unread(sub, read)

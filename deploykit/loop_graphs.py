@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_weights import weight_array
 from .runtimes.kinds import LoopConfig
 from .runtimes.transformer import GENERATE_ROLE, KVCacheConfig
 from .specs import GraphSpec, TensorSpec
@@ -144,12 +145,12 @@ def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return [nodes[i] for i in order]
 
 
-def densified(graph: onnx.GraphProto) -> None:
-    """Turn `graph`'s sparse initializers back into dense ones, in place (for passes that read weights as
-    initializers: quantization, the in-graph generation loop)."""
+def densified(graph: onnx.GraphProto, folder: Path) -> None:
+    """Turn `graph`'s sparse initializers (their external data relative to `folder`) back into dense ones, in place
+    (for passes that read weights as initializers: quantization, the in-graph generation loop)."""
     for sparse in graph.sparse_initializer:
         dense = np.zeros(int(np.prod(sparse.dims)), onnx.helper.tensor_dtype_to_np_dtype(sparse.values.data_type))
-        dense[numpy_helper.to_array(sparse.indices)] = numpy_helper.to_array(sparse.values)
+        dense[weight_array(sparse.indices, folder)] = weight_array(sparse.values, folder)
         graph.initializer.append(numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
     del graph.sparse_initializer[:]
 
@@ -179,7 +180,7 @@ def _renamed(graph: onnx.GraphProto, names: dict[str, str], prefix: str) -> tupl
 def build_kv_generation(decoder: Path, out: Path, loop: KVCacheConfig) -> tuple[GraphSpec, int]:
     """Write the whole generation loop over `decoder` (a decoder_with_past graph) to `out`; its spec and opset."""
     model = onnx.load(str(decoder))
-    densified(model.graph)  # the loop body holds the weights as constants
+    densified(model.graph, decoder.parent)  # the loop body holds the weights as constants
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     vocab = len(loop.vocab)
     past = [f"past_key_values.{i}.{p}" for i in range(loop.layers) for p in ("key", "value")]

@@ -17,6 +17,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+# Graphs whose weights exceed this (bytes) keep them in a `<graph>.onnx.data` file. onnxruntime then maps them
+# instead of parsing and copying an inline message, and quantize reads them one at a time: loading a model of this
+# size or larger stays near one copy of its weights. Below it a graph is one self-contained file.
+EXTERNAL_DATA_THRESHOLD = 64 << 20
 # message -> {field number: the message it holds} for the fields that can lead to a tensor
 _MODEL = {7: "graph", 25: "function"}
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from .parity import ParityReport, Tolerance
 from .runtimes.kinds import kind_of
 from .runtimes.tokens import generate, log_softmax, mode_config
 from .specs import GraphSpec
+
+if TYPE_CHECKING:
+    from .onnx_weights import DataFile
 
 Labelled = tuple[np.ndarray, np.ndarray]  # held-out inputs of a classifier's first graph input, their labels
 
@@ -132,12 +136,13 @@ def _language_model_observations(d: Any, reference: dict[str, Any] | None) -> di
         sequence = np.concatenate([np.stack(prompts), text], axis=1)
     else:
         sequence = reference["sequence"]
-    steps = [model.start([row[:1] for row in sequence])]  # steps[t] predicts sequence[:, t + 1]
-    steps += [model.step(sequence[:, t]) for t in range(1, sequence.shape[1] - 1)]
-    logits = np.stack(steps, axis=1)
-    nll = float(-np.take_along_axis(log_softmax(logits), sequence[:, 1:, None], -1).mean())
+    top, log_likelihood = [], []  # per position, not the stacked logits: rows x tokens x vocab floats add up
+    for t in range(sequence.shape[1] - 1):  # the logits at t predict sequence[:, t + 1]
+        logits = model.start([row[:1] for row in sequence]) if t == 0 else model.step(sequence[:, t])
+        top.append(logits.argmax(-1))
+        log_likelihood.append(np.take_along_axis(log_softmax(logits), sequence[:, t + 1, None], -1)[:, 0])
     greedy = np.stack(generate(model, prompts, mode_config("greedy", greedy_tokens), seed=0))
-    return {"sequence": sequence, "top": logits.argmax(-1), "nll": nll, "greedy": greedy}
+    return {"sequence": sequence, "top": np.stack(top, 1), "nll": float(-np.mean(log_likelihood)), "greedy": greedy}
 
 
 def _language_model_rows(full: dict[str, Any], low: dict[str, Any]) -> list[dict[str, Any]]:
@@ -199,13 +204,15 @@ def _calibration(spec: GraphSpec, shapes: list[dict[str, int]], count: int, seed
         yield spec.random_inputs(rng, shapes[i % len(shapes)])
 
 
-def _constant_matmuls(model: Any) -> None:
-    """Rewrite what onnxruntime's dynamic quantizer skips into what it quantizes, in place: a Gemm over a constant
-    weight becomes MatMul (+ Add of its bias), and a MatMul reading a Transpose of an initializer reads a transposed
-    initializer instead. GPT-2's Conv1D layers export as Gemm and its tied LM head as MatMul(x, Transpose(wte)):
-    without this, int8-dynamic left every one of its linear layers in fp32."""
+def _constant_matmuls(model: Any, store: DataFile) -> None:
+    """Rewrite what the quantizers skip into what they quantize, in place: a Gemm over a constant weight becomes
+    MatMul (+ Add of its bias), and a MatMul reading a Transpose of an initializer reads a transposed initializer
+    instead, written to `store` (which holds the weights). GPT-2's Conv1D layers export as Gemm and its tied LM head
+    as MatMul(x, Transpose(wte)): without this, int8-dynamic left every one of its linear layers in fp32."""
     onnx = _onnx()
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from .onnx_weights import weight_array
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
@@ -213,9 +220,9 @@ def _constant_matmuls(model: Any) -> None:
 
     def transposed(name: str, perm: tuple[int, ...]) -> str:
         if (name, perm) not in made:
-            array = np.ascontiguousarray(numpy_helper.to_array(weights[name]).transpose(perm))
             made[(name, perm)] = f"{name}.transposed"
-            graph.initializer.append(numpy_helper.from_array(array, made[(name, perm)]))
+            array = weight_array(weights[name], store.path.parent).transpose(perm)
+            graph.initializer.append(store.tensor(made[(name, perm)], array))
         return made[(name, perm)]
 
     producer = {out: node for node in graph.node for out in node.output}
@@ -363,30 +370,34 @@ CONVERTERS: dict[str, Callable[[Path, Path, Conversion], None]] = {
     "fp16": _fp16,
     "int8-dynamic": lambda staged, target, job: _int8(staged, target, job, static=False),
     "int8-static": lambda staged, target, job: _int8(staged, target, job, static=True),
-    "int4": lambda staged, target, job: int4.convert(_onnx().load(str(staged)), target, job.int4),
+    "int4": lambda staged, target, job: int4.convert(staged, target, job.int4),
 }
 QUANT_MODES = tuple(CONVERTERS)
 
 
 def _convert(source: Path, target: Path, mode: str, job: Conversion) -> None:
-    """Write `source` converted to `mode` at `target`. The graph the converter reads is staged beside `target` with
-    its weights as external data, and the rewritten model is dropped first: protobuf keeps a message's memory until
-    the whole model goes (the weights _constant_matmuls replaced included), and onnxruntime's int8 quantizer holds
-    three copies of what it reads."""
+    """Write `source` converted to `mode` at `target`. The graph the converter reads is staged beside `target`, its
+    weights moved one at a time into an external-data file: staging holds one weight in memory (the source's external
+    data is mapped), whatever the model weighs."""
     onnx = _onnx()
     staged = target.with_suffix(".staged.onnx")
     data = staged.with_name(staged.name + ".data")
-    model = onnx.load(str(source))
+    model = onnx.load(str(source), load_external_data=False)
     del model.graph.value_info[:]  # stale intermediate shapes trip the quantizer's own shape inference
-    from .loop_graphs import densified  # imports onnx: only where a graph is converted
+    from .loop_graphs import densified  # these import onnx: only where a graph is converted
+    from .onnx_weights import DataFile, initializers, weight_array
 
-    densified(model.graph)  # a pruned graph's sparse weights: the converters read dense ones
-    if mode != "fp16":
-        _constant_matmuls(model)
-    onnx.save_model(model, str(staged), save_as_external_data=True, location=data.name)
-    del model
-    release_memory()
+    densified(model.graph, source.parent)  # a pruned graph's sparse weights: the converters read dense ones
     try:
+        with DataFile(data) as store:
+            for tensor in initializers(model.graph):
+                if math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize >= 1024:
+                    store.put(tensor, weight_array(tensor, source.parent))  # smaller ones: shape constants, inline
+            if mode != "fp16":
+                _constant_matmuls(model, store)
+        onnx.save_model(model, str(staged))
+        del model
+        release_memory()
         with _quiet_root_logger():
             CONVERTERS[mode](staged, target, job)
     finally:

@@ -254,10 +254,17 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) 
     assert deploykit.verify(bundle, model=model, fresh=True, seed=0).passed
     with deploykit.load(bundle.path) as dep:
         assert dep.infer({"x": np.ones((2, 6), np.float32)})["logits"].shape == (2, 3)
+    import onnx
+
     from deploykit.precision import quantize
 
-    half = quantize(bundle, "fp16", tmp_path / "half")  # converted graphs are written whole
+    half = quantize(bundle, "fp16", tmp_path / "half")  # staged from the external data one weight at a time
     assert "external_data" not in half.manifest["graphs"]["model"] and deploykit.verify(half, fresh=False).passed
+    split4 = quantize(bundle, "int4", tmp_path / "int4")  # converted graphs are written whole
+    whole4 = quantize(deploykit.export(model, "mlp", tmp_path / "one"), "int4", tmp_path / "one-int4")
+    assert "external_data" not in split4.manifest["graphs"]["model"]
+    assert _weights(onnx.load(str(split4.graphs["model"].path)).graph) == _weights(
+        onnx.load(str(whole4.graphs["model"].path)).graph)  # the same int4 graph as from the inline export
     blob = bytearray(data.read_bytes())
     blob[0] ^= 1
     data.write_bytes(bytes(blob))

@@ -89,8 +89,68 @@ def test_int4_quantizes_every_linear_layer_and_reports_what_it_costs(zoo_bundle,
         assert len(dep.generate(["The "], mode_config("greedy", 20))[0]) == 20
 
 
+@pytest.mark.parametrize("options", [Int4Options(), Int4Options(block_size=16, symmetric=False, accuracy_level=0)])
+def test_int4_streams_external_weights_into_what_onnxruntimes_quantizer_writes(tmp_path: Path, options) -> None:
+    """int4.convert reads each weight from external data as it comes (mapped, not the whole model) and writes what
+    onnxruntime's own MatMulNBitsQuantizer writes from the loaded model: the same packed blocks, scales, zero points
+    and nodes, bit for bit; K not a multiple of the block (padded), a weight two MatMuls share, and one read inside
+    an If branch included. Both graphs give the same outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from deploykit import int4
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((40, 24), np.float32), "w2": rng.standard_normal((24, 8), np.float32),
+               "w3": rng.standard_normal((40, 8), np.float32)}
+    branch = helper.make_graph([helper.make_node("MatMul", ["x", "w3"], ["z"])], "then", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "w2"], ["z2"])], "else", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w1"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"]),
+         helper.make_node("If", ["flag"], ["u"], then_branch=branch, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 40]),
+              helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 8]) for n in ("y", "u")],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    source = tmp_path / "split.onnx"
+    onnx.save(model, str(source), save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    int4.convert(source, tmp_path / "ours.onnx", options)
+    ours = onnx.load(str(tmp_path / "ours.onnx"))
+    reference = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=options.block_size,
+                                     is_symmetric=options.symmetric, accuracy_level=options.accuracy_level)
+    reference.process()
+    theirs = reference.model.model
+
+    def tensors(m: onnx.ModelProto) -> dict[str, tuple[str, bytes, tuple[int, ...]]]:
+        found = {t.name: t for t in m.graph.initializer}
+        return {k: (str(a.dtype), a.tobytes(), a.shape) for k, t in found.items() for a in [numpy_helper.to_array(t)]}
+
+    def nodes(g: onnx.GraphProto) -> list[tuple]:
+        return [(n.op_type, n.domain, list(n.input), list(n.output),
+                 sorted((a.name, nodes(a.g) if a.HasField("g") else helper.get_attribute_value(a)) for a in n.attribute))
+                for n in g.node]
+
+    assert tensors(ours) == tensors(theirs) and not {"w1", "w2", "w3"} & set(tensors(ours))
+    assert nodes(ours.graph) == nodes(theirs.graph)
+    assert [n.op_type for n in ours.graph.node].count("MatMulNBits") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "split.onnx", "split.onnx.data"]  # inline
+    x = rng.standard_normal((2, 40), np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        got = ort.InferenceSession(str(tmp_path / "ours.onnx")).run(None, feeds)
+        want = ort.InferenceSession(theirs.SerializeToString()).run(None, feeds)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
 def test_int4_refuses_what_it_cannot_do(zoo_bundle, tmp_path: Path) -> None:
     """Options out of range, int4 options on another mode, and a graph without linear layers are refused."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from deploykit import int4
@@ -111,5 +171,7 @@ def test_int4_refuses_what_it_cannot_do(zoo_bundle, tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
         [numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")]))
+    onnx.save(conv, str(tmp_path / "conv.onnx"))
     with pytest.raises(InputError, match="this graph has none"):
-        int4.convert(conv, tmp_path / "conv.onnx", Int4Options())
+        int4.convert(tmp_path / "conv.onnx", tmp_path / "conv.int4.onnx", Int4Options())
+    assert not (tmp_path / "conv.int4.onnx").exists()

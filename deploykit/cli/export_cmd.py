@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..onnx_refs import EXTERNAL_DATA_THRESHOLD
 from . import app, console, print_fused
 from .progress import phase_line, progress_bar
 
@@ -18,8 +19,9 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="bundle directory to create")],
     family: Annotated[str | None, typer.Option(help="family (required for package.module:factory)")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
-    external_data_mb: Annotated[float, typer.Option(help="graphs with more weights than this (MiB) keep them in "
-                                                         "external-data files in the bundle")] = 1024.0,
+    external_data_mb: Annotated[float, typer.Option(
+        help="graphs with more weights than this (MiB) keep them in external-data files in the bundle "
+             "(onnxruntime maps them; quantize reads them one at a time)")] = EXTERNAL_DATA_THRESHOLD / (1 << 20),
     tokenizer: Annotated[Path | None, typer.Option(help="language models: a tokenizer.json the bundle carries "
                                                         "for text generation")] = None,
     context: Annotated[int | None, typer.Option(help="hf:DIR language models: the positions the bundle serves "

@@ -23,6 +23,7 @@ from ..bundle import LOOP_ROLE, Bundle, save_golden, write_bundle
 from ..checks import release_memory
 from ..errors import DeploykitError, ExportError, InputError, ParityError
 from ..loop_graphs import build_loop_graphs
+from ..onnx_refs import EXTERNAL_DATA_THRESHOLD
 from ..parity import ParityReport
 from ..runtimes.kinds import compare_loop, kind_of
 from ..runtimes.tokens import read_tokenizer, vocabulary_sha256
@@ -45,7 +46,6 @@ from . import (  # noqa: F401  (register the families)
 from .fused import FUSED_OPSET, check_fused, fused_ops, fused_tracing
 from .onnx_export import (
     ANSI,
-    EXTERNAL_DATA_THRESHOLD,
     OPSET,
     export_role,
     exportable,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import os
 import re
 import sys
@@ -31,7 +30,6 @@ from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
 
 OPSET = 18
-EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs whose weights exceed this (bytes) keep them in a `<graph>.onnx.data` file
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -360,20 +358,15 @@ def sparse_initializers(path: Path) -> None:
     memory or speed). The graph is rewritten only when some weight qualifies; the zeros are counted on the data file,
     mapped, not loaded. The export's parity checks then run on this stored form."""
     from onnx import numpy_helper
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from ..onnx_weights import weight_array
 
     model = onnx.load(str(path), load_external_data=False)
     sparse = {}
     for init in model.graph.initializer:
-        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
-            continue
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-        if uses_external_data(init):
-            info = {entry.key: entry.value for entry in init.external_data}
-            array = np.memmap(path.parent / info["location"], dtype, "r", int(info.get("offset", 0)), math.prod(init.dims))
-        else:
-            array = numpy_helper.to_array(init)
-        if _stored_sparse(array):
+        floats = init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+        if floats and _stored_sparse(weight_array(init, path.parent)):
             sparse[init.name] = init
     if not sparse:
         return
