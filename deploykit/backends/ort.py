@@ -84,7 +84,7 @@ class OrtRunner(Runner):
         self.binding = self.options.io_binding if self.options.io_binding is not None else gpu
         self.device = ("cuda", self.options.device_id) if gpu else ("cpu", 0)
         self.resident: dict[int, tuple[np.ndarray, Any]] = {}
-        self.in_place: tuple[Any, dict[str, tuple[int, tuple[int, ...]]]] | None = None  # binding, buffers bound
+        self.in_place: tuple[Any, dict[str, np.ndarray], dict[str, Any]] | None = None  # binding, buffers, shapes
         self.rebound = 0  # inputs taken from device memory instead of copied from the host (I/O binding)
 
     def _deactivate(self) -> None:
@@ -97,27 +97,37 @@ class OrtRunner(Runner):
             return self._infer(feeds)
         own = {name: feeds[name] if feeds[name].flags.c_contiguous and feeds[name].flags.writeable
                else np.array(feeds[name], order="C") for name in aliases}  # bound by address: plain C arrays only
-        names = self.spec.output_names()
         if self.in_place is None:  # one binding for the whole loop: rebinding 2 x layers buffers a step costs ~5 %
-            self.in_place = (self.session.io_binding(), {})
-        binding, bound = self.in_place
-        for name in names:
-            if name not in aliases.values():  # a fresh output each run (its shape changes from prefill to decode)
+            self.in_place = (self.session.io_binding(), {}, self._fresh_shapes(aliases))
+        binding, bound, shapes = self.in_place
+        fresh = {}  # outputs of a new shape each run (logits): into arrays made here where the inputs give the shape
+        for name, (dtype, shape) in shapes.items():
+            if shape is None:
                 binding.bind_output(name, "cpu")
+                continue
+            array = fresh[name] = np.empty([d if isinstance(d, int) else feeds[d[0]].shape[d[1]] for d in shape], dtype)
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         for name, array in feeds.items():
             if name not in own:
                 binding.bind_cpu_input(name, array)
-                continue
-            array = own[name]
-            where = (array.ctypes.data, array.shape)
-            if bound.get(name) != where:  # a new or grown buffer: onnxruntime reads it and the graph writes it
+            elif bound.get(name) is not own[name]:  # a new or grown buffer: onnxruntime reads it and the graph writes it
+                array = bound[name] = own[name]  # held while bound: its memory stays valid
                 binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
                 binding.bind_output(aliases[name], "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-                bound[name] = where
         self.session.run_with_iobinding(binding)
-        into = {aliases[name]: array for name, array in own.items()}
-        return {name: into[name] if name in into else value.numpy()
-                for name, value in zip(names, binding.get_outputs())}
+        if len(fresh) < len(shapes):  # onnxruntime allocated them: every output gets wrapped to reach those
+            outputs = dict(zip(self.spec.output_names(), binding.get_outputs()))
+            fresh |= {name: outputs[name].numpy() for name in shapes if name not in fresh}
+        return {aliases[name]: array for name, array in own.items()} | fresh
+
+    def _fresh_shapes(self, aliases: Mapping[str, str]) -> dict[str, tuple[str, list[int | tuple[str, int]] | None]]:
+        """Each output not aliased to an input (the loop's fixed map): its dtype and its shape as fixed sizes and
+        (input, axis) pairs where an input has the same symbolic dim, or None where some dim is the graph's own."""
+        where = {d: (spec.name, axis) for spec in self.spec.inputs for axis, d in enumerate(spec.shape)
+                 if isinstance(d, str)}
+        return {spec.name: (spec.dtype, [d if isinstance(d, int) else where[d] for d in spec.shape]
+                            if all(isinstance(d, int) or d in where for d in spec.shape) else None)
+                for spec in self.spec.outputs if spec.name not in aliases.values()}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.spec.output_names()
