@@ -58,6 +58,7 @@ class DataFile:
         self.handle.seek(offset)
         data = np.ascontiguousarray(array)
         self.handle.write(data)
+        self.handle.flush()  # readable through a mapping of this file at once (a tied head's transposed copy)
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
             tensor.ClearField(field)
         del tensor.external_data[:]

@@ -390,9 +390,10 @@ def _convert(source: Path, target: Path, mode: str, job: Conversion) -> None:
     densified(model.graph, source.parent)  # a pruned graph's sparse weights: the converters read dense ones
     try:
         with DataFile(data) as store:
-            for tensor in initializers(model.graph):
-                if math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize >= 1024:
-                    store.put(tensor, weight_array(tensor, source.parent))  # smaller ones: shape constants, inline
+            for tensor in initializers(model.graph):  # smaller ones (shape constants) and strings stay inline
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                if dtype != object and math.prod(tensor.dims) * dtype.itemsize >= 1024:
+                    store.put(tensor, weight_array(tensor, source.parent))
             if mode != "fp16":
                 _constant_matmuls(model, store)
         onnx.save_model(model, str(staged))

@@ -148,6 +148,35 @@ def test_int4_streams_external_weights_into_what_onnxruntimes_quantizer_writes(t
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
+def test_staging_reads_back_a_transposed_weight_it_just_wrote(tmp_path: Path) -> None:
+    """A MatMul over Transpose(w) (a tied LM head) is staged with a transposed copy of w written to the staging
+    file, which the converter then maps: the copy must be there at once, also when smaller than a write buffer. The
+    int4 graph equals the one from the weight stored transposed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.precision import Conversion, _convert
+
+    w = np.random.default_rng(0).standard_normal((24, 40), np.float32)  # 3.8 KiB: under an 8 KiB write buffer
+
+    def graph(nodes: list, weight: np.ndarray) -> Path:
+        path = tmp_path / f"{len(nodes)}.onnx"
+        onnx.save(helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 40])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])], [numpy_helper.from_array(weight, "w")]),
+            opset_imports=[helper.make_opsetid("", 21)]), str(path))
+        return path
+
+    tied = graph([helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])], w)
+    plain = graph([helper.make_node("MatMul", ["x", "w"], ["y"])], np.ascontiguousarray(w.T))
+    job = Conversion(None, [], 0, Int4Options(block_size=16))
+    for source in (tied, plain):
+        _convert(source, source.with_suffix(".int4"), "int4", job)
+    values = [sorted(numpy_helper.to_array(t).tobytes() for t in onnx.load(str(p.with_suffix(".int4"))).graph.initializer)
+              for p in (tied, plain)]
+    assert values[0] == values[1] and len(values[0]) == 2
+
+
 def test_int4_refuses_what_it_cannot_do(zoo_bundle, tmp_path: Path) -> None:
     """Options out of range, int4 options on another mode, and a graph without linear layers are refused."""
     import onnx
