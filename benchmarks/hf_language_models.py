@@ -221,6 +221,47 @@ def _size(path: Path) -> float:
     return sum(f.stat().st_size for f in path.glob("**/*") if f.is_file() and "golden" not in f.parts) / 2**20
 
 
+def _arch(arch: str, work: Path, args: argparse.Namespace, pythons: dict[str, str], peers_env: dict[str, str]) -> None:
+    """Build, decode and report one architecture in `work`."""
+    params = save_model(arch, work / "model")
+    weights_mb = params * 4 / 2**20
+    print(f"\n## {arch}: {params / 1e6:.1f}M parameters, {weights_mb:.0f} MiB fp32 weights "
+          f"({args.threads} thread, {args.repeats} interleaved rounds, {len(PROMPT)}-token prompt, {NEW} new tokens)")
+    builds = {}
+    for name, (where, template) in BUILD.items():
+        fill = {"model": str(work / "model"), "out": str(work / name), "work": str(work)}
+        try:
+            builds[name] = _timed_build(pythons[where], [a.format(**fill) for a in template], peers_env)
+        except Failed as exc:  # e.g. onnxruntime-genai 0.18's builder has no GPT-2
+            print(f"{name}: build failed ({exc}); left out")
+    engines = {"hf generate": str(work / "model")} | {name: str(work / name) for name in builds}
+    rss = {}
+    for name, path in engines.items():
+        spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": {name: path}, "rss": True}
+        rss[name] = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])["peak_rss_mb"]
+    spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": engines, "rss": False,
+            "batches": BATCHES, "repeats": args.repeats}
+    rates = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])
+    print("\n| engine | build CPU-s | build peak MiB | size MiB | decode peak RSS MiB | "
+          + " | ".join(f"batch {b} tok/s (x HF)" for b in BATCHES) + " | greedy tokens = HF (batch 1) |")
+    print("|---" * (6 + len(BATCHES)) + "|")
+    for name in engines:
+        cpu, peak = builds.get(name, (0.0, 0.0))
+        cells = []
+        for b in BATCHES:
+            r, hf = rates[str(b)][name], rates[str(b)]["hf generate"]["median"]
+            cells.append(f"{r['median']:.1f} +-{r['spread']:.1f} ({r['median'] / hf:.2f}x)")
+        same = rates["1"][name]["tokens"] == rates["1"]["hf generate"]["tokens"]
+        built = f"{cpu:.0f} | {peak:.0f}" if name in builds else "- | -"
+        size = f"{_size(Path(engines[name])):.0f}"
+        print(f"| {name} | {built} | {size} | {rss[name]:.0f} | {' | '.join(cells)} | {same} |")
+    print(f"fp32 weight-read ceiling at batch 1: {_weight_read_ceiling(params, args.threads):.1f} tok/s")
+    for name in (n for n in builds if n.startswith("deploykit") and n.endswith(("int8", "int4"))):
+        manifest = json.loads((work / name / "manifest.json").read_text())
+        for row in manifest["precision"]["accuracy"]:
+            print(f"{name}: {row['metric']}: fp32 {row['fp32']:.4g}, quantized {row['quantized']:.4g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", nargs="+", default=["gpt2", "llama"])
@@ -233,45 +274,9 @@ def main() -> None:
         raise SystemExit(f"{args.peers} not found: `make peers-env` builds the peers' environment.")
     pythons = {"here": sys.executable, "peers": args.peers}
     peers_env = os.environ | {"PYTHONPATH": str(ROOT)}
-    for arch in args.arch:
-        work = Path(tempfile.mkdtemp(prefix=f"hf-{arch}-"))
-        params = save_model(arch, work / "model")
-        weights_mb = params * 4 / 2**20
-        print(f"\n## {arch}: {params / 1e6:.1f}M parameters, {weights_mb:.0f} MiB fp32 weights "
-              f"({args.threads} thread, {args.repeats} interleaved rounds, {len(PROMPT)}-token prompt, {NEW} new tokens)")
-        builds = {}
-        for name, (where, template) in BUILD.items():
-            fill = {"model": str(work / "model"), "out": str(work / name), "work": str(work)}
-            try:
-                builds[name] = _timed_build(pythons[where], [a.format(**fill) for a in template], peers_env)
-            except Failed as exc:  # e.g. onnxruntime-genai 0.18's builder has no GPT-2
-                print(f"{name}: build failed ({exc}); left out")
-        engines = {"hf generate": str(work / "model")} | {name: str(work / name) for name in builds}
-        rss = {}
-        for name, path in engines.items():
-            spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": {name: path}, "rss": True}
-            rss[name] = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])["peak_rss_mb"]
-        spec = {"threads": args.threads, "prompt": PROMPT, "new": NEW, "engines": engines, "rss": False,
-                "batches": BATCHES, "repeats": args.repeats}
-        rates = json.loads(_run(args.peers, ["-c", DECODE, json.dumps(spec)], peers_env)[0])
-        print("\n| engine | build CPU-s | build peak MiB | size MiB | decode peak RSS MiB | "
-              + " | ".join(f"batch {b} tok/s (x HF)" for b in BATCHES) + " | greedy tokens = HF (batch 1) |")
-        print("|---" * (6 + len(BATCHES)) + "|")
-        for name in engines:
-            cpu, peak = builds.get(name, (0.0, 0.0))
-            cells = []
-            for b in BATCHES:
-                r, hf = rates[str(b)][name], rates[str(b)]["hf generate"]["median"]
-                cells.append(f"{r['median']:.1f} +-{r['spread']:.1f} ({r['median'] / hf:.2f}x)")
-            same = rates["1"][name]["tokens"] == rates["1"]["hf generate"]["tokens"]
-            built = f"{cpu:.0f} | {peak:.0f}" if name in builds else "- | -"
-            size = f"{_size(Path(engines[name])):.0f}"
-            print(f"| {name} | {built} | {size} | {rss[name]:.0f} | {' | '.join(cells)} | {same} |")
-        print(f"fp32 weight-read ceiling at batch 1: {_weight_read_ceiling(params, args.threads):.1f} tok/s")
-        for name in (n for n in builds if n.startswith("deploykit") and n.endswith(("int8", "int4"))):
-            manifest = json.loads((work / name / "manifest.json").read_text())
-            for row in manifest["precision"]["accuracy"]:
-                print(f"{name}: {row['metric']}: fp32 {row['fp32']:.4g}, quantized {row['quantized']:.4g}")
+    for arch in args.arch:  # each in its own folder, removed after (the builds take gigabytes)
+        with tempfile.TemporaryDirectory(prefix=f"hf-{arch}-") as work:
+            _arch(arch, Path(work), args, pythons, peers_env)
 
 
 if __name__ == "__main__":

@@ -84,34 +84,34 @@ def main() -> None:
     parser.add_argument("--peers", default=str(ROOT / ".venv-peers" / "bin" / "python"),
                         help="python of the environment with optimum-onnx (make peers-env)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="hf-bart-"))
-    params = save_bart(work / "model")
-    print(f"## BART-base shape: {params / 1e6:.1f}M parameters, {params * 4 / 2**20:.0f} MiB fp32 weights")
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    builds = {"deploykit": (sys.executable, ["-m", "deploykit", "export", f"hf:{work / 'model'}", "--out",
-                                             str(work / "deploykit")])}
-    if Path(args.peers).exists():
-        builds["optimum-onnx"] = (args.peers, ["-m", "optimum.commands.optimum_cli", "export", "onnx", "--model",
-                                               str(work / "model"), "--task", "text2text-generation-with-past",
-                                               str(work / "optimum")])
-    else:
-        print(f"{args.peers} not found (`make peers-env`): optimum-onnx left out")
-    print("\n| build | CPU-s | peak RSS MiB | size MiB |\n|---|---|---|---|")
-    for name, (python, command) in builds.items():
-        try:
-            cpu, peak = _timed_build(python, command, env)
-        except Failed as exc:
-            print(f"| {name} | failed: {exc} | | |")
-            continue
-        print(f"| {name} | {cpu:.0f} | {peak:.0f} | {_size(work / name.split('-')[0]):.0f} |")
-    rates = _decode(work / "model", work / "deploykit", args.threads, args.repeats)
-    base = statistics.median(rates["transformers generate"])
-    print(f"\n| beam 4, {args.threads} thread, {len(SOURCE)}-token source | tokens/s (median, spread) | x transformers |"
-          "\n|---|---|---|")
-    for name, values in rates.items():
-        print(f"| {name} | {statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
-              f"{statistics.median(values) / base:.2f}x |")
-
+    with tempfile.TemporaryDirectory(prefix="hf-bart-") as tmp:  # removed after: the builds take gigabytes
+        work = Path(tmp)
+        params = save_bart(work / "model")
+        print(f"## BART-base shape: {params / 1e6:.1f}M parameters, {params * 4 / 2**20:.0f} MiB fp32 weights")
+        env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+        builds = {"deploykit": (sys.executable, ["-m", "deploykit", "export", f"hf:{work / 'model'}", "--out",
+                                                 str(work / "deploykit")])}
+        if Path(args.peers).exists():
+            builds["optimum-onnx"] = (args.peers, ["-m", "optimum.commands.optimum_cli", "export", "onnx", "--model",
+                                                   str(work / "model"), "--task", "text2text-generation-with-past",
+                                                   str(work / "optimum")])
+        else:
+            print(f"{args.peers} not found (`make peers-env`): optimum-onnx left out")
+        print("\n| build | CPU-s | peak RSS MiB | size MiB |\n|---|---|---|---|")
+        for name, (python, command) in builds.items():
+            try:
+                cpu, peak = _timed_build(python, command, env)
+            except Failed as exc:
+                print(f"| {name} | failed: {exc} | | |")
+                continue
+            print(f"| {name} | {cpu:.0f} | {peak:.0f} | {_size(work / name.split('-')[0]):.0f} |")
+        rates = _decode(work / "model", work / "deploykit", args.threads, args.repeats)
+        base = statistics.median(rates["transformers generate"])
+        print(f"\n| beam 4, {args.threads} thread, {len(SOURCE)}-token source | tokens/s (median, spread) | x transformers |"
+              "\n|---|---|---|")
+        for name, values in rates.items():
+            print(f"| {name} | {statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
+                  f"{statistics.median(values) / base:.2f}x |")
 
 if __name__ == "__main__":
     main()
