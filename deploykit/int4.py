@@ -46,16 +46,20 @@ class Int4Options:
 
 def convert(source: Path, target: Path, options: Int4Options) -> None:
     """Write the graph at `source` (linear layers as MatMul over constant 2-D float32 weights, which may live in
-    external data) at `target` with those MatMuls as MatMulNBits, one weight at a time: external weights are
-    mapped, quantized and dropped, so memory holds one fp32 weight and the growing int4 graph. InputError when the
-    graph has no such MatMul."""
+    external data beside it) at `target` with those MatMuls as MatMulNBits, one weight at a time: each weight is
+    mapped, quantized, and its blocks written to `target`'s external-data file, as are the weights that stay float.
+    Memory holds one fp32 weight and the graph's structure. Graphs whose weights come to no more than
+    EXTERNAL_DATA_THRESHOLD are then written as one file, like an export's. InputError when the graph has no such
+    MatMul."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
-    from .onnx_refs import read_names, subgraphs
-    from .onnx_weights import initializers, weight_array
+    from .onnx_refs import EXTERNAL_DATA_THRESHOLD, read_names, subgraphs
+    from .onnx_weights import DataFile, initializers, weight_array
 
     model = onnx.load(str(source), load_external_data=False)
     done: dict[str, list[onnx.TensorProto]] = {}  # weight -> its packed blocks, scales (and zero points)
+    data = target.with_name(target.name + ".data")
 
     def rewrite(graph: onnx.GraphProto, outer: dict[str, tuple[onnx.TensorProto, onnx.GraphProto]]) -> None:
         weights = outer | {t.name: (t, graph) for t in graph.initializer}  # name -> (weight, the graph holding it)
@@ -69,7 +73,8 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
                 nodes.append(node)
                 continue
             if weight.name not in done:
-                done[weight.name] = _blocks(weight_array(weight, source.parent), weight.name, options)
+                blocks = _blocks(weight_array(weight, source.parent), options)
+                done[weight.name] = [store.tensor(f"{weight.name}_{suffix}", array) for suffix, array in blocks]
                 holder.initializer.extend(done[weight.name])  # in the weight's own scope: seen wherever it was
             k, n = weight.dims
             attrs = {"K": k, "N": n, "bits": 4, "block_size": options.block_size}
@@ -80,26 +85,31 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
         del graph.node[:]
         graph.node.extend(nodes)
 
-    rewrite(model.graph, {})
-    if not done:
-        raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph has "
-                         "none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
-    from onnx.external_data_helper import uses_external_data
-
-    _drop_unread(model.graph, read_names(model.graph.node) | {o.name for o in model.graph.output})
-    for tensor in initializers(model.graph):  # what stays float (embeddings, norms) is written inline
-        if uses_external_data(tensor):
-            tensor.CopyFrom(onnx.numpy_helper.from_array(np.asarray(weight_array(tensor, source.parent)), tensor.name))
+    with DataFile(data) as store:
+        rewrite(model.graph, {})
+        if not done:
+            data.unlink()
+            raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph "
+                             "has none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
+        _drop_unread(model.graph, read_names(model.graph.node) | {o.name for o in model.graph.output})
+        for tensor in initializers(model.graph):  # what stays float (embeddings, norms), from the source's file
+            if uses_external_data(tensor) and _location(tensor) != data.name:
+                store.put(tensor, weight_array(tensor, source.parent))
+        small = store.handle.tell() <= EXTERNAL_DATA_THRESHOLD
+    if small:
+        for tensor in initializers(model.graph):
+            if uses_external_data(tensor):
+                tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(weight_array(tensor, target.parent)), tensor.name))
+        data.unlink()
     model.opset_import.extend([] if any(o.domain == "com.microsoft" for o in model.opset_import)
                               else [onnx.helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(target))
 
 
-def _blocks(weight: np.ndarray, name: str, options: Int4Options) -> list[Any]:
-    """MatMulNBits' constant inputs for a [K, N] weight: 4-bit blocks of `block_size` along K, packed per column
-    [N, blocks, block_size / 2], float scales [N, blocks], and zero points [N, ceil(blocks / 2)] unless symmetric;
-    computed by onnxruntime's own kernel (the one its quantizer calls)."""
-    from onnx import numpy_helper
+def _blocks(weight: np.ndarray, options: Int4Options) -> list[tuple[str, np.ndarray]]:
+    """MatMulNBits' constant inputs for a [K, N] weight, named by suffix: 4-bit blocks of `block_size` along K,
+    packed per column [N, blocks, block_size / 2], float scales [N, blocks], and zero points [N, ceil(blocks / 2)]
+    unless symmetric; computed by onnxruntime's own kernel (the one its quantizer calls)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
     rows, cols = weight.shape
@@ -110,8 +120,12 @@ def _blocks(weight: np.ndarray, name: str, options: Int4Options) -> list[Any]:
     scales = np.zeros((cols, blocks), np.float32)
     zero_points = np.zeros((cols, -(-blocks // 2)), np.uint8)
     quantize_matmul_4bits(packed, padded, scales, zero_points, options.block_size, cols, rows, options.symmetric)
-    out = [numpy_helper.from_array(packed, f"{name}_Q4"), numpy_helper.from_array(scales, f"{name}_scales")]
-    return out + ([] if options.symmetric else [numpy_helper.from_array(zero_points, f"{name}_zero_points")])
+    return [("Q4", packed), ("scales", scales)] + ([] if options.symmetric else [("zero_points", zero_points)])
+
+
+def _location(tensor: Any) -> str:
+    """The external-data file a tensor's values are in."""
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
 
 
 def _drop_unread(graph: Any, read: set[str]) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import int4
 from .api import load
+from .backends.base import RunnerOptions
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int, release_memory
@@ -51,9 +52,9 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
     equal. Sampling loops: the same seeded samples from both, mean and max abs difference. Densities (flows, masked
     autoregressive models): mean NLL of the fp32 model's own samples under each bundle. The bundles are loaded one
     after the other (the fp32 one first: what the quantized one is measured on comes from it), so the peak memory is
-    one bundle's sessions, not both.
+    one bundle's sessions, not both; the fp32 one without weight prepacking, so its external data stays mapped.
     """
-    with load(source.path) as full:
+    with load(source.path, options=RunnerOptions(prepack=False)) as full:  # its weights mapped, not packed copies
         reference = _observe(full, source, labelled, n, None)
     with load(quantized.path) as low:
         observed = _observe(low, source, labelled, n, reference)
@@ -462,8 +463,12 @@ def quantize(
                 phase(f"converting '{role}' to {mode}")
                 _convert(graph.path, tmp / "graphs" / f"{role}.onnx", mode,
                          Conversion(graph.spec, b.check_shapes, calibration, options))
-                manifest["graphs"][role]["file"] = f"graphs/{role}.onnx"
-                manifest["graphs"][role].pop("external_data", None)  # the converted graph is written whole
+                entry = manifest["graphs"][role]
+                entry["file"] = f"graphs/{role}.onnx"
+                entry.pop("external_data", None)
+                data = tmp / "graphs" / f"{role}.onnx.data"  # int4 of a large graph keeps its weights beside it
+                if data.exists():
+                    entry["external_data"] = [{"file": f"graphs/{data.name}"}]
         check = kind_of(b.loop).graph_problems
         problems = check({role: tmp / "graphs" / f"{role}.onnx" for role in b.graphs}) if check else []
         if problems:

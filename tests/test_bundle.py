@@ -243,7 +243,7 @@ class Wide(torch.nn.Module):
         return self.net(x)
 
 
-def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) -> None:
+def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path, monkeypatch) -> None:
     """Above the threshold (here 0 bytes) weights go to graphs/<role>.onnx.data, listed with its sha256."""
     model = Wide().eval()
     bundle = deploykit.export(model, "mlp", tmp_path / "ext", external_threshold=0)
@@ -260,11 +260,19 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path) 
 
     half = quantize(bundle, "fp16", tmp_path / "half")  # staged from the external data one weight at a time
     assert "external_data" not in half.manifest["graphs"]["model"] and deploykit.verify(half, fresh=False).passed
-    split4 = quantize(bundle, "int4", tmp_path / "int4")  # converted graphs are written whole
+    split4 = quantize(bundle, "int4", tmp_path / "int4")  # int4 graphs under the threshold are written whole
     whole4 = quantize(deploykit.export(model, "mlp", tmp_path / "one"), "int4", tmp_path / "one-int4")
     assert "external_data" not in split4.manifest["graphs"]["model"]
     assert _weights(onnx.load(str(split4.graphs["model"].path)).graph) == _weights(
         onnx.load(str(whole4.graphs["model"].path)).graph)  # the same int4 graph as from the inline export
+    monkeypatch.setattr("deploykit.onnx_refs.EXTERNAL_DATA_THRESHOLD", 0)  # above it: int4 keeps external data
+    kept = quantize(bundle, "int4", tmp_path / "int4-split")
+    [extra] = kept.manifest["graphs"]["model"]["external_data"]
+    assert extra["sha256"] == sha256_file(kept.path / extra["file"]) and kept.graphs["model"].path.stat().st_size < 4096
+    assert _weights(onnx.load(str(kept.graphs["model"].path)).graph) == _weights(onnx.load(str(whole4.graphs["model"].path)).graph)
+    with deploykit.load(kept.path) as dep, deploykit.load(whole4.path) as one:
+        x = {"x": np.ones((2, 6), np.float32)}
+        assert np.array_equal(dep.infer(x)["logits"], one.infer(x)["logits"])
     blob = bytearray(data.read_bytes())
     blob[0] ^= 1
     data.write_bytes(bytes(blob))
