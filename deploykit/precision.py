@@ -24,7 +24,6 @@ import numpy as np
 
 from . import int4
 from .api import load
-from .backends.base import RunnerOptions
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
 from .checks import check_fits, check_int, release_memory
@@ -52,9 +51,9 @@ def accuracy_change(source: Bundle, quantized: Bundle, labelled: Labelled | None
     equal. Sampling loops: the same seeded samples from both, mean and max abs difference. Densities (flows, masked
     autoregressive models): mean NLL of the fp32 model's own samples under each bundle. The bundles are loaded one
     after the other (the fp32 one first: what the quantized one is measured on comes from it), so the peak memory is
-    one bundle's sessions, not both; the fp32 one without weight prepacking, so its external data stays mapped.
+    one bundle's sessions, not both.
     """
-    with load(source.path, options=RunnerOptions(prepack=False)) as full:  # its weights mapped, not packed copies
+    with load(source.path) as full:
         reference = _observe(full, source, labelled, n, None)
     with load(quantized.path) as low:
         observed = _observe(low, source, labelled, n, reference)
