@@ -99,7 +99,8 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
     if small:
         for tensor in initializers(model.graph):
             if uses_external_data(tensor):
-                tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(weight_array(tensor, target.parent)), tensor.name))
+                array = np.array(weight_array(tensor, target.parent))
+                tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
         data.unlink()
     model.opset_import.extend([] if any(o.domain == "com.microsoft" for o in model.opset_import)
                               else [onnx.helper.make_opsetid("com.microsoft", 1)])

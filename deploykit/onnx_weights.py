@@ -49,7 +49,8 @@ class DataFile:
     def __enter__(self) -> DataFile:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
         self.handle.close()
 
     def put(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
@@ -59,7 +60,7 @@ class DataFile:
         data = np.ascontiguousarray(array)
         self.handle.write(data)
         self.handle.flush()  # readable through a mapping of this file at once (a tied head's transposed copy)
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
             tensor.ClearField(field)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.EXTERNAL

@@ -181,3 +181,36 @@ def test_load_works_without_with_and_close_frees_the_sessions(zoo_bundle) -> Non
     del dep
     gc.collect()
     assert ref() is None and not any(r.active for r in runners.values())  # collected: released
+
+
+def test_in_place_infer_writes_the_callers_buffer_and_returns_every_output(tmp_path: Path) -> None:
+    """infer(aliases=...) on onnxruntime's CPU provider: the aliased output is written into the caller's own array,
+    an output whose shape the inputs give comes back in an array made for it, and one whose dims are the graph's own
+    (here a Reshape's) from onnxruntime's allocation; a second call with a new buffer rebinds it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("TensorScatter", ["cache", "update", "at"], ["present"], axis=2),
+         helper.make_node("Identity", ["update"], ["echo"]), helper.make_node("Reshape", ["present", "flat"], ["all"])],
+        "g", [helper.make_tensor_value_info("cache", TensorProto.FLOAT, [2, 1, "cap", 3]),
+              helper.make_tensor_value_info("update", TensorProto.FLOAT, [2, 1, 1, 3]),
+              helper.make_tensor_value_info("at", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("present", "echo", "all")],
+        [numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    path = tmp_path / "scatter.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)]), str(path))
+    spec = GraphSpec((TensorSpec("cache", "float32", (2, 1, "cap", 3)), TensorSpec("update", "float32", (2, 1, 1, 3)),
+                      TensorSpec("at", "int64", (2,))),
+                     (TensorSpec("present", "float32", (2, 1, "cap", 3)), TensorSpec("echo", "float32", (2, 1, 1, 3)),
+                      TensorSpec("all", "float32", ("cap_times_6",))))
+    with OrtRunner("step", spec, path) as runner:
+        for cap in (4, 6):  # the second buffer is a new array: bound afresh
+            cache = np.zeros((2, 1, cap, 3), np.float32)
+            for step in range(2):
+                update = np.full((2, 1, 1, 3), step + 1, np.float32)
+                out = runner.infer({"cache": cache, "update": update, "at": np.array([step, step + 1])},
+                                   aliases={"cache": "present"})
+                assert out["present"] is cache and np.array_equal(out["echo"], update)
+                np.testing.assert_array_equal(out["all"], cache.reshape(-1))
+            assert cache[0, 0, :, 0].tolist() == [1, 2] + [0] * (cap - 2) and cache[1, 0, :, 0].tolist()[:3] == [0, 1, 2]

@@ -84,7 +84,7 @@ class OrtRunner(Runner):
         self.binding = self.options.io_binding if self.options.io_binding is not None else gpu
         self.device = ("cuda", self.options.device_id) if gpu else ("cpu", 0)
         self.resident: dict[int, tuple[np.ndarray, Any]] = {}
-        self.in_place: tuple[Any, dict[str, np.ndarray], dict[str, Any]] | None = None  # binding, buffers, shapes
+        self.in_place: tuple[Any, dict[str, np.ndarray], dict[str, Any], list[str]] | None = None  # see _infer_in_place
         self.rebound = 0  # inputs taken from device memory instead of copied from the host (I/O binding)
 
     def _deactivate(self) -> None:
@@ -98,25 +98,31 @@ class OrtRunner(Runner):
         own = {name: feeds[name] if feeds[name].flags.c_contiguous and feeds[name].flags.writeable
                else np.array(feeds[name], order="C") for name in aliases}  # bound by address: plain C arrays only
         if self.in_place is None:  # one binding for the whole loop: rebinding 2 x layers buffers a step costs ~5 %
-            self.in_place = (self.session.io_binding(), {}, self._fresh_shapes(aliases))
-        binding, bound, shapes = self.in_place
+            self.in_place = (self.session.io_binding(), {}, self._fresh_shapes(aliases), [])
+        binding, bound, shapes, order = self.in_place
+
+        def bind_output(name: str, *where: Any) -> None:
+            binding.bind_output(name, *where)
+            if name not in order:  # get_outputs() lists outputs in the order first bound
+                order.append(name)
+
         fresh = {}  # outputs of a new shape each run (logits): into arrays made here where the inputs give the shape
         for name, (dtype, shape) in shapes.items():
             if shape is None:
-                binding.bind_output(name, "cpu")
+                bind_output(name, "cpu")
                 continue
             array = fresh[name] = np.empty([d if isinstance(d, int) else feeds[d[0]].shape[d[1]] for d in shape], dtype)
-            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         for name, array in feeds.items():
             if name not in own:
                 binding.bind_cpu_input(name, array)
-            elif bound.get(name) is not own[name]:  # a new or grown buffer: onnxruntime reads it and the graph writes it
+            elif bound.get(name) is not own[name]:  # a new or grown buffer: onnxruntime reads it, the graph writes it
                 array = bound[name] = own[name]  # held while bound: its memory stays valid
                 binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-                binding.bind_output(aliases[name], "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+                bind_output(aliases[name], "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self.session.run_with_iobinding(binding)
         if len(fresh) < len(shapes):  # onnxruntime allocated them: every output gets wrapped to reach those
-            outputs = dict(zip(self.spec.output_names(), binding.get_outputs()))
+            outputs = dict(zip(order, binding.get_outputs()))
             fresh |= {name: outputs[name].numpy() for name in shapes if name not in fresh}
         return {aliases[name]: array for name, array in own.items()} | fresh
 
