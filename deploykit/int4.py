@@ -54,8 +54,8 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    from .onnx_refs import EXTERNAL_DATA_THRESHOLD, read_names, subgraphs
-    from .onnx_weights import DataFile, initializers, weight_array
+    from .onnx_refs import EXTERNAL_DATA_THRESHOLD, subgraphs
+    from .onnx_weights import DataFile, drop_unread, initializers, weight_array
 
     model = onnx.load(str(source), load_external_data=False)
     done: dict[str, list[onnx.TensorProto]] = {}  # weight -> its packed blocks, scales (and zero points)
@@ -91,7 +91,7 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
             data.unlink()
             raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph "
                              "has none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
-        _drop_unread(model.graph, read_names(model.graph.node) | {o.name for o in model.graph.output})
+        drop_unread(model.graph)
         for tensor in initializers(model.graph):  # what stays float (embeddings, norms), from the source's file
             if uses_external_data(tensor) and _location(tensor) != data.name:
                 store.put(tensor, weight_array(tensor, source.parent))
@@ -127,17 +127,3 @@ def _blocks(weight: np.ndarray, options: Int4Options) -> list[tuple[str, np.ndar
 def _location(tensor: Any) -> str:
     """The external-data file a tensor's values are in."""
     return next(entry.value for entry in tensor.external_data if entry.key == "location")
-
-
-def _drop_unread(graph: Any, read: set[str]) -> None:
-    """Remove the initializers of `graph` (and its subgraphs) that no node reads, and graph inputs naming them."""
-    from .onnx_refs import subgraphs
-
-    dropped = {t.name for t in graph.initializer if t.name not in read}
-    for listed in (graph.initializer, graph.input):
-        kept = [t for t in listed if t.name not in dropped]
-        del listed[:]
-        listed.extend(kept)
-    for node in graph.node:
-        for sub in subgraphs(node):
-            _drop_unread(sub, read)

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from .onnx_refs import subgraphs
+from .onnx_refs import read_names, subgraphs
 
 ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
 
@@ -37,6 +37,20 @@ def initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for node in graph.node:
         for sub in subgraphs(node):
             yield from initializers(sub)
+
+
+def drop_unread(graph: onnx.GraphProto, read: set[str] | None = None) -> None:
+    """Remove the initializers of `graph` and its subgraphs that no node reads (subgraphs' reads of outer scopes
+    included) nor an output names, and the graph inputs naming them."""
+    read = read_names(graph.node) | {o.name for o in graph.output} if read is None else read
+    dropped = {t.name for t in graph.initializer if t.name not in read}
+    for listed in (graph.initializer, graph.input):
+        kept = [t for t in listed if t.name not in dropped]
+        del listed[:]
+        listed.extend(kept)
+    for node in graph.node:
+        for sub in subgraphs(node):
+            drop_unread(sub, read)
 
 
 class DataFile:

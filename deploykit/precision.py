@@ -212,7 +212,7 @@ def _constant_matmuls(model: Any, store: DataFile) -> None:
     onnx = _onnx()
     from onnx import helper
 
-    from .onnx_weights import weight_array
+    from .onnx_weights import drop_unread, weight_array
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
@@ -266,10 +266,7 @@ def _constant_matmuls(model: Any, store: DataFile) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     weights.clear()  # no Python reference may keep a dropped initializer's data alive
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    for index in reversed(range(len(graph.initializer))):  # a weight read only transposed: its copy replaces it
-        if graph.initializer[index].name not in read:
-            del graph.initializer[index]
+    drop_unread(graph)  # a weight read only transposed: its copy replaces it
 
 
 def _unflattened_gemms(graph: Any, producer: dict[str, Any], readers: dict[str, list[Any]], weights: dict[str, Any]
