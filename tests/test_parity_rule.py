@@ -17,8 +17,8 @@ from deploykit.backends import OrtRunner, RunnerOptions, TorchRunner
 from deploykit.backends.torch import Float64References
 from deploykit.bundle import load_bundle
 from deploykit.errors import ParityError
-from deploykit.exporters.onnx_export import _initializers
 from deploykit.models import ZOO
+from deploykit.onnx_weights import initializers
 from deploykit.parity import ParityReport, Tolerance, max_abs_diff, max_magnitude
 from deploykit.sources import torch_reference
 from deploykit.specs import GraphSpec, TensorSpec
@@ -64,7 +64,7 @@ def _mutated(graph: Path, out: Path, mutation: str) -> Path:
     `swap` exchanges two slices along its first axis longer than 1 (two heads, channels or gates swapped: the first
     and the one most unlike it), `scale` multiplies it by 1.01 (a constant off by 1 %)."""
     model = onnx.load(str(graph))
-    floats = [t for t in _initializers(model.graph) if t.data_type == onnx.TensorProto.FLOAT]
+    floats = [t for t in initializers(model.graph) if t.data_type == onnx.TensorProto.FLOAT]
     target = max(floats, key=lambda t: int(np.prod(t.dims)))
     array = numpy_helper.to_array(target).copy()
     if mutation == "scale":

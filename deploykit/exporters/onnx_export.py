@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from ..checks import release_memory
 from ..errors import ExportError
 from ..onnx_refs import read_names, subgraphs, varint
+from ..onnx_weights import initializers, weight_array
 from ..specs import DimRule, GraphSpec, TensorSpec
 from .recurrence import ONNX_TRANSLATIONS
 from .registry import Role
@@ -272,7 +273,7 @@ def export_role(name: str, role: Role, path: Path, opset: int = OPSET) -> Export
     model = onnx.load(str(path), load_external_data=False)
     spec = GraphSpec(role.inputs, _output_specs(model), role.dims)
     opset_found = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    data_files = sorted({entry.value for tensor in _initializers(model.graph) for entry in tensor.external_data
+    data_files = sorted({entry.value for tensor in initializers(model.graph) for entry in tensor.external_data
                          if entry.key == "location"})
     unused = path.with_name(path.name + ".data")  # torch keeps tensors under 1 KiB inline: the file may hold none
     if unused.name not in data_files:
@@ -298,8 +299,8 @@ def inline_external_data(path: Path) -> None:
     release_memory()  # what the export's checks freed goes back to the OS first: this runs at the export's peak
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent
-    files = {entry.value for t in _initializers(model.graph) for entry in t.external_data if entry.key == "location"}
-    nested = [t for node in model.graph.node for sub in subgraphs(node) for t in _initializers(sub)]
+    files = {entry.value for t in initializers(model.graph) for entry in t.external_data if entry.key == "location"}
+    nested = [t for node in model.graph.node for sub in subgraphs(node) for t in initializers(sub)]
     for tensor in nested:  # subgraph (Scan body) weights: inline in place
         if uses_external_data(tensor):
             load_external_data_for_tensor(tensor, str(folder))
@@ -360,7 +361,6 @@ def sparse_initializers(path: Path) -> None:
     from onnx import numpy_helper
     from onnx.external_data_helper import load_external_data_for_model
 
-    from ..onnx_weights import weight_array
 
     model = onnx.load(str(path), load_external_data=False)
     sparse = {}
@@ -485,11 +485,3 @@ def _localize_loop_weights(path: Path) -> None:
         del graph.initializer[:]
         graph.initializer.extend(kept)
         onnx.save(model, str(path))
-
-
-def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers of a graph and its subgraphs (Scan / Loop bodies)."""
-    yield from graph.initializer
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from _initializers(sub)
