@@ -52,10 +52,9 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
     EXTERNAL_DATA_THRESHOLD are then written as one file, like an export's. InputError when the graph has no such
     MatMul."""
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
-    from .onnx_refs import EXTERNAL_DATA_THRESHOLD, subgraphs
-    from .onnx_weights import DataFile, drop_unread, initializers, weight_array
+    from .onnx_refs import subgraphs
+    from .onnx_weights import DataFile, finish_converted, weight_array
 
     model = onnx.load(str(source), load_external_data=False)
     done: dict[str, list[onnx.TensorProto]] = {}  # weight -> its packed blocks, scales (and zero points)
@@ -88,23 +87,13 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
     with DataFile(data) as store:
         rewrite(model.graph, {})
         if not done:
+            store.handle.close()
             data.unlink()
             raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph "
                              "has none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
-        drop_unread(model.graph)
-        for tensor in initializers(model.graph):  # what stays float (embeddings, norms), from the source's file
-            if uses_external_data(tensor) and _location(tensor) != data.name:
-                store.put(tensor, weight_array(tensor, source.parent))
-        small = store.handle.tell() <= EXTERNAL_DATA_THRESHOLD
-    if small:
-        for tensor in initializers(model.graph):
-            if uses_external_data(tensor):
-                array = np.array(weight_array(tensor, target.parent))
-                tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
-        data.unlink()
-    model.opset_import.extend([] if any(o.domain == "com.microsoft" for o in model.opset_import)
-                              else [onnx.helper.make_opsetid("com.microsoft", 1)])
-    onnx.save(model, str(target))
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        finish_converted(model, source.parent, target, store)
 
 
 def _blocks(weight: np.ndarray, options: Int4Options) -> list[tuple[str, np.ndarray]]:
@@ -123,7 +112,3 @@ def _blocks(weight: np.ndarray, options: Int4Options) -> list[tuple[str, np.ndar
     quantize_matmul_4bits(packed, padded, scales, zero_points, options.block_size, cols, rows, options.symmetric)
     return [("Q4", packed), ("scales", scales)] + ([] if options.symmetric else [("zero_points", zero_points)])
 
-
-def _location(tensor: Any) -> str:
-    """The external-data file a tensor's values are in."""
-    return next(entry.value for entry in tensor.external_data if entry.key == "location")

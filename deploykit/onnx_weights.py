@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from .onnx_refs import read_names, subgraphs
+from .onnx_refs import EXTERNAL_DATA_THRESHOLD, read_names, subgraphs
 
 ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
 
@@ -51,6 +51,29 @@ def drop_unread(graph: onnx.GraphProto, read: set[str] | None = None) -> None:
     for node in graph.node:
         for sub in subgraphs(node):
             drop_unread(sub, read)
+
+
+def location(tensor: onnx.TensorProto) -> str:
+    """The external-data file a tensor's values are in."""
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
+
+
+def finish_converted(model: onnx.ModelProto, source: Path, target: Path, store: DataFile) -> None:
+    """Save a converted `model` at `target`, its new weights already in `store` (target's data file): initializers no
+    node reads are dropped, those still in the source's external data (in folder `source`) copied into `store`, and
+    all of them folded back inline, `store`'s file removed, when they come to no more than EXTERNAL_DATA_THRESHOLD."""
+    drop_unread(model.graph)
+    for tensor in initializers(model.graph):  # what stays as it was (embeddings, norms), from the source's file
+        if uses_external_data(tensor) and location(tensor) != store.path.name:
+            store.put(tensor, weight_array(tensor, source))
+    if store.handle.tell() <= EXTERNAL_DATA_THRESHOLD:
+        for tensor in initializers(model.graph):
+            if uses_external_data(tensor):
+                array = np.array(weight_array(tensor, target.parent))
+                tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+        store.handle.close()
+        store.path.unlink()
+    onnx.save(model, str(target))
 
 
 class DataFile:

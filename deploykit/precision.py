@@ -1,8 +1,9 @@
 """quantize: write a new bundle whose graphs run in fp16, int8 or int4 (weight-only), with tolerances from the
 measured error.
 
-Uses onnxruntime's own tools (float16 conversion, dynamic and static QDQ quantization, MatMulNBits: `int4.py`);
-needs onnx and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
+Uses onnxruntime's float16 conversion and static QDQ quantizer, and deploykit's own streaming converters over
+onnxruntime's kernels for int8-dynamic (`int8.py`, the graph onnxruntime's dynamic quantizer writes) and int4
+(`int4.py`, MatMulNBits); needs onnx and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
 outputs) are kept, so `verify` compares the quantized graphs with torch; the tolerance becomes
 max(family atol, 2 x the worst error measured on the golden cases at quantization), recorded in
 the manifest with the mode, so a deployment drifting beyond what was accepted still fails.
@@ -339,17 +340,20 @@ def _fp16(staged: Path, target: Path, job: Conversion) -> None:
     _onnx().save(convert_float_to_float16(_onnx().load(str(staged)), keep_io_types=True), str(target))
 
 
-def _int8(staged: Path, target: Path, job: Conversion, static: bool) -> None:
-    from onnxruntime import quantization as q  # its quantizers read the file
+def _int8_dynamic(staged: Path, target: Path, job: Conversion) -> None:
+    from . import int8  # imports onnx: only where a graph is converted
 
-    # onnxruntime's quantizers go by op type alone and take ONNX's Attention (opset 23, --fuse) for their own
+    int8.convert(staged, target)
+
+
+def _int8_static(staged: Path, target: Path, job: Conversion) -> None:
+    from onnxruntime import quantization as q  # its quantizer reads the file
+
+    # onnxruntime's static quantizer goes by op type alone and takes ONNX's Attention (opset 23, --fuse) for its own
     # com.microsoft one, writing a QAttention that does not load: those nodes stay float
     graph = _onnx().load(str(staged), load_external_data=False).graph
     exclude = [n.name for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
     del graph
-    if not static:
-        q.quantize_dynamic(str(staged), str(target), weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
-        return
     feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
 
     class Reader(q.CalibrationDataReader):
@@ -365,8 +369,8 @@ def _int8(staged: Path, target: Path, job: Conversion, static: bool) -> None:
 # (_constant_matmuls) first.
 CONVERTERS: dict[str, Callable[[Path, Path, Conversion], None]] = {
     "fp16": _fp16,
-    "int8-dynamic": lambda staged, target, job: _int8(staged, target, job, static=False),
-    "int8-static": lambda staged, target, job: _int8(staged, target, job, static=True),
+    "int8-dynamic": _int8_dynamic,
+    "int8-static": _int8_static,
     "int4": lambda staged, target, job: int4.convert(staged, target, job.int4),
 }
 QUANT_MODES = tuple(CONVERTERS)

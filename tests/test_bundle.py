@@ -260,12 +260,14 @@ def test_external_data_written_listed_loaded_and_tamper_checked(tmp_path: Path, 
 
     half = quantize(bundle, "fp16", tmp_path / "half")  # staged from the external data one weight at a time
     assert "external_data" not in half.manifest["graphs"]["model"] and deploykit.verify(half, fresh=False).passed
+    int8 = quantize(bundle, "int8-dynamic", tmp_path / "int8")  # int8 reads the external data one weight at a time too
+    assert "external_data" not in int8.manifest["graphs"]["model"] and deploykit.verify(int8, fresh=False).passed
     split4 = quantize(bundle, "int4", tmp_path / "int4")  # int4 graphs under the threshold are written whole
     whole4 = quantize(deploykit.export(model, "mlp", tmp_path / "one"), "int4", tmp_path / "one-int4")
     assert "external_data" not in split4.manifest["graphs"]["model"]
     assert _weights(onnx.load(str(split4.graphs["model"].path)).graph) == _weights(
         onnx.load(str(whole4.graphs["model"].path)).graph)  # the same int4 graph as from the inline export
-    monkeypatch.setattr("deploykit.onnx_refs.EXTERNAL_DATA_THRESHOLD", 0)  # above it: int4 keeps external data
+    monkeypatch.setattr("deploykit.onnx_weights.EXTERNAL_DATA_THRESHOLD", 0)  # above it: int4 keeps external data
     kept = quantize(bundle, "int4", tmp_path / "int4-split")
     [extra] = kept.manifest["graphs"]["model"]["external_data"]
     assert extra["sha256"] == sha256_file(kept.path / extra["file"]) and kept.graphs["model"].path.stat().st_size < 4096

@@ -148,6 +148,61 @@ def test_int4_streams_external_weights_into_what_onnxruntimes_quantizer_writes(t
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
+def test_int8_dynamic_streams_external_weights_into_what_onnxruntimes_quantizer_writes(tmp_path: Path) -> None:
+    """int8.convert reads each weight from external data as it comes and writes the graph onnxruntime's
+    quantize_dynamic writes from the loaded model: the same initializers bit for bit, the same nodes, the same
+    outputs. Covered: an embedding Gather whose rows a MatMul reads quantized and other readers (an Add, a graph
+    output, an LSTM) read dequantized, a second Gather only a graph output reads, three MatMuls sharing an input and a weight (two unnamed), a Conv with a bias
+    and a bidirectional LSTM."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from deploykit import int8
+
+    rng = np.random.default_rng(0)
+    weights = {"table": (50, 16), "w1": (16, 24), "w2": (24, 8), "conv": (4, 3, 3, 3), "cb": (4,), "lw": (2, 24, 16),
+               "lr": (2, 24, 6), "lb": (2, 48)}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
+             helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"),
+             helper.make_node("MatMul", ["x", "w1"], ["a2"]), helper.make_node("MatMul", ["x", "w1"], ["a3"]),
+             helper.make_node("Add", ["a", "a2"], ["h0"]), helper.make_node("Add", ["h0", "a3"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="mm2"),
+             helper.make_node("MatMul", ["h", "w2"], ["y2"], name="mm3"),
+             helper.make_node("Conv", ["img", "conv", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("LSTM", ["x", "lw", "lr", "lb"], ["ly", "lh"], name="lstm", hidden_size=6,
+                              direction="bidirectional"),
+             helper.make_node("Relu", ["x"], ["xr"]), helper.make_node("Gather", ["table", "ids"], ["x2"], name="out")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [5, 2]),
+                     helper.make_tensor_value_info("img", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y2", "c", "ly", "lh", "xr", "x", "x2")],
+        [numpy_helper.from_array(rng.standard_normal(shape, np.float32), n) for n, shape in weights.items()])
+    source = tmp_path / "split.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(source),
+              save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    int8.convert(source, tmp_path / "ours.onnx")
+    quantize_dynamic(str(source), str(tmp_path / "theirs.onnx"), weight_type=QuantType.QInt8)
+    ours, theirs = (onnx.load(str(tmp_path / f"{who}.onnx")) for who in ("ours", "theirs"))
+
+    def tensors(m: onnx.ModelProto) -> dict[str, tuple[str, bytes, tuple[int, ...]]]:
+        return {t.name: (str(a.dtype), a.tobytes(), a.shape) for t in m.graph.initializer
+                for a in [numpy_helper.to_array(t)]}
+
+    def node_set(m: onnx.ModelProto) -> list[tuple]:
+        return sorted((n.op_type, n.domain, tuple(n.input), tuple(n.output), n.name) for n in m.graph.node)
+
+    float_kept = {"cb", "lb"}  # biases stay float; every other weight is replaced by its quantized values
+    assert tensors(ours) == tensors(theirs) and set(weights) & set(tensors(ours)) == float_kept
+    assert node_set(ours) == node_set(theirs)
+    assert {"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "DequantizeLinear"} <= {n[0] for n in node_set(ours)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "split.onnx", "split.onnx.data", "theirs.onnx"]
+    feeds = {"ids": rng.integers(0, 50, (5, 2)), "img": rng.standard_normal((2, 3, 8, 8), np.float32)}
+    got, want = (ort.InferenceSession(str(tmp_path / f"{who}.onnx")).run(None, feeds) for who in ("ours", "theirs"))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
 def test_staging_reads_back_a_transposed_weight_it_just_wrote(tmp_path: Path) -> None:
     """A MatMul over Transpose(w) (a tied LM head) is staged with a transposed copy of w written to the staging
     file, which the converter then maps: the copy must be there at once, also when smaller than a write buffer. The
