@@ -1,4 +1,6 @@
-"""int8-dynamic quantization, one weight at a time: the graph onnxruntime's `quantize_dynamic` writes (weights int8,
+"""int8 quantization with memory near one copy of the weights.
+
+int8-dynamic (`dynamic`), one weight at a time: the graph onnxruntime's `quantize_dynamic` writes (weights int8,
 symmetric, one scale per tensor; activations uint8, their scale computed at run time), built here so that memory
 holds one fp32 weight and the graph's structure instead of the whole model twice (onnxruntime's quantizer copies the
 loaded model and reloads a shape-inferred copy: 3.6-4.6x the weights for a 125M LM).
@@ -12,17 +14,25 @@ What is rewritten, as onnxruntime's dynamic quantizer does by default (top-level
   a float is needed; a MatMul reading it takes the quantized rows as they are.
 The values come from onnxruntime's own `quantize_data`, so the weights are bit for bit those of its quantizer (tested).
 
-A mode of `deploykit quantize` (the registry is `precision.CONVERTERS`); needs onnx and onnxruntime, no torch.
+int8-static (`static`): onnxruntime's `quantize_static` (QDQ), given the activation ranges its MinMax calibrator
+would find, measured here first over the same model (`min_max_ranges`): its calibrator loads the model, saves an
+augmented copy and runs it while the quantizer's own copy is held (5.5x the weights for GPT-2); measured here, the
+graph is read without its weights and one session holds them.
+
+Modes of `deploykit quantize` (the registry is `precision.CONVERTERS`); needs onnx and onnxruntime, no torch.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import InputError
 from .onnx_refs import read_names
 from .onnx_weights import DataFile, finish_converted, weight_array
 
@@ -31,7 +41,7 @@ Quantized = tuple[str, str, str]  # a quantized value's names: values, scale, ze
 SMALL = 1024  # bytes: quantized tensors under this stay inline
 
 
-def convert(source: Path, target: Path) -> None:
+def dynamic(source: Path, target: Path) -> None:
     """Write the graph at `source` (weights possibly in external data beside it) at `target` quantized int8-dynamic,
     one weight at a time; the new weights go to `target`'s external-data file, folded inline when the graph is
     small (finish_converted)."""
@@ -180,3 +190,79 @@ class _Rewriter:
         self.nodes.append(gathered)
         self.gathered[node.output[0]] = (rows, scale, zero)
         return True
+
+
+def static(source: Path, target: Path, batches: Iterable[dict[str, np.ndarray]], exclude: list[str]) -> None:
+    """Write the graph at `source` at `target` quantized int8-static (QDQ, int8 activations and weights) by
+    onnxruntime's quantize_static, the activation ranges calibrated on `batches` by min_max_ranges and handed to it as
+    a calibration cache; nodes named in `exclude` stay float."""
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        import onnxruntime
+
+        raise InputError(f"int8-static needs onnxruntime's quantize_static with calibration_cache_path (1.32 has it); "
+                         f"this is onnxruntime {onnxruntime.__version__}: upgrade onnxruntime.")
+    cache = target.with_name(target.name + ".ranges.json")
+    try:
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, min_max_ranges(source, _calibrated_ops(), batches)),
+                          cache)
+        q.quantize_static(str(source), str(target), None, quant_format=q.QuantFormat.QDQ,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
+                          calibration_cache_path=str(cache))
+    finally:
+        cache.unlink(missing_ok=True)
+
+
+def _calibrated_ops() -> set[str]:
+    """The op types whose inputs and outputs quantize_static calibrates by default."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QLinearOpsRegistry) | set(QDQRegistry)
+
+
+def min_max_ranges(source: Path, op_types: set[str], batches: Iterable[dict[str, np.ndarray]]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The (lowest, highest) value of each float tensor that a top-level node of `op_types` reads or writes, over
+    `batches`, as onnxruntime's MinMaxCalibrater finds them (the same tensors, ReduceMin / ReduceMax in an unoptimized
+    session, NaN ignored), with the graph read without its weights: the session holds the only copy of them."""
+    import onnxruntime as ort
+
+    inferred = source.with_name(source.stem + ".inferred.onnx")  # beside the source: its external data resolves
+    augmented = source.with_name(source.stem + ".augmented.onnx")
+    try:
+        onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+        model = onnx.load(str(inferred), load_external_data=False)
+        graph = model.graph
+        types = {v.name: v.type for v in [*graph.value_info, *graph.output, *graph.input]}
+        weights = {t.name for t in graph.initializer}
+        tensors = sorted({name for node in graph.node if node.op_type in op_types
+                          for name in [*node.input, *node.output] if name in types and name not in weights
+                          and types[name].tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)})
+        shape = "deploykit/calibration/flat"
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), shape))
+        for name in tensors:
+            for op in ("ReduceMin", "ReduceMax"):
+                graph.node.extend([helper.make_node(op, [name], [f"{name}_{op}_Reshape"], keepdims=1),
+                                   helper.make_node("Reshape", [f"{name}_{op}_Reshape", shape], [f"{name}_{op}"])])
+                graph.output.append(helper.make_tensor_value_info(f"{name}_{op}", types[name].tensor_type.elem_type,
+                                                                  [None]))
+        onnx.save(model, str(augmented))
+        del model, graph
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as the calibrator runs it
+        session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+        names = [f"{name}_{op}" for name in tensors for op in ("ReduceMin", "ReduceMax")]
+        seen: dict[str, np.ndarray] = {}
+        for feeds in batches:
+            for name, value in zip(names, session.run(names, feeds)):
+                reduce = np.nanmin if name.endswith("_ReduceMin") else np.nanmax
+                seen[name] = value if name not in seen else reduce([seen[name], value], axis=0)
+        del session
+    finally:
+        inferred.unlink(missing_ok=True)
+        augmented.unlink(missing_ok=True)
+    if not seen:
+        raise InputError("int8-static calibration got no batches; pass --calibration 1 or more.")
+    return {name: (seen[f"{name}_ReduceMin"], seen[f"{name}_ReduceMax"]) for name in tensors}

@@ -27,7 +27,7 @@ from . import int4
 from .api import load
 from .backends.ort import OrtRunner
 from .bundle import LOOP_ROLE, Bundle, carry_over, load_bundle, write_bundle
-from .checks import check_fits, check_int, release_memory
+from .checks import check_int, release_memory
 from .errors import BundleError, InputError, choices, optional_import
 from .int4 import Int4Options
 from .onnx_refs import read_names
@@ -343,25 +343,18 @@ def _fp16(staged: Path, target: Path, job: Conversion) -> None:
 def _int8_dynamic(staged: Path, target: Path, job: Conversion) -> None:
     from . import int8  # imports onnx: only where a graph is converted
 
-    int8.convert(staged, target)
+    int8.dynamic(staged, target)
 
 
 def _int8_static(staged: Path, target: Path, job: Conversion) -> None:
-    from onnxruntime import quantization as q  # its quantizer reads the file
+    from . import int8
 
     # onnxruntime's static quantizer goes by op type alone and takes ONNX's Attention (opset 23, --fuse) for its own
     # com.microsoft one, writing a QAttention that does not load: those nodes stay float
     graph = _onnx().load(str(staged), load_external_data=False).graph
     exclude = [n.name for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
     del graph
-    feeds = iter(_calibration(job.spec, job.shapes, job.calibration, seed=0))
-
-    class Reader(q.CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(feeds, None)
-
-    q.quantize_static(str(staged), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
-                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
+    int8.static(staged, target, _calibration(job.spec, job.shapes, job.calibration, seed=0), exclude)
 
 
 # mode -> converter(staged, target, job): reads the staged graph file and writes the converted graph (inputs and
@@ -447,9 +440,6 @@ def quantize(
         raise InputError(f"--block-size, --asymmetric and --accuracy-level are int4 options; this is --mode {mode}.")
     options = int4_options or Int4Options()
     options.check()
-    if mode == "int8-static":  # onnxruntime's calibrator holds every batch's tensors until it is done
-        need = calibration * max(g.spec.nbytes(s) for g in b.graphs.values() for s in b.check_shapes)
-        check_fits(need, f"--calibration {calibration}", "calibrate with fewer batches")
     if Path(out).resolve() == b.path.resolve():
         raise InputError("--out is the source bundle; quantize writes a new bundle and never overwrites its source.")
 

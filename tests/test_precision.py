@@ -149,7 +149,7 @@ def test_int4_streams_external_weights_into_what_onnxruntimes_quantizer_writes(t
 
 
 def test_int8_dynamic_streams_external_weights_into_what_onnxruntimes_quantizer_writes(tmp_path: Path) -> None:
-    """int8.convert reads each weight from external data as it comes and writes the graph onnxruntime's
+    """int8.dynamic reads each weight from external data as it comes and writes the graph onnxruntime's
     quantize_dynamic writes from the loaded model: the same initializers bit for bit, the same nodes, the same
     outputs. Covered: an embedding Gather whose rows a MatMul reads quantized and other readers (an Add, a graph
     output, an LSTM) read dequantized, a second Gather only a graph output reads, three MatMuls sharing an input and a weight (two unnamed), a Conv with a bias
@@ -182,7 +182,7 @@ def test_int8_dynamic_streams_external_weights_into_what_onnxruntimes_quantizer_
     source = tmp_path / "split.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(source),
               save_as_external_data=True, location="split.onnx.data", size_threshold=0)
-    int8.convert(source, tmp_path / "ours.onnx")
+    int8.dynamic(source, tmp_path / "ours.onnx")
     quantize_dynamic(str(source), str(tmp_path / "theirs.onnx"), weight_type=QuantType.QInt8)
     ours, theirs = (onnx.load(str(tmp_path / f"{who}.onnx")) for who in ("ours", "theirs"))
 
@@ -199,6 +199,64 @@ def test_int8_dynamic_streams_external_weights_into_what_onnxruntimes_quantizer_
     assert {"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "DequantizeLinear"} <= {n[0] for n in node_set(ours)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "split.onnx", "split.onnx.data", "theirs.onnx"]
     feeds = {"ids": rng.integers(0, 50, (5, 2)), "img": rng.standard_normal((2, 3, 8, 8), np.float32)}
+    got, want = (ort.InferenceSession(str(tmp_path / f"{who}.onnx")).run(None, feeds) for who in ("ours", "theirs"))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_int8_static_calibrates_what_onnxruntimes_calibrator_finds(tmp_path: Path) -> None:
+    """int8.static measures the activation ranges itself (the graph read without its weights, one session) and hands
+    them to onnxruntime's quantize_static: the graph equals the one quantize_static writes calibrating on its own
+    with the same batches (initializers bit for bit, nodes, outputs), and no calibration file is left behind."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from deploykit import int8
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": (16, 24), "b1": (24,), "w2": (24, 8), "conv": (4, 3, 3, 3), "cb": (4,), "table": (50, 16)}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Add", ["x", "e"], ["xe"]),
+             helper.make_node("MatMul", ["xe", "w1"], ["a"], name="mm1"), helper.make_node("Add", ["a", "b1"], ["ab"]),
+             helper.make_node("Relu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y0"], name="mm2"),
+             helper.make_node("Softmax", ["y0"], ["y"], axis=-1),
+             helper.make_node("Conv", ["img", "conv", "cb"], ["c0"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["c1"]),
+             helper.make_node("MaxPool", ["c1"], ["c"], kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+                     helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "c")],
+        [numpy_helper.from_array(rng.standard_normal(shape, np.float32), n) for n, shape in weights.items()])
+    source = tmp_path / "split.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(source),
+              save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+
+    def batches():
+        draw = np.random.default_rng(1)
+        for n in range(2, 7):
+            yield {"x": draw.standard_normal((n, 16), np.float32), "ids": draw.integers(0, 50, n),
+                   "img": draw.standard_normal((n, 3, 8, 8), np.float32)}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = batches()
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    int8.static(source, tmp_path / "ours.onnx", batches(), [])
+    quantize_static(str(source), str(tmp_path / "theirs.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    ours, theirs = (onnx.load(str(tmp_path / f"{who}.onnx")) for who in ("ours", "theirs"))
+    assert {t.name: numpy_helper.to_array(t).tobytes() for t in ours.graph.initializer} == {
+        t.name: numpy_helper.to_array(t).tobytes() for t in theirs.graph.initializer}
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ours.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in theirs.graph.node]
+    assert sum(n.op_type == "QuantizeLinear" for n in ours.graph.node) >= 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "split.onnx", "split.onnx.data", "theirs.onnx"]
+    feeds = next(batches())
     got, want = (ort.InferenceSession(str(tmp_path / f"{who}.onnx")).run(None, feeds) for who in ("ours", "theirs"))
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
