@@ -1,12 +1,12 @@
 """quantize: write a new bundle whose graphs run in fp16, int8 or int4 (weight-only), with tolerances from the
 measured error.
 
-Uses onnxruntime's float16 conversion and static QDQ quantizer, and deploykit's own streaming converters over
-onnxruntime's kernels for int8-dynamic (`int8.py`, the graph onnxruntime's dynamic quantizer writes) and int4
-(`int4.py`, MatMulNBits); needs onnx and onnxruntime only, no torch. The source bundle is never touched. Golden vectors (the torch
-outputs) are kept, so `verify` compares the quantized graphs with torch; the tolerance becomes
-max(family atol, 2 x the worst error measured on the golden cases at quantization), recorded in
-the manifest with the mode, so a deployment drifting beyond what was accepted still fails.
+Uses onnxruntime's float16 conversion, its static QDQ quantizer (calibrated by `int8.py`), and deploykit's own
+streaming converters over onnxruntime's kernels for int8-dynamic (`int8.py`, the graph onnxruntime's dynamic
+quantizer writes) and int4 (`int4.py`, MatMulNBits); needs onnx and onnxruntime only, no torch. The source bundle
+is never touched. Golden vectors (the torch outputs) are kept, so `verify` compares the quantized graphs with
+torch; the tolerance becomes max(family atol, 2 x the worst error measured on the golden cases at quantization),
+recorded in the manifest with the mode, so a deployment drifting beyond what was accepted still fails.
 """
 
 from __future__ import annotations
