@@ -323,6 +323,9 @@ def _constant(name: str, producer: dict[str, Any], weights: dict[str, Any]) -> l
     return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
 
 
+MAX_CALIBRATION = 4096  # int8-static calibration batches: one run each, held one at a time
+
+
 @dataclass(frozen=True)
 class Conversion:
     """What a mode's converter may need besides the graph: its spec and check shapes (int8-static calibrates on
@@ -435,7 +438,8 @@ def quantize(
         raise InputError(f"bundle {b.path} was exported with --fuse: onnxruntime 1.32 aborts the whole process building "
                          "a session for static QDQ around opset-23 Attention inside the in-graph sampling loop; use "
                          "int8-dynamic or int4 on it, or int8-static on an export without --fuse.")
-    check_int("--calibration", calibration, 1, meaning="batches of calibration inputs")
+    check_int("--calibration", calibration, 1, MAX_CALIBRATION, meaning="batches of calibration inputs, each one run "
+              "of the graph")
     if int4_options is not None and mode != "int4":
         raise InputError(f"--block-size, --asymmetric and --accuracy-level are int4 options; this is --mode {mode}.")
     options = int4_options or Int4Options()

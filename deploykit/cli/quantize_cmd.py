@@ -31,7 +31,7 @@ def quantize_cmd(
     bundle: Annotated[Path, typer.Argument(help="fp32 bundle to convert (left untouched)")],
     mode: Annotated[str, typer.Option(help=f"precision: {', '.join(QUANT_MODES)}")],
     out: Annotated[Path, typer.Option(help="directory of the new bundle")],
-    calibration: Annotated[int, typer.Option(help="int8-static: calibration batches (seeded, at the check shapes)")] = 32,
+    calibration: Annotated[int, typer.Option(help="int8-static: calibration batches (seeded, at the check shapes; 1..4096)")] = 32,
     force: Annotated[bool, typer.Option(help="replace an existing bundle at --out")] = False,
     block_size: Annotated[int | None, typer.Option(help="int4: weights per scale (16, 32, 64, 128 or 256) [default: 32]")] = None,
     asymmetric: Annotated[bool, typer.Option(help="int4: a zero point per block (default: symmetric blocks)")] = False,
