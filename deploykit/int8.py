@@ -252,17 +252,19 @@ def min_max_ranges(source: Path, op_types: set[str], batches: Iterable[dict[str,
         del model, graph
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as the calibrator runs it
+        options.log_severity_level = 3  # errors come back as exceptions; its warnings are noise to users
         session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
         names = [f"{name}_{op}" for name in tensors for op in ("ReduceMin", "ReduceMax")]
         seen: dict[str, np.ndarray] = {}
-        for feeds in batches:
-            for name, value in zip(names, session.run(names, feeds)):
+        runs = 0
+        for runs, feeds in enumerate(batches, 1):
+            for name, value in zip(names, session.run(names, feeds) if names else []):
                 reduce = np.nanmin if name.endswith("_ReduceMin") else np.nanmax
                 seen[name] = value if name not in seen else reduce([seen[name], value], axis=0)
         del session
     finally:
         inferred.unlink(missing_ok=True)
         augmented.unlink(missing_ok=True)
-    if not seen:
+    if not runs:
         raise InputError("int8-static calibration got no batches; pass --calibration 1 or more.")
     return {name: (seen[f"{name}_ReduceMin"], seen[f"{name}_ReduceMax"]) for name in tensors}
