@@ -91,8 +91,6 @@ def convert(source: Path, target: Path, options: Int4Options) -> None:
             data.unlink()
             raise InputError("int4 quantizes linear layers (MatMul over a constant 2-D float32 weight) and this graph "
                              "has none (convolutions and recurrent cells stay float); use int8-dynamic or int8-static.")
-        if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         finish_converted(model, source.parent, target, store)
 
 

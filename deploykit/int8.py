@@ -48,9 +48,6 @@ def dynamic(source: Path, target: Path) -> None:
     model = onnx.load(str(source), load_external_data=False)
     with DataFile(target.with_name(target.name + ".data")) as store:
         _Rewriter(model.graph, source.parent, store).run()
-        if any(n.domain == "com.microsoft" for n in model.graph.node) and not any(
-                o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         finish_converted(model, source.parent, target, store)
 
 

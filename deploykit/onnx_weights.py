@@ -53,18 +53,26 @@ def drop_unread(graph: onnx.GraphProto, read: set[str] | None = None) -> None:
             drop_unread(sub, read)
 
 
-def location(tensor: onnx.TensorProto) -> str:
+def _location(tensor: onnx.TensorProto) -> str:
     """The external-data file a tensor's values are in."""
     return next(entry.value for entry in tensor.external_data if entry.key == "location")
 
 
+def _domains(graph: onnx.GraphProto) -> set[str]:
+    """The operator domains of `graph`'s nodes and its subgraphs'."""
+    return {n.domain for n in graph.node} | {d for n in graph.node for sub in subgraphs(n) for d in _domains(sub)}
+
+
 def finish_converted(model: onnx.ModelProto, source: Path, target: Path, store: DataFile) -> None:
-    """Save a converted `model` at `target`, its new weights already in `store` (target's data file): initializers no
-    node reads are dropped, those still in the source's external data (in folder `source`) copied into `store`, and
-    all of them folded back inline, `store`'s file removed, when they come to no more than EXTERNAL_DATA_THRESHOLD."""
+    """Save a converted `model` at `target`, its new weights already in `store` (target's data file): the
+    com.microsoft opset imported if a node (subgraphs included) is one of onnxruntime's contrib ops, initializers no
+    node reads dropped, those still in the source's external data (in folder `source`) copied into `store`, and all
+    of them folded back inline, `store`'s file removed, when they come to no more than EXTERNAL_DATA_THRESHOLD."""
+    if "com.microsoft" in _domains(model.graph) and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     drop_unread(model.graph)
     for tensor in initializers(model.graph):  # what stays as it was (embeddings, norms), from the source's file
-        if uses_external_data(tensor) and location(tensor) != store.path.name:
+        if uses_external_data(tensor) and _location(tensor) != store.path.name:
             store.put(tensor, weight_array(tensor, source))
     if store.handle.tell() <= EXTERNAL_DATA_THRESHOLD:
         for tensor in initializers(model.graph):
