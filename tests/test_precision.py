@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -204,9 +205,11 @@ def test_int8_dynamic_streams_external_weights_into_what_onnxruntimes_quantizer_
 
 
 def test_int8_static_calibrates_what_onnxruntimes_calibrator_finds(tmp_path: Path) -> None:
-    """int8.static measures the activation ranges itself (the graph read without its weights, one session) and hands
-    them to onnxruntime's quantize_static: the graph equals the one quantize_static writes calibrating on its own
-    with the same batches (initializers bit for bit, nodes, outputs), and no calibration file is left behind."""
+    """int8.static measures the activation ranges itself (the graph read without its weights, one session),
+    quantizes the weights only MatMuls read and hands both to onnxruntime's quantize_static: the graph equals the one
+    quantize_static writes from the float graph calibrating on its own with the same batches (initializers bit for
+    bit, nodes, outputs), and no calibration file or staged graph is left behind. Covered: two MatMuls sharing a
+    weight, an excluded MatMul, a weight a Transpose reads too, a Gather's table, a Conv with its bias."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -215,11 +218,16 @@ def test_int8_static_calibrates_what_onnxruntimes_calibrator_finds(tmp_path: Pat
     from deploykit import int8
 
     rng = np.random.default_rng(0)
-    weights = {"w1": (16, 24), "b1": (24,), "w2": (24, 8), "conv": (4, 3, 3, 3), "cb": (4,), "table": (50, 16)}
+    weights = {"w1": (16, 24), "b1": (24,), "w2": (24, 8), "w4": (8, 8), "w5": (8, 8), "conv": (4, 3, 3, 3),
+               "cb": (4,), "table": (50, 16)}
     nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Add", ["x", "e"], ["xe"]),
              helper.make_node("MatMul", ["xe", "w1"], ["a"], name="mm1"), helper.make_node("Add", ["a", "b1"], ["ab"]),
              helper.make_node("Relu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y0"], name="mm2"),
-             helper.make_node("Softmax", ["y0"], ["y"], axis=-1),
+             helper.make_node("MatMul", ["r", "w2"], ["y1"], name="mm2b"), helper.make_node("Add", ["y0", "y1"], ["ys"]),
+             helper.make_node("MatMul", ["ys", "w4"], ["y2"], name="mm4"),
+             helper.make_node("MatMul", ["y2", "w5"], ["y3"], name="mm5"),
+             helper.make_node("Transpose", ["w5"], ["w5t"]), helper.make_node("MatMul", ["y3", "w5t"], ["y4"]),
+             helper.make_node("Softmax", ["y4"], ["y"], axis=-1),
              helper.make_node("Conv", ["img", "conv", "cb"], ["c0"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c0"], ["c1"]),
              helper.make_node("MaxPool", ["c1"], ["c"], kernel_shape=[2, 2], strides=[2, 2])]
@@ -246,9 +254,16 @@ def test_int8_static_calibrates_what_onnxruntimes_calibrator_finds(tmp_path: Pat
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
 
-    int8.static(source, tmp_path / "ours.onnx", batches(), [])
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    int8.matmul_weights(source, staged / "w.onnx", {"mm4"})
+    kept = {t.name: t.data_type for t in onnx.load(str(staged / "w.onnx")).graph.initializer}
+    assert {n for n, kind in kept.items() if kind == TensorProto.FLOAT and n in weights} == set(weights) - {"w1", "w2"}
+    assert kept["w1_quantized"] == kept["w2_quantized"] == TensorProto.INT8
+    shutil.rmtree(staged)
+    int8.static(source, tmp_path / "ours.onnx", batches(), ["mm4"])
     quantize_static(str(source), str(tmp_path / "theirs.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=["mm4"])
     ours, theirs = (onnx.load(str(tmp_path / f"{who}.onnx")) for who in ("ours", "theirs"))
     assert {t.name: numpy_helper.to_array(t).tobytes() for t in ours.graph.initializer} == {
         t.name: numpy_helper.to_array(t).tobytes() for t in theirs.graph.initializer}
