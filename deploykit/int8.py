@@ -219,10 +219,10 @@ def static(source: Path, target: Path, batches: Iterable[dict[str, np.ndarray]],
 
 def matmul_weights(source: Path, target: Path, exclude: set[str]) -> None:
     """Write the graph at `source` at `target` with each float weight that only MatMuls read (top-level ones not in
-    `exclude`) quantized as quantize_static quantizes it: int8 symmetric, one scale per tensor, by onnxruntime's own
-    functions, read through a DequantizeLinear named as its quantizer names them. quantize_static then keeps those as
-    they are (it leaves a tensor a DequantizeLinear writes), so it loads a quarter of their bytes. One weight at a
-    time; the rest of the graph as it was."""
+    `exclude`; not a graph input or output) quantized as quantize_static quantizes it: int8 symmetric, one scale per
+    tensor, by onnxruntime's own functions, read through a DequantizeLinear named as its quantizer names them.
+    quantize_static then keeps those as they are (it leaves a tensor a DequantizeLinear writes), so it loads a quarter
+    of their bytes. One weight at a time; the rest of the graph as it was."""
     from onnxruntime.quantization.quant_utils import (
         TENSOR_NAME_QUANT_SUFFIX,
         add_dequant_output_suffix,
@@ -237,8 +237,8 @@ def matmul_weights(source: Path, target: Path, exclude: set[str]) -> None:
     for node in graph.node:
         for name in read_names([node]):
             readers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    chosen = [t for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.name not in outputs
+    outside = {v.name for v in [*graph.input, *graph.output]}  # an initializer may be an overridable input
+    chosen = [t for t in graph.initializer if t.data_type == TensorProto.FLOAT and t.name not in outside
               and t.name in readers and all(n.op_type == "MatMul" and n.domain in ("", "ai.onnx")
                                             and n.name not in exclude for n in readers[t.name])]
     dequantized = []

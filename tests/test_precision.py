@@ -260,6 +260,11 @@ def test_int8_static_calibrates_what_onnxruntimes_calibrator_finds(tmp_path: Pat
     kept = {t.name: t.data_type for t in onnx.load(str(staged / "w.onnx")).graph.initializer}
     assert {n for n, kind in kept.items() if kind == TensorProto.FLOAT and n in weights} == set(weights) - {"w1", "w2"}
     assert kept["w1_quantized"] == kept["w2_quantized"] == TensorProto.INT8
+    overridable = onnx.load(str(source))  # w1 also an input: a caller may feed another, so it stays as it is
+    overridable.graph.input.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, [16, 24]))
+    onnx.save(overridable, str(staged / "input.onnx"))
+    int8.matmul_weights(staged / "input.onnx", staged / "w.onnx", {"mm4"})
+    assert "w1" in {t.name for t in onnx.load(str(staged / "w.onnx")).graph.initializer}
     shutil.rmtree(staged)
     int8.static(source, tmp_path / "ours.onnx", batches(), ["mm4"])
     quantize_static(str(source), str(tmp_path / "theirs.onnx"), Reader(), quant_format=QuantFormat.QDQ,
