@@ -47,8 +47,11 @@ demo: install
 	$(VENV)/bin/deploykit verify bundles/dcgan
 	$(VENV)/bin/deploykit sample bundles/dcgan --n 64 --seed 0 --out out/dcgan.png
 
+# one pytest worker per core of the 2-core machine the suite is sized on (more cores: make test TEST_WORKERS=4);
+# workers share the trained zoo and its exported bundles (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: install triton-env
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: install
 	$(PY) -m pytest -m slow

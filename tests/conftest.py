@@ -1,4 +1,4 @@
-"""Shared fixtures: one trained zoo cache and one exported bundle per zoo model for the whole session."""
+"""Shared fixtures: one trained zoo cache and one exported bundle per zoo model for the whole run (its workers too)."""
 
 from __future__ import annotations
 
@@ -11,27 +11,62 @@ import pytest
 import deploykit
 from deploykit.bundle import Bundle
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: each keeps to one thread
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(1)
+    _start_session = onnxruntime.InferenceSession.__init__
+
+    def _one_thread(self: onnxruntime.InferenceSession, path_or_bytes: object,
+                    sess_options: onnxruntime.SessionOptions | None = None, *args: object, **kwargs: object) -> None:
+        """Sessions get one intra-op thread that does not spin: spinning threads of one worker starved the other."""
+        sess_options = sess_options or onnxruntime.SessionOptions()
+        if not sess_options.intra_op_num_threads:
+            sess_options.intra_op_num_threads = 1
+        sess_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        _start_session(self, path_or_bytes, sess_options, *args, **kwargs)
+
+    onnxruntime.InferenceSession.__init__ = _one_thread
+
+
+def _run_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder `name` for this test run, shared by the workers of `pytest -n` (each has its own base temp folder
+    inside the run's)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
 
 @pytest.fixture(scope="session", autouse=True)
 def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """DEPLOYKIT_HOME for the session (reuse a warm cache by setting DEPLOYKIT_TEST_HOME)."""
-    home = Path(os.environ.get("DEPLOYKIT_TEST_HOME") or tmp_path_factory.mktemp("deploykit-home"))
+    """DEPLOYKIT_HOME for the run (reuse a warm cache by setting DEPLOYKIT_TEST_HOME); workers train each zoo model
+    once between them (deploykit.models.trained locks the checkpoint)."""
+    home = Path(os.environ.get("DEPLOYKIT_TEST_HOME") or _run_folder(tmp_path_factory, "deploykit-home"))
     os.environ["DEPLOYKIT_HOME"] = str(home)
     return home
 
 
 @pytest.fixture(scope="session")
 def zoo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Bundle]:
-    """Export trained zoo model NAME once per session (through the same path as `deploykit export`)."""
+    """Export trained zoo model NAME once per run (through the same path as `deploykit export`): the first worker to
+    need it exports it under a lock, the others load that bundle."""
+    from deploykit.bundle import load_bundle
+    from deploykit.models import exclusive
     from deploykit.sources import resolve
 
-    root = tmp_path_factory.mktemp("bundles")
+    root = _run_folder(tmp_path_factory, "bundles")
     cache: dict[str, Bundle] = {}
 
     def get(name: str) -> Bundle:
         if name not in cache:
-            resolved = resolve(f"zoo:{name}")
-            cache[name] = deploykit.export(resolved.model, resolved.family, root / name, source=resolved.source)
+            with exclusive(root / f".{name}.lock"):
+                if (root / name).is_dir():
+                    cache[name] = load_bundle(root / name)
+                else:
+                    resolved = resolve(f"zoo:{name}")
+                    cache[name] = deploykit.export(resolved.model, resolved.family, root / name, source=resolved.source)
         return cache[name]
 
     return get

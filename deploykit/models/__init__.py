@@ -269,16 +269,17 @@ def trained(name: str, on_step: OnStep = None) -> Path:
     path = cached_checkpoint(name)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_name(f".{path.name}.lock")):  # another process training it: wait, then reuse
+        with exclusive(path.with_name(f".{path.name}.lock")):  # another process training it: wait, then reuse
             if not path.is_file():
                 train_zoo(name, path, on_step)
     return path
 
 
 @contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on the file `lock` (POSIX flock). Without flock there is no lock: checkpoints
-    are still written atomically, so processes training the same model at once only repeat the work."""
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file `lock` (POSIX flock): a process about to do what another is doing
+    (training a checkpoint, exporting a test bundle) waits, then reuses it. Without flock there is no lock: what they
+    write is written atomically, so processes at the same work at once only repeat it."""
     try:
         import fcntl
     except ImportError:  # Windows
