@@ -54,7 +54,8 @@ def dynamic(source: Path, target: Path) -> None:
 
 
 class _Rewriter:
-    """One pass over a graph's top-level nodes, in order, rewriting those onnxruntime's dynamic quantizer rewrites."""
+    """One pass over a graph's top-level nodes, in order, rewriting those onnxruntime's dynamic quantizer rewrites.
+    Its `weight` quantizes an initializer as both of onnxruntime's quantizers do (matmul_weights uses it too)."""
 
     def __init__(self, graph: onnx.GraphProto, folder: Path, store: DataFile) -> None:
         self.graph, self.folder, self.store = graph, folder, store
@@ -83,7 +84,7 @@ class _Rewriter:
             self.nodes.append(helper.make_node("DequantizeLinear", [values, scale, zero], [name],
                                                f"{name}_DequantizeLinear"))
 
-    def _weight(self, name: str, signed: bool, axis: int | None = None, perm: tuple[int, ...] | None = None
+    def weight(self, name: str, signed: bool, axis: int | None = None, perm: tuple[int, ...] | None = None
                 ) -> Quantized:
         """`name` quantized once: int8 symmetric (signed) or uint8 asymmetric, one scale per tensor or per index
         of `axis`, the values stored transposed by `perm` if given; onnxruntime's quantize_data computes them."""
@@ -126,7 +127,7 @@ class _Rewriter:
         """`op` (MatMulInteger / ConvInteger) over the quantized input and weight, cast to float and scaled by both
         scales into `result`."""
         x, x_scale, x_zero = self._activation(node.input[0])
-        w, w_scale, w_zero = self._weight(weight, signed=True)
+        w, w_scale, w_zero = self.weight(weight, signed=True)
         name = f"{node.name}_quant" if node.name else ""
         integer = f"{node.output[0]}_output_quantized"
         scales = f"{name}_scales_mul" if name else f"{x_scale}_{w_scale}_mul"
@@ -168,7 +169,7 @@ class _Rewriter:
             return False
         self._float_inputs(read_names([node]))
         # [directions, 4 hidden, in] -> int8 [directions, in, 4 hidden], a scale per direction
-        (wq, w_scale, w_zero), (rq, r_scale, r_zero) = (self._weight(name, signed=True, axis=0, perm=(0, 2, 1))
+        (wq, w_scale, w_zero), (rq, r_scale, r_zero) = (self.weight(name, signed=True, axis=0, perm=(0, 2, 1))
                                                         for name in (w, r))
         rest = [node.input[i] if len(node.input) > i else "" for i in range(3, 8)]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
@@ -181,7 +182,7 @@ class _Rewriter:
         if node.input[0] not in self.weights:
             return False
         self._float_inputs({node.input[1]})
-        values, scale, zero = self._weight(node.input[0], signed=False)
+        values, scale, zero = self.weight(node.input[0], signed=False)
         rows = f"{node.output[0]}_quantized"
         gathered = onnx.NodeProto()
         gathered.CopyFrom(node)
@@ -223,13 +224,7 @@ def matmul_weights(source: Path, target: Path, exclude: set[str]) -> None:
     tensor, by onnxruntime's own functions, read through a DequantizeLinear named as its quantizer names them.
     quantize_static then keeps those as they are (it leaves a tensor a DequantizeLinear writes), so it loads a quarter
     of their bytes. One weight at a time; the rest of the graph as it was."""
-    from onnxruntime.quantization.quant_utils import (
-        TENSOR_NAME_QUANT_SUFFIX,
-        add_dequant_output_suffix,
-        add_dequant_suffix,
-        compute_data_quant_params,
-        quantize_nparray,
-    )
+    from onnxruntime.quantization.quant_utils import add_dequant_output_suffix, add_dequant_suffix
 
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
@@ -243,16 +238,11 @@ def matmul_weights(source: Path, target: Path, exclude: set[str]) -> None:
                                             and n.name not in exclude for n in readers[t.name])]
     dequantized = []
     with DataFile(target.with_name(target.name + ".data")) as store:
+        rewriter = _Rewriter(graph, source.parent, store)  # its int8 weights are the QDQ quantizer's, names included
         for tensor in chosen:
-            array = weight_array(tensor, source.parent)
-            zero, scale = compute_data_quant_params(array.ravel(), TensorProto.INT8, True)
-            values = np.asarray(quantize_nparray(TensorProto.INT8, array.ravel(), scale, zero)).reshape(array.shape)
-            names = [f"{tensor.name}{TENSOR_NAME_QUANT_SUFFIX}", f"{tensor.name}_scale", f"{tensor.name}_zero_point"]
-            graph.initializer.extend([store.tensor(names[0], values) if values.nbytes >= SMALL
-                                      else numpy_helper.from_array(values, names[0]),
-                                      numpy_helper.from_array(scale, names[1]), numpy_helper.from_array(zero, names[2])])
             read = add_dequant_output_suffix(tensor.name)
-            dequantized.append(helper.make_node("DequantizeLinear", names, [read], add_dequant_suffix(tensor.name)))
+            dequantized.append(helper.make_node("DequantizeLinear", list(rewriter.weight(tensor.name, signed=True)),
+                                                [read], add_dequant_suffix(tensor.name)))
             for node in readers[tensor.name]:
                 node.input[:] = [read if name == tensor.name else name for name in node.input]
         nodes = dequantized + list(graph.node)
