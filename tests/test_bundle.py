@@ -327,3 +327,25 @@ def test_export_restores_the_users_training_state(tmp_path: Path) -> None:
     deploykit.export(model, "mlp", tmp_path / "b")
     assert all(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
+def test_export_leaves_out_the_rewrite_rules_whose_matching_is_quadratic(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    """onnxscript matches a rewrite rule with several output nodes (SlicesSplit) by trying each node with every
+    other: O(nodes^2), 55 of 123 CPU-s exporting a 48-layer Llama. torch.onnx's optimizer runs without those rules,
+    and onnxscript's defaults are as they were afterwards."""
+    import onnxscript.rewriter as rewriter
+
+    defaults = rewriter._DEFAULT_REWRITE_RULES
+    assert any(not r._target_pattern.has_single_output_node for r in defaults)  # there is one to leave out
+    used = []
+    original = rewriter.RewritePass.__init__
+
+    def record(self, rules, *args, **kwargs) -> None:
+        used.extend(rules)
+        original(self, rules, *args, **kwargs)
+
+    monkeypatch.setattr(rewriter.RewritePass, "__init__", record)
+    deploykit.export(tiny_model, "mlp", tmp_path / "b")
+    assert used and all(r._target_pattern.has_single_output_node for r in used)
+    assert len(set(used)) == len(defaults) - sum(not r._target_pattern.has_single_output_node for r in defaults)
+    assert rewriter._DEFAULT_REWRITE_RULES is defaults
