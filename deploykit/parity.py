@@ -10,6 +10,8 @@ The rule, per output (README, "Verify and tolerances"):
    max |expected|.
 Rules 2 and 3 record how far a deployment may stray from the stored fp32 outputs (`allowed`: by the triangle
 inequality, atol + (multiple + 1) * budget for fp64), so golden-vector verify on a device without torch keeps them.
+They also record a bound for an output the fixed rule passes within KERNEL_ORDER of its limit: another kernel order
+(onnxruntime's prepacked kernels, another CPU) may take it past the limit, and its golden replay then needs the bound.
 Integer outputs (token ids) are compared by the fixed rule only.
 """
 
@@ -48,6 +50,7 @@ class OutputParity:
     budget: float | None = None  # fp64: max |torch fp32 - torch fp64|, the fp32 rounding on this input
     ratio: float | None = None  # fp64: max |actual - torch fp64| / budget; magnitude, recorded: max_abs / allowed
     allowed: float | None = None  # max |actual - expected| a deployment may show against the stored fp32 outputs
+    margin: float = 0.0  # max over elements of |actual - expected| / (atol + rtol |expected|): the fixed rule's 1
 
 
 COMPARE_CHUNK = 1 << 18  # 2 MiB per float64 temporary; a real LM's check shape holds ~10 of them at once
@@ -78,7 +81,7 @@ def compare_output(
         note = f"shape {list(actual.shape)} != expected {list(expected.shape)}"
         return OutputParity(case, name, tuple(expected.shape), float("inf"), float("inf"), atol, rtol, False, note)
     flat_e, flat_a = expected.reshape(-1), actual.reshape(-1)
-    max_abs = max_rel = magnitude = 0.0
+    max_abs = max_rel = magnitude = margin = 0.0
     low, high = np.inf, -np.inf
     passed = True
     for start in range(0, flat_e.size, COMPARE_CHUNK):
@@ -97,13 +100,17 @@ def compare_output(
         big = ref > atol
         if np.any(big):
             max_rel = max(max_rel, float((diff[big] / ref[big]).max()))
-        passed = passed and bool(np.all(diff <= atol + rtol * ref))
+        limit = atol + rtol * ref
+        passed = passed and bool(np.all(diff <= limit))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            margin = max(margin, float(np.where(diff == 0, 0.0, diff / limit).max()))
         low, high, magnitude = min(low, float(e.min())), max(high, float(e.max())), max(magnitude, float(ref.max()))
     note = ""
     if name == "logits" and expected.ndim >= 2 and expected.size:  # what users of a classifier or LM care about
         note = f"top-1 agrees {np.mean(actual.argmax(class_axis) == expected.argmax(class_axis)):.1%}"
     informative = magnitude > atol and high > low
-    return OutputParity(case, name, expected.shape, max_abs, max_rel, atol, rtol, passed, note, informative)
+    return OutputParity(case, name, expected.shape, max_abs, max_rel, atol, rtol, passed, note, informative,
+                        margin=margin)
 
 
 # fp64 rule: another correct fp32 kernel order lands at 0.75-4x torch-fp32's own error against float64 on the zoo's
@@ -114,6 +121,11 @@ FP64_MULTIPLE = 10.0
 # magnitude rule, where float64 cannot run: on PixelCNN and the DDPM U-Net (judged by it before float64_mode let them
 # run in float64) correct graphs stayed at 0.2 % of 1e-4 x max |reference|, wrong ones landed at 18-1100x it.
 MAGNITUDE = 1e-4
+# An output the fixed rule passes at more than 1 / KERNEL_ORDER of its limit gets a bound recorded as if it had failed:
+# onnxruntime's prepacked kernels land about 5x torch's own fp32 error (above), and on a 2-D MLP of differences of
+# large activations (tests/test_parity_rule.py, NoFloat64) the export's unpacked run reached 78 % of the fixed rule's
+# limit and verify's prepacked one 104 % (max abs 8.5e-4 and 1.1e-3, an AMD EPYC host).
+KERNEL_ORDER = 5.0
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,8 @@ class ParityReport:
         Where the fixed rule fails on a float output: `recorded` (output -> allowed max abs, from the manifest) judges
         it, else the fp64 rule on `reference64()` (called at most once per case; None where float64 cannot run: the
         magnitude rule). Without either (a golden replay of an output the export found within the fixed rule) the
-        fixed rule stands."""
+        fixed rule stands. Where it passes within KERNEL_ORDER of its limit and `reference64` is given, the row keeps
+        the fixed rule's verdict and records the bound the fp64 or magnitude rule sets (at least its own error)."""
         cache: list[Outputs | None] = []
         for name, value in expected.items():
             atol, rtol = tolerance.of(name)
@@ -205,12 +218,15 @@ class ParityReport:
             axis = spec.class_axis(name) if spec is not None else -1
             row = compare_output(case, name, value, actual[name], atol, rtol, axis)
             judged = reference64 is not None or name in (recorded or {})  # else (golden replay, nothing recorded): fixed
-            if not row.passed and judged and np.isfinite(row.max_abs) and np.issubdtype(value.dtype, np.floating):
+            thin = row.passed and reference64 is not None and row.margin * KERNEL_ORDER > 1
+            if (thin or (not row.passed and judged)) and np.isfinite(row.max_abs) and np.issubdtype(value.dtype,
+                                                                                                  np.floating):
                 if not cache and reference64 is not None and name not in (recorded or {}):
                     cache.append(reference64())
                 ref64 = cache[0] if cache and cache[0] is not None else None
-                row = _rescue(row, value, actual[name], tolerance, None if ref64 is None else ref64[name],
-                              (recorded or {}).get(name))
+                rescued = _rescue(row, value, actual[name], tolerance, None if ref64 is None else ref64[name],
+                                  (recorded or {}).get(name))
+                row = replace(row, allowed=max(rescued.allowed, row.max_abs)) if thin else rescued
             self.rows.append(row)
 
     def excuse(self, case: str, output: str, note: str) -> None:

@@ -284,3 +284,26 @@ def test_a_golden_replay_without_a_recorded_bound_keeps_the_fixed_rule() -> None
     report = ParityReport()
     report.add("golden", {"y": e}, {"y": e + 5e-3}, Tolerance(1e-4, 0.0))
     assert [(r.rule, r.passed) for r in report.rows] == [("fixed", False)]
+
+
+def test_a_fixed_pass_near_its_limit_records_a_bound_for_other_kernel_orders() -> None:
+    """An output the fixed rule passes near its limit records the bound the fp64 rule sets, so its golden replay
+    under another kernel order (prepacked weights, another CPU) is judged by it; one far from its limit records
+    nothing and costs no float64 run."""
+    e = np.linspace(-100, 100, 50)
+    tol = Tolerance(1e-4, 1e-4)
+    calls = []
+
+    def reference64() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"y": e + 5e-3}  # budget 5e-3: bound 1e-4 + 11 * 5e-3
+
+    report = ParityReport()
+    report.add("near", {"y": e}, {"y": e + 0.9 * (1e-4 + 1e-4 * np.abs(e))}, tol, reference64=reference64)
+    report.add("far", {"y": e}, {"y": e + 1e-7}, tol, reference64=reference64)
+    assert [(r.rule, r.passed) for r in report.rows] == [("fixed", True), ("fixed", True)] and len(calls) == 1
+    assert report.allowed("near") == {"y": pytest.approx(1e-4 + 11 * 5e-3)} and report.allowed("far") == {}
+    replay = ParityReport()  # the golden replay: no torch, the recorded bound
+    replay.add("near", {"y": e}, {"y": e + 2e-2}, tol, recorded=report.allowed("near"))
+    replay.add("far", {"y": e}, {"y": e + 2e-2}, tol, recorded=report.allowed("far"))
+    assert [(r.rule, r.passed) for r in replay.rows] == [("recorded", True), ("fixed", False)]
