@@ -268,7 +268,7 @@ class ParityReport:
 
     def table(self) -> str:
         """Plain-text table, one row per output per case (rule: how the row was judged; the fp64 rule shows its
-        budget and ratio, the others the bound they allowed)."""
+        budget and ratio, the others the bound they allowed; a fixed row near its limit, the bound it records)."""
         head = (f"{'case':<28} {'output':<16} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'atol':>8} {'rtol':>8} "
                 f"{'rule':<10} {'budget':>9} {'ratio':>7}  result")
         lines, vacuous = [head, "-" * len(head)], set(self.uninformative())
