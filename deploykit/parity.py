@@ -219,8 +219,8 @@ class ParityReport:
             row = compare_output(case, name, value, actual[name], atol, rtol, axis)
             judged = reference64 is not None or name in (recorded or {})  # else (golden replay, nothing recorded): fixed
             thin = row.passed and reference64 is not None and row.margin * KERNEL_ORDER > 1
-            if (thin or (not row.passed and judged)) and np.isfinite(row.max_abs) and np.issubdtype(value.dtype,
-                                                                                                  np.floating):
+            floating = np.isfinite(row.max_abs) and np.issubdtype(value.dtype, np.floating)
+            if floating and (thin or (not row.passed and judged)):
                 if not cache and reference64 is not None and name not in (recorded or {}):
                     cache.append(reference64())
                 ref64 = cache[0] if cache and cache[0] is not None else None
